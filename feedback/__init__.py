@@ -1,0 +1,1 @@
+"""Feedback: the DuckDB store of conversations, ratings, corrections, votes, adapters and runs."""

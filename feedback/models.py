@@ -1,0 +1,84 @@
+"""Data shapes the store hands out and takes in; written down once, reused by web/ and retrain/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Message = dict[str, str]  # OpenAI/TRL chat shape: {"role": ..., "content": ...}
+RatingValue = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One answered chat turn as the chat service stores it."""
+
+    conversation_id: str
+    user: str
+    request_messages: list[Message]  # the whole conversation sent, system prompt included
+    assistant_message_id: str  # allocated before generation, so the API can return it as ``id``
+    answer: str
+    adapter: str  # concrete adapter that answered (alias resolved)
+    base_model: str
+    sampling: dict
+    latency_ms: float
+    first_token_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    replaces: str | None = None  # id of the assistant message this one regenerates
+    experiment_id: str | None = None  # A/B traffic split this turn was assigned in
+    arm: str | None = None  # "control" | "candidate"
+
+
+@dataclass(frozen=True)
+class Rating:
+    message_id: str
+    user: str
+    rating: RatingValue
+    comment: str | None = None
+    correction: str | None = None
+    implicit: bool = False  # True for the thumbs-down a regenerate implies
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RatedExample:
+    """A rated assistant answer with the conversation before it: the raw material of training sets."""
+
+    message_id: str
+    conversation_id: str
+    user: str
+    adapter: str
+    prompt: list[Message]  # messages before the answer (system prompt included)
+    answer: str
+    rating: RatingValue | None  # the latest rating by anyone; None when only corrected
+    correction: str | None  # the answer the user wanted instead
+    implicit: bool
+    rated_at: datetime
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+    source: Literal["correction", "arena"]
+    conversation_id: str
+    user: str
+    created_at: datetime | None = None
+
+
+@dataclass
+class AdapterRecord:
+    """A registered adapter version (the registry; the files live under <data_dir>/adapters/<name>)."""
+
+    name: str
+    path: str
+    parent: str | None = None
+    snapshot_id: str | None = None
+    run_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    status: Literal["candidate", "production", "retired", "rejected", "archived"] = "candidate"
+    created_at: datetime | None = None

@@ -1,0 +1,72 @@
+"""Values that travel between the web edge and a backend: requests, streamed answers, adapter facts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Conversations stay in the OpenAI/TRL ``messages`` shape end to end: [{"role": ..., "content": ...}].
+Message = dict[str, str]
+
+BASE = "base"  # the bare base model, no adapter
+PRODUCTION = "production"  # alias re-pointed by promotion and rollback
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: the server's max_new_tokens
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass
+class Completion:
+    """What a finished stream reports: the answer and its facts, for storage and the API's usage block."""
+
+    text: str = ""
+    adapter: str = BASE  # the concrete adapter that answered (aliases resolved)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length", "cancelled", "error"] | None = None
+    first_token_s: float | None = None  # time to first token
+    latency_s: float = 0.0
+
+
+class ChatStream:
+    """An answer being generated: iterate for text deltas; ``completion`` is filled when it ends.
+
+    Backends validate a request before returning one, so a caller can answer 4xx before streaming.
+    ``cancel()`` stops generation early (the user pressed stop or went away).
+    """
+
+    def __init__(self, deltas: Iterator[str], completion: Completion, cancel_event: threading.Event):
+        self._deltas = deltas
+        self.completion = completion
+        self._cancel = cancel_event
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def text(self) -> str:
+        """Drain the stream and return the whole answer."""
+        for _ in self._deltas:
+            pass
+        return self.completion.text
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: str | None = None  # None for base and for engine-side adapters we did not load
+    aliases: tuple[str, ...] = ()  # e.g. ("production",)
+    in_flight: int = 0
+    meta: dict = field(default_factory=dict, compare=False)
