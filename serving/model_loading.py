@@ -1,0 +1,82 @@
+"""Load the base model and its tokenizer for local serving, with the quantization the machine allows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from serving.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
+
+
+def _looks_like_path(model: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, deeper) is meant as a directory.
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).exists()
+
+
+def _unavailable(model: str, reason: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot load base model {model!r}: {reason}. "
+        "Pass --model PATH to a local model directory, or --demo to serve the offline demo model."
+    )
+
+
+def resolve_quantization(quantization: str, cuda: bool) -> str:
+    """The concrete quantization ``auto`` means on this machine: 4-bit on CUDA, none on CPU."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {quantization!r}")
+    if quantization == "auto":
+        return "4bit" if cuda else "none"
+    return quantization
+
+
+def _model_kwargs(quantization: str, cuda: bool) -> dict:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        return {"quantization_config": config, "device_map": {"": 0} if cuda else None}
+    if quantization == "8bit":
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0} if cuda else None}
+    if cuda:
+        return {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    return {"dtype": torch.float32}
+
+
+def load_base_model(model: str, quantization: str = "auto"):
+    """Load ``(model, tokenizer)`` for generation; raises ``ModelUnavailable`` when it cannot be had.
+
+    The tokenizer pads on the left (batched generation appends on the right) and always has a pad token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if _looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise _unavailable(model, "no such directory")
+    cuda = torch.cuda.is_available()
+    quant = resolve_quantization(quantization, cuda)
+    source = str(Path(model).expanduser()) if _looks_like_path(model) else model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(quant, cuda))
+    except (OSError, ValueError) as exc:
+        # OSError covers hub-offline, not-cached, missing files and HTTP errors (HfHubHTTPError is one);
+        # ValueError covers malformed repo ids (HFValidationError). Both mean "no model here" to a user.
+        log.debug("base model load failed", exc_info=True)
+        raise _unavailable(model, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        # Padding only fills masked positions, so reusing eos is harmless and needs no new embedding row.
+        tokenizer.pad_token = tokenizer.eos_token
+    lm.eval()
+    log.info("base model loaded: %s quantization=%s device=%s", model, quant, lm.device)
+    return lm, tokenizer
