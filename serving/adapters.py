@@ -76,7 +76,7 @@ def _tensor_fits(name: str, key: str, shape: tuple[int, ...], base: BaseModules)
                 )
             return
     # modules_to_save and other full tensors must match the base parameter they replace.
-    param = inner.replace(".modules_to_save.", ".").removesuffix("")
+    param = inner.replace(".modules_to_save.", ".")
     facts = base.get(param)
     if facts is None or facts[0] != "param" or tuple(facts[1:]) != tuple(shape):
         raise AdapterRejected(f"adapter {name!r} refused: tensor {key} does not fit the base model")
