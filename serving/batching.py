@@ -74,29 +74,39 @@ class _Row:
         self.emitted = ""
         self.stop_reason: str | None = None  # set by the stopping criteria, acted on by the streamer
         self.closed = False
+        # Incremental detokenizing, as transformers' TextStreamer (batch 1 only) and TGI do it: decode a
+        # short window of recent tokens and emit what it adds, so each step costs O(1), not O(answer).
+        self._prefix = 0  # window start
+        self._read = 0  # tokens already turned into emitted text
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def add(self, token: int) -> None:
         self.tokens.append(token)
-        # Decode the whole answer and emit the new suffix, holding it back while it ends in U+FFFD:
-        # a multi-byte character split over tokens decodes to U+FFFD until its last byte arrives.
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            self._emit(text)
+        before = self._decode(self.tokens[self._prefix:self._read])
+        after = self._decode(self.tokens[self._prefix:])
+        # A multi-byte character split over tokens decodes to U+FFFD until its last byte arrives: hold it.
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._emit(after[len(before):])
+            self._prefix, self._read = self._read, len(self.tokens)
 
-    def _emit(self, text: str) -> None:
-        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
-        self.emitted = text
+    def _emit(self, delta: str) -> None:
         if delta:
             c = self.request.completion
             if c.first_token_s is None:
                 c.first_token_s = time.perf_counter() - self.request.submitted
+            self.emitted += delta
             self.request.out.put(delta)
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        self._emit(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        # Flush what was held back (an answer may really end in an incomplete character).
+        before = self._decode(self.tokens[self._prefix:self._read])
+        after = self._decode(self.tokens[self._prefix:])
+        self._emit(after[len(before):] if after.startswith(before) else "")
         c = self.request.completion
         c.text = self.emitted
         c.completion_tokens = len(self.tokens)
@@ -110,6 +120,7 @@ class _Hooks:
         self.rows = rows
         self.eos_ids = eos_ids
         self.prompt_seen = False
+        self._temps = self._top_p = self._greedy = None  # per-row tensors, built on the first step
 
     # StoppingCriteria: called with the new token already appended, before the streamer sees it.
     def stopping(self, input_ids, scores, **kwargs):
@@ -150,28 +161,26 @@ class _Hooks:
         for row in self.rows:
             row.close(row.stop_reason or "length")
 
-    # LogitsProcessor: each row's own temperature and top_p; greedy rows keep only their argmax.
+    # LogitsProcessor: each row's own temperature and top_p; greedy rows keep only their argmax, so
+    # generate()'s multinomial draw picks it with probability 1 (same answer as alone, no RNG used).
     def sampling(self, input_ids, scores):
         import torch
 
-        out = scores.clone()
-        for i, row in enumerate(self.rows):
-            r = row.request
-            logits = scores[i]
-            if r.temperature <= 0:
-                keep = torch.full_like(logits, float("-inf"))
-                top = int(torch.argmax(logits))
-                keep[top] = logits[top]
-                out[i] = keep
-                continue
-            logits = logits / r.temperature
-            if r.top_p < 1.0:
-                sorted_logits, order = torch.sort(logits, descending=True)
-                cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-                drop = cum - torch.softmax(sorted_logits, dim=-1) >= r.top_p  # keep the token crossing top_p
-                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-                logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
-            out[i] = logits
+        if self._temps is None:
+            temps = [r.request.temperature for r in self.rows]
+            self._greedy = torch.tensor([t <= 0 for t in temps], device=scores.device)
+            self._temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=scores.device)[:, None]
+            self._top_p = torch.tensor([r.request.top_p for r in self.rows], device=scores.device)[:, None]
+        out = scores / self._temps
+        if bool((self._top_p < 1).any()):
+            sorted_logits, order = torch.sort(out, descending=True, dim=-1)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            drop = (probs.cumsum(dim=-1) - probs) >= self._top_p  # keep the token that crosses top_p
+            out = out.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        if bool(self._greedy.any()):
+            onehot = torch.full_like(scores, float("-inf"))
+            onehot.scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
+            out = torch.where(self._greedy[:, None], onehot, out)
         return out
 
 
@@ -365,7 +374,7 @@ class GenerationWorker:
         hooks = _Hooks([_Row(r, self.tokenizer) for r in live], self.eos_ids)
         streamer, stopping, sampling = _wrap(hooks)
         # eos handling lives in our per-row criteria (the bench can switch it off per row), so
-        # generate() gets no eos id of its own.
+        # generate() gets no eos id of its own: [] rather than None, which it would fill from the model.
         config = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in live),
             do_sample=True,
@@ -373,7 +382,7 @@ class GenerationWorker:
             top_p=1.0,
             top_k=0,
             pad_token_id=pad,
-            eos_token_id=None,
+            eos_token_id=[],
         )
         kwargs = {}
         if isinstance(self.model, PeftModel):

@@ -99,10 +99,10 @@ class LocalBackend:
         )
 
     # --- generation -----------------------------------------------------------------------------
-    def stream_chat(self, messages: list[Message], adapter: str, params: SamplingParams) -> ChatStream:
-        return self._stream(messages, adapter, params)
-
-    def _stream(self, messages, adapter, params, *, stop_at_eos: bool = True) -> ChatStream:
+    def stream_chat(
+        self, messages: list[Message], adapter: str, params: SamplingParams, *, ignore_eos: bool = False
+    ) -> ChatStream:
+        """See ``Backend.stream_chat``; ``ignore_eos`` (for the bench) always generates ``max_tokens``."""
         validate_messages(messages)
         max_tokens = validate_params(params, self.max_new_tokens)
         prompt_ids = self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
@@ -119,7 +119,7 @@ class LocalBackend:
             top_p=float(params.top_p),
             cancel=cancel,
             completion=completion,
-            stop_at_eos=stop_at_eos,
+            stop_at_eos=not ignore_eos,
             on_done=lambda: self.adapters.release(concrete),
         )
         try:

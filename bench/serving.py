@@ -1,0 +1,148 @@
+"""Serving bench: batched vs one-at-a-time throughput, and adapter hot-swap vs a base-model reload.
+
+    python bench/serving.py [--model ID_OR_PATH] [--quantization auto|4bit|8bit|none] [--write-results]
+
+Without ``--model`` it builds and serves the offline demo model. Targets: 8 concurrent requests through
+the batching worker >= 3x the tokens/s of the same 8 run one at a time; hot-swap far below a reload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def run_requests(backend, adapters: list[str], params, concurrent: bool) -> tuple[float, int]:
+    """Wall seconds and total completion tokens for one request per adapter name."""
+    tokens = []
+    together = threading.Barrier(len(adapters)) if concurrent else None
+
+    def one(name):
+        if together is not None:
+            together.wait()  # 8 users pressing send at once, not staggered by thread start-up
+        stream = backend.stream_chat(PROMPT, name, params, ignore_eos=True)
+        stream.text()
+        tokens.append(stream.completion.completion_tokens)
+
+    start = time.perf_counter()
+    if concurrent:
+        threads = [threading.Thread(target=one, args=(n,)) for n in adapters]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for n in adapters:
+            one(n)
+    return time.perf_counter() - start, sum(tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="hub id or path; default: the offline demo model")
+    parser.add_argument("--quantization", default="auto", choices=["auto", "4bit", "8bit", "none"])
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--write-results", action="store_true", help=f"append a line to {RESULTS}")
+    args = parser.parse_args(argv)
+
+    from serving.demo_model import build_demo_adapter, ensure_demo_model
+    from serving.local import LocalBackend
+    from serving.model_loading import load_base_model
+    from serving.types import BASE, PRODUCTION, SamplingParams
+
+    work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
+    try:
+        model = args.model or str(ensure_demo_model(work / "demo-model"))
+        adapters_dir = work / "adapters"
+        backend = LocalBackend(model, quantization=args.quantization, adapters_dir=adapters_dir,
+                               max_new_tokens=args.max_tokens, max_batch_size=args.requests)
+        for i, name in enumerate(("bench-a", "bench-b")):
+            build_demo_adapter(Path(backend.model_path), adapters_dir / name, seed=i + 1)
+        print(f"setup: model={model} device={backend.device} quantization={backend.quantization} "
+              f"machine={machine()} requests={args.requests} max_tokens={args.max_tokens} (eos ignored)")
+
+        start = time.perf_counter()
+        backend.load_adapter("bench-a", adapters_dir / "bench-a")
+        first_load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        backend.load_adapter("bench-b", adapters_dir / "bench-b")
+        load_s = time.perf_counter() - start
+
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+        names = [(BASE, "bench-a", "bench-b")[i % 3] for i in range(args.requests)]
+        run_requests(backend, names[:3], params, concurrent=True)  # warm-up
+        seq_s, seq_tok = run_requests(backend, names, params, concurrent=False)
+        batches_before = backend._worker.batches
+        par_s, par_tok = run_requests(backend, names, params, concurrent=True)
+        batches = backend._worker.batches - batches_before
+        seq_tps, par_tps = seq_tok / seq_s, par_tok / par_s
+        speedup = par_tps / seq_tps
+
+        swaps = []
+        for target in ("bench-a", "bench-b", BASE) * 10:
+            start = time.perf_counter()
+            backend.set_alias(PRODUCTION, target)
+            swaps.append(time.perf_counter() - start)
+        swap_s = sorted(swaps)[len(swaps) // 2]
+        start = time.perf_counter()
+        reloaded, _ = load_base_model(backend.model_path, args.quantization)
+        reload_s = time.perf_counter() - start
+        del reloaded
+        backend.close()
+
+        print(f"one at a time: {seq_tok} tokens in {seq_s:.2f}s = {seq_tps:.1f} tok/s")
+        print(f"batched ({batches} batch(es), mixed base/bench-a/bench-b): {par_tok} tokens in {par_s:.2f}s "
+              f"= {par_tps:.1f} tok/s")
+        print(f"batched / one-at-a-time throughput: {speedup:.2f}x (target >= 3x)")
+        print(f"adapter load: {load_s * 1000:.1f} ms (first, wraps the model in peft: {first_load_s * 1000:.1f} ms)")
+        print(f"production re-point (hot-swap): {swap_s * 1e6:.1f} us median")
+        print(f"full base-model reload: {reload_s * 1000:.1f} ms")
+        print(f"reload / adapter load: {reload_s / load_s:.1f}x; reload / hot-swap: {reload_s / swap_s:.0f}x")
+
+        if args.write_results:
+            if not RESULTS.exists():
+                RESULTS.write_text("# Bench results\n\nOne line per run, newest last.\n\n")
+            line = (f"- {dt.date.today().isoformat()} serving: machine={machine()} model={args.model or 'demo'} "
+                    f"quant={backend.quantization} batched/sequential={speedup:.2f}x ({par_tps:.0f} vs "
+                    f"{seq_tps:.0f} tok/s, {args.requests} req x {args.max_tokens} tok); adapter load "
+                    f"{load_s * 1000:.0f} ms; hot-swap {swap_s * 1e6:.0f} us; base reload {reload_s * 1000:.0f} ms "
+                    f"({reload_s / load_s:.0f}x load)\n")
+            with RESULTS.open("a") as f:
+                f.write(line)
+            print(f"wrote a line to {RESULTS}")
+        return 0 if speedup >= 3 else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
