@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.errors import BackendUnavailable, ServingError
+from serving.errors import AdapterRejected, BackendUnavailable, ServingError
 from serving.types import BASE, Completion
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,16 @@ class GenerationWorker:
     def _load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(path), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        except Exception as exc:
+            # The directory passed our checks but peft still refused it; drop any half-added layers.
+            if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            raise AdapterRejected(f"adapter {name!r} refused: peft could not load it ({type(exc).__name__}: {exc})") from exc
         self.model.eval()
 
     def _unload_adapter(self, name: str) -> None:

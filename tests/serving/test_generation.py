@@ -189,3 +189,39 @@ def test_multibyte_text_streams_whole_characters(backend, text):
         row.add(token)
     assert "".join(Req.out.items) == text
     assert not any("\ufffd" in d for d in Req.out.items)
+
+
+def test_failed_batch_fails_only_its_requests(backend, solo_answers):
+    # A request naming an adapter the model does not hold (bypassing the manager) makes peft raise
+    # inside generate(); its stream gets a ServingError and the worker keeps serving.
+    from serving.batching import GenerationRequest
+    from serving.errors import ServingError
+    from serving.types import Completion
+
+    ghost = GenerationRequest(prompt_ids=[5, 6, 7], adapter="ghost", max_tokens=4, temperature=0, top_p=1.0,
+                              cancel=threading.Event(), completion=Completion(adapter="ghost"))
+    backend._worker.submit(ghost)
+    with pytest.raises(ServingError):
+        list(ghost.stream())
+    assert ghost.completion.finish_reason == "error"
+    assert backend.health()["ok"] is True
+    assert backend.stream_chat(PROMPT, "demo-a", GREEDY).text() == solo_answers["demo-a"][0]
+
+
+def test_from_settings_demo(demo_model_dir, tmp_path):
+    import shutil
+
+    from settings import Settings
+
+    settings = Settings(demo=True, data_dir=tmp_path, max_new_tokens=8)
+    # A copy of the session's demo model carries its version marker, so nothing is rebuilt.
+    shutil.copytree(demo_model_dir.model, settings.demo_dir)
+    shutil.copytree(demo_model_dir.adapters, settings.adapters_dir)
+    b = LocalBackend.from_settings(settings)
+    try:
+        assert b.model_path == str(settings.demo_dir)
+        assert b.max_new_tokens == 8
+        assert set(b.load_all_adapters()) == set(DEMO_ADAPTERS)
+        assert b.stream_chat(PROMPT, "demo-b", SamplingParams(temperature=0)).completion.adapter == "demo-b"
+    finally:
+        b.close()
