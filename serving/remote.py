@@ -1,0 +1,421 @@
+"""``RemoteBackend``: generate on a remote OpenAI-compatible engine (vLLM, or another Tuneloop).
+
+Chat goes through ``huggingface_hub.InferenceClient``; the engine's model list and vLLM's runtime LoRA
+routes (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, documented in vLLM's
+``docs/features/lora.md``, "Dynamically serving LoRA Adapters") go through a small ``httpx2`` client,
+the HTTP library ``InferenceClient`` itself uses, so one set of transport errors is mapped.
+
+The ``production`` alias lives here, client-side: the engine knows concrete adapter names only. Every
+engine failure becomes a ``serving.errors`` error; nothing raises at construction, so the app keeps
+serving its UI and storing feedback while the engine is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import httpx2
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
+
+from serving.adapters import ALIASES, check_name
+from serving.errors import (
+    AdapterInUse,
+    AdapterRejected,
+    BackendUnavailable,
+    BadRequest,
+    PromptTooLong,
+    ServingError,
+    UnknownAdapter,
+)
+from serving.local import validate_messages, validate_params
+from serving.types import BASE, PRODUCTION, AdapterInfo, ChatStream, Completion, Message, SamplingParams
+
+log = logging.getLogger(__name__)
+
+MODELS_TTL_S = 2.0  # how long the engine's model list is trusted: short, since other apps may load adapters
+HEALTH_TIMEOUT_S = 5.0  # /healthz must answer quickly even when remote_timeout_s is long
+UNLOAD_WAIT_S = 30.0  # how long unload waits for this app's in-flight requests on the adapter
+
+RUNTIME_LOADING_HELP = (
+    "the engine at {url} cannot load adapters at run time. Either restart vLLM with "
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (and --enable-lora) so Tuneloop can push new adapters, or "
+    "list them at start-up with `vllm serve BASE --enable-lora --lora-modules {name}={path}` and set "
+    "TUNELOOP_REMOTE_CAN_LOAD_ADAPTERS=false"
+)
+
+
+class RemoteBackend:
+    """The ``Backend`` that forwards generation to an OpenAI-compatible engine at ``url``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        base_model: str = "",
+        api_key: str = "",
+        adapter_dir: str = "",
+        timeout_s: float = 60.0,
+        can_load_adapters: bool = True,
+        max_new_tokens: int = 512,
+    ):
+        if not url:
+            # Not raised: a misconfigured engine must not stop the UI and the store from starting.
+            log.error("backend=remote but remote_url is empty: every generation will fail until it is set")
+        self.url = url.rstrip("/")
+        self.base_model = base_model
+        self.adapter_dir = adapter_dir
+        self.timeout_s = timeout_s
+        self.can_load_adapters = can_load_adapters
+        self.max_new_tokens = max_new_tokens
+        self._api_key = api_key or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx2.Client(headers=headers, timeout=timeout_s)
+        self._cond = threading.Condition()
+        self._aliases: dict[str, str] = {PRODUCTION: BASE}
+        self._in_flight: dict[str, int] = {}
+        self._models: dict[str, dict] = {}  # engine model id -> its /v1/models entry (last known)
+        self._models_at = float("-inf")  # monotonic time of the last successful fetch
+        self._engine_base: str | None = None  # the engine's id for the base model
+
+    @classmethod
+    def from_settings(cls, settings) -> RemoteBackend:
+        """Build from ``Settings``; an unreachable engine is logged, not raised."""
+        backend = cls(
+            settings.remote_url,
+            base_model=settings.model,
+            api_key=settings.remote_api_key,
+            adapter_dir=settings.remote_adapter_dir,
+            timeout_s=settings.remote_timeout_s,
+            can_load_adapters=settings.remote_can_load_adapters,
+            max_new_tokens=settings.max_new_tokens,
+        )
+        health = backend.health()
+        if health["ok"]:
+            log.info("remote engine at %s serves %d model(s)", backend.url, len(backend._models))
+        else:
+            log.warning("remote engine not reachable at start-up (serving continues without it): %s", health["error"])
+        return backend
+
+    # --- engine errors ----------------------------------------------------------------------------
+    def _engine_error(self, exc: BaseException) -> ServingError:
+        """Translate a transport or HTTP error from the engine into a ``serving.errors`` error."""
+        if isinstance(exc, ServingError):
+            return exc
+        if isinstance(exc, (InferenceTimeoutError, httpx2.TimeoutException)):
+            return BackendUnavailable(f"engine at {self.url} did not answer within {self.timeout_s:g} s")
+        if isinstance(exc, OfflineModeIsEnabled):
+            # huggingface_hub refuses every URL in offline mode, the engine's included.
+            return BackendUnavailable(
+                f"cannot reach the engine at {self.url}: HF_HUB_OFFLINE is set, which blocks huggingface_hub's "
+                "client; unset it when TUNELOOP_BACKEND=remote")
+        response = getattr(exc, "response", None)
+        if isinstance(exc, (HfHubHTTPError, httpx2.HTTPStatusError)) and response is not None:
+            return self._status_error(response)
+        if isinstance(exc, (httpx2.TransportError, OSError)):
+            return BackendUnavailable(f"engine at {self.url} is down: {exc}")
+        return BackendUnavailable(f"engine at {self.url} failed: {type(exc).__name__}: {exc}")
+
+    def _status_error(self, response) -> ServingError:
+        status = response.status_code
+        message, code = _error_fields(response)
+        if status == 404:
+            return UnknownAdapter(f"the engine at {self.url} has no such model: {message}")
+        if status in (400, 422):
+            long_prompt = code == "context_length_exceeded" or "maximum context length" in message.lower()
+            return (PromptTooLong if long_prompt else BadRequest)(f"the engine refused the request: {message}")
+        if status in (401, 403):
+            return BackendUnavailable(f"engine at {self.url} refused our API key (HTTP {status}); check TUNELOOP_REMOTE_API_KEY")
+        return BackendUnavailable(f"engine at {self.url} failed with HTTP {status}: {message}")
+
+    # --- the engine's model list ------------------------------------------------------------------
+    def _fetch_models(self, timeout_s: float | None = None) -> dict[str, dict]:
+        try:
+            response = self._http.get(f"{self.url}/models", timeout=timeout_s or self.timeout_s)
+            response.raise_for_status()
+            data = response.json().get("data", [])
+        except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+            raise self._engine_error(exc) from exc
+        models = {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        with self._cond:
+            self._models, self._models_at = models, time.monotonic()
+            self._engine_base = _find_base(models, self.base_model)
+        return models
+
+    def _current_models(self, *, refresh: bool = False) -> dict[str, dict]:
+        """The engine's models: cached for ``MODELS_TTL_S``; raises ``BackendUnavailable``."""
+        with self._cond:
+            if not refresh and time.monotonic() - self._models_at < MODELS_TTL_S:
+                return self._models
+        return self._fetch_models()
+
+    def _engine_model(self, concrete: str) -> str:
+        """The id the engine knows a concrete Tuneloop adapter name by (``base`` is the engine's base id)."""
+        if concrete != BASE:
+            return concrete
+        if self._engine_base is None:
+            self._current_models(refresh=True)
+        if self._engine_base is None:
+            raise BackendUnavailable(f"the engine at {self.url} lists no base model")
+        return self._engine_base
+
+    # --- generation ---------------------------------------------------------------------------------
+    def stream_chat(self, messages: list[Message], adapter: str, params: SamplingParams) -> ChatStream:
+        validate_messages(messages)
+        max_tokens = validate_params(params, self.max_new_tokens)
+        concrete = self.resolve(adapter)
+        engine_model = self._engine_model(concrete)
+        # One client per request: InferenceClient keeps each streamed response open in its ExitStack until
+        # close(), so a shared client would hold every finished or abandoned stream until shutdown.
+        client = InferenceClient(base_url=self.url, api_key=self._api_key, timeout=self.timeout_s)
+        self._acquire(concrete)
+        started = time.monotonic()
+        try:
+            # Sends the request and waits for the status line, so engine refusals raise here, before any token.
+            chunks = client.chat_completion(
+                messages, model=engine_model, stream=True, max_tokens=max_tokens,
+                temperature=float(params.temperature), top_p=float(params.top_p),
+                stream_options={"include_usage": True},
+            )
+        except BaseException as exc:
+            client.close()
+            self._release(concrete)
+            if isinstance(exc, Exception):
+                raise self._engine_error(exc) from exc
+            raise
+        completion = Completion(adapter=concrete)
+        cancel = threading.Event()
+        return ChatStream(self._deltas(client, chunks, completion, cancel, started), completion, cancel)
+
+    def _deltas(self, client, chunks, completion: Completion, cancel: threading.Event, started: float) -> Iterator[str]:
+        deltas = 0
+        usage = None
+        try:
+            for chunk in chunks:
+                if cancel.is_set():
+                    completion.finish_reason = "cancelled"
+                    return
+                usage = chunk.usage or usage
+                for choice in chunk.choices or ():
+                    text = choice.delta.content if choice.delta else None
+                    if text:
+                        if completion.first_token_s is None:
+                            completion.first_token_s = time.monotonic() - started
+                        completion.text += text
+                        deltas += 1
+                        yield text
+                    if choice.finish_reason:
+                        completion.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+            if completion.finish_reason is None:
+                completion.finish_reason = "cancelled" if cancel.is_set() else "stop"
+        except GeneratorExit:
+            completion.finish_reason = completion.finish_reason or "cancelled"  # the caller went away
+            raise
+        except Exception as exc:
+            completion.finish_reason = "error"
+            if isinstance(exc, ServingError):
+                raise
+            if isinstance(exc, (httpx2.HTTPError, HfHubHTTPError, OSError)):
+                raise self._engine_error(exc) from exc
+            # An in-band error event, e.g. the engine failed mid-answer.
+            raise BackendUnavailable(f"engine at {self.url} failed mid-answer: {exc}") from exc
+        finally:
+            completion.latency_s = time.monotonic() - started
+            if usage is not None:
+                completion.prompt_tokens, completion.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            else:  # the engine sent no usage: one delta is about one token in OpenAI-style streams
+                completion.completion_tokens = deltas
+            client.close()  # closes the response: an abandoned stream stops generating on the engine
+            self._release(completion.adapter)
+
+    def _acquire(self, concrete: str) -> None:
+        with self._cond:
+            self._in_flight[concrete] = self._in_flight.get(concrete, 0) + 1
+
+    def _release(self, concrete: str) -> None:
+        with self._cond:
+            if self._in_flight.get(concrete, 0) > 0:
+                self._in_flight[concrete] -= 1
+            self._cond.notify_all()
+
+    # --- adapters -------------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        with self._cond:
+            concrete = self._aliases.get(name, name)
+        if concrete == BASE:
+            return BASE
+        try:
+            models = self._current_models()
+        except BackendUnavailable:
+            with self._cond:
+                if concrete in self._models:  # last known: let the chat call itself report the outage
+                    return concrete
+            raise
+        if concrete not in models:
+            models = self._current_models(refresh=True)  # perhaps loaded a moment ago by another app
+        if concrete == self._engine_base:
+            return BASE  # the engine's own name for the base model
+        if concrete not in models:
+            known = sorted(self._adapter_ids(models))
+            raise UnknownAdapter(f"no adapter named {name!r} on the engine at {self.url} (it serves: {', '.join([BASE, *known])})")
+        return concrete
+
+    def _adapter_ids(self, models: dict[str, dict]) -> list[str]:
+        # A Tuneloop engine lists its own "production"; ours is the one that counts, so it is hidden.
+        return [i for i in models if i not in (self._engine_base, PRODUCTION, BASE)]
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        """The engine's adapters, ``base`` and ``production``; the last known list while the engine is down."""
+        stale = False
+        try:
+            models = self._current_models()
+        except BackendUnavailable as exc:
+            log.warning("listing adapters from the last known engine state: %s", exc)
+            stale = True
+        with self._cond:
+            models, aliases, in_flight = dict(self._models), dict(self._aliases), dict(self._in_flight)
+
+        def info(name: str, path: str | None, meta: dict) -> AdapterInfo:
+            pointing = tuple(sorted(a for a, t in aliases.items() if t == name))
+            return AdapterInfo(name=name, path=path, aliases=pointing, in_flight=in_flight.get(name, 0),
+                               meta={**meta, "stale": stale})
+
+        infos = [info(BASE, None, {"engine_id": self._engine_base})]
+        infos += [info(i, models[i].get("root"), {"engine_id": i}) for i in self._adapter_ids(models)]
+        infos.append(AdapterInfo(name=PRODUCTION, meta={"alias_of": aliases[PRODUCTION], "stale": stale}))
+        return infos
+
+    def engine_path(self, name: str, path: Path) -> str:
+        """Where the engine finds adapter ``name``: under ``remote_adapter_dir``, else ``path`` as given."""
+        return str(PurePosixPath(self.adapter_dir) / name) if self.adapter_dir else str(path)
+
+    def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        """Ask the engine to load ``name`` from its view of the adapters directory (vLLM runtime loading)."""
+        check_name(name)
+        local = Path(path)
+        if local.is_dir() and not (local / "adapter_config.json").is_file():
+            raise AdapterRejected(f"adapter {name!r} refused: {local} has no adapter_config.json")
+        engine_path = self.engine_path(name, local)
+        if not self.can_load_adapters:
+            raise AdapterRejected(RUNTIME_LOADING_HELP.format(url=self.url, name=name, path=engine_path))
+        response = self._post("load_lora_adapter", {"lora_name": name, "lora_path": engine_path})
+        message, _code = _error_fields(response) if response.status_code != 200 else ("", None)
+        if _route_missing(response):
+            raise AdapterRejected(RUNTIME_LOADING_HELP.format(url=self.url, name=name, path=engine_path))
+        if response.status_code == 400 and "already been loaded" in message:
+            log.info("adapter %s was already loaded on the engine", name)
+        elif response.status_code == 404:
+            raise AdapterRejected(
+                f"adapter {name!r} refused: the engine found no adapter at {engine_path} ({message}); "
+                "check that TUNELOOP_REMOTE_ADAPTER_DIR is the adapters directory as the engine sees it")
+        elif response.status_code in (400, 422):
+            raise AdapterRejected(f"adapter {name!r} refused by the engine: {message}")
+        elif response.status_code != 200:
+            raise self._status_error(response)
+        else:
+            log.info("adapter loaded on the engine: %s from %s", name, engine_path)
+        self._invalidate()
+        return AdapterInfo(name=name, path=engine_path, meta={"engine": self.url})
+
+    def unload_adapter(self, name: str) -> None:
+        if name in (BASE, PRODUCTION):
+            raise AdapterInUse(f"{name!r} cannot be unloaded")
+        with self._cond:
+            pointing = [a for a, t in self._aliases.items() if t == name]
+            if pointing:
+                raise AdapterInUse(f"adapter {name!r} is what {pointing[0]!r} points at; re-point it first")
+            if not self._cond.wait_for(lambda: self._in_flight.get(name, 0) == 0, timeout=UNLOAD_WAIT_S):
+                raise AdapterInUse(f"adapter {name!r} still has {self._in_flight[name]} request(s) after {UNLOAD_WAIT_S:.0f}s")
+        if not self.can_load_adapters:
+            raise AdapterRejected(RUNTIME_LOADING_HELP.format(url=self.url, name=name, path="PATH"))
+        response = self._post("unload_lora_adapter", {"lora_name": name})
+        if _route_missing(response):
+            raise AdapterRejected(RUNTIME_LOADING_HELP.format(url=self.url, name=name, path="PATH"))
+        if response.status_code == 404:
+            raise UnknownAdapter(f"no adapter named {name!r} is loaded on the engine at {self.url}")
+        if response.status_code != 200:
+            raise self._status_error(response)
+        self._invalidate()
+        log.info("adapter unloaded on the engine: %s", name)
+
+    def _post(self, route: str, body: dict):
+        try:
+            return self._http.post(f"{self.url}/{route}", json=body)
+        except httpx2.HTTPError as exc:
+            raise self._engine_error(exc) from exc
+
+    def _invalidate(self) -> None:
+        with self._cond:
+            self._models_at = float("-inf")
+
+    def set_alias(self, alias: str, target: str) -> None:
+        if alias not in ALIASES:
+            raise UnknownAdapter(f"{alias!r} is not an alias (aliases: {sorted(ALIASES)})")
+        concrete = self.resolve(target)
+        with self._cond:
+            previous = self._aliases.get(alias)
+            self._aliases[alias] = concrete
+        log.info("alias %s: %s -> %s", alias, previous, concrete)
+
+    def health(self) -> dict:
+        """Never raises: ``ok`` says whether the engine answered its model list."""
+        report = {"ok": False, "backend": "remote", "url": self.url, "base_model": self.base_model}
+        try:
+            models = self._fetch_models(timeout_s=min(self.timeout_s, HEALTH_TIMEOUT_S))
+        except Exception as exc:  # a health probe reports, it does not fail
+            report["error"] = str(self._engine_error(exc))
+            return report
+        report.update(ok=True, engine_base=self._engine_base, adapters=self._adapter_ids(models),
+                      production=self._aliases[PRODUCTION])
+        return report
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _find_base(models: dict[str, dict], base_model: str) -> str | None:
+    """The engine's base model id: ``base_model`` itself, a Tuneloop engine's ``base``, else the first parentless one."""
+    if base_model in models:
+        return base_model
+    if BASE in models:
+        return BASE
+    return next((i for i, m in models.items() if m.get("parent") is None and i != PRODUCTION), None)
+
+
+def _error_fields(response) -> tuple[str, str | None]:
+    """(message, code) from an engine error body: OpenAI ``{"error": {...}}``, vLLM's older flat
+    ``{"object": "error", "message": ...}``, FastAPI's ``{"detail": ...}``, or plain text."""
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        return (response.text or f"HTTP {response.status_code}")[:500], None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", error)), error.get("code") if isinstance(error.get("code"), str) else None
+        if isinstance(error, str):
+            return error, None
+        if "message" in body:
+            return str(body["message"]), None
+        if "detail" in body:
+            return str(body["detail"]), None
+    return str(body)[:500], None
+
+
+def _route_missing(response) -> bool:
+    """True when the engine has no such route (vLLM registers the LoRA routes only with
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING), as opposed to vLLM's own 404 for an adapter path it cannot find."""
+    if response.status_code == 405:
+        return True
+    if response.status_code != 404:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return not isinstance(body, dict) or body.get("detail") == "Not Found"
