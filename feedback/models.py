@@ -82,3 +82,75 @@ class AdapterRecord:
     metrics: dict = field(default_factory=dict)
     status: Literal["candidate", "production", "retired", "rejected", "archived"] = "candidate"
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One stored conversation message; assistant messages carry the facts of the turn that made them."""
+
+    id: str
+    conversation_id: str
+    position: int  # index in the conversation; a regenerated answer shares its position with the one it replaces
+    role: str
+    content: str
+    user: str
+    created_at: datetime
+    adapter: str | None = None
+    base_model: str | None = None
+    sampling: dict | None = None
+    latency_ms: float | None = None
+    first_token_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    experiment_id: str | None = None
+    arm: str | None = None
+    replaces: str | None = None
+    superseded: bool = False
+
+
+@dataclass(frozen=True)
+class ArenaVote:
+    battle_id: str
+    user: str
+    adapter_a: str
+    adapter_b: str
+    winner: Literal["a", "b", "tie", "both_bad"]
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Battle:
+    """Two adapters' answers to one prompt, shown blind side by side (the arena)."""
+
+    id: str
+    user: str
+    prompt: list[Message]
+    adapter_a: str
+    answer_a: str
+    adapter_b: str
+    answer_b: str
+    created_at: datetime
+    votes: list[ArenaVote] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A traffic split between production (control) and a candidate adapter."""
+
+    id: str
+    control: str
+    candidate: str
+    percent: float  # share of production traffic the candidate gets
+    started_at: datetime
+    started_by: str
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    outcome: str | None = None  # "promote" | "rollback" | "stopped" | "superseded" | ...
+    reason: str | None = None
+    numbers: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None

@@ -1,0 +1,35 @@
+"""Errors the feedback store raises; web/errors.py maps each to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class FeedbackError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class UnknownMessage(FeedbackError):
+    """No message with that id (HTTP 404)."""
+
+
+class NotAssistantMessage(FeedbackError):
+    """Only assistant answers can be rated (HTTP 422)."""
+
+
+class InvalidRating(FeedbackError):
+    """A rating, comment, correction or vote that is not acceptable (HTTP 422)."""
+
+
+class UnknownBattle(FeedbackError):
+    """No arena battle with that id (HTTP 404)."""
+
+
+class AlreadyVoted(FeedbackError):
+    """This user already voted on this battle (HTTP 409)."""
+
+
+class SchemaTooNew(FeedbackError):
+    """The file was written by a newer Tuneloop than this one; refusing to touch it."""
+
+
+class UnknownRun(FeedbackError):
+    """No training run with that id."""

@@ -1,0 +1,189 @@
+"""The DuckDB schema as an ordered list of migrations, applied at open inside one transaction.
+
+A migration is only ever appended, never edited: a file at version N is brought to the latest by
+running migrations N+1.. in order. Timestamps are stored as naive ``TIMESTAMP`` in UTC (the store
+converts at its edge) so values never depend on the session's time zone.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import duckdb
+
+from feedback.errors import SchemaTooNew
+
+log = logging.getLogger(__name__)
+
+# version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE conversations (
+            id VARCHAR PRIMARY KEY,
+            "user" VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL)""",
+        # seq orders inserts: "the conversation as it stood when this answer was made" is the latest
+        # message per position with a smaller seq (see FeedbackStore.rated_examples).
+        "CREATE SEQUENCE message_seq",
+        """CREATE TABLE messages (
+            id VARCHAR PRIMARY KEY,
+            seq BIGINT NOT NULL DEFAULT nextval('message_seq'),
+            conversation_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            role VARCHAR NOT NULL,
+            content VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL,
+            adapter VARCHAR,
+            base_model VARCHAR,
+            sampling JSON,
+            latency_ms DOUBLE,
+            first_token_ms DOUBLE,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            finish_reason VARCHAR,
+            experiment_id VARCHAR,
+            arm VARCHAR,
+            replaces VARCHAR,
+            superseded BOOLEAN NOT NULL DEFAULT false,
+            created_at TIMESTAMP NOT NULL)""",
+        "CREATE INDEX messages_conversation ON messages (conversation_id)",
+        """CREATE TABLE ratings (
+            message_id VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL,
+            rating VARCHAR NOT NULL,
+            comment VARCHAR,
+            implicit BOOLEAN NOT NULL DEFAULT false,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (message_id, "user"))""",
+    ]),
+    (2, [
+        # A conversation whose client-sent history no longer matches what is stored continues as a branch.
+        "ALTER TABLE conversations ADD COLUMN parent_id VARCHAR",
+        """CREATE TABLE corrections (
+            message_id VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL,
+            content VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (message_id, "user"))""",
+        """CREATE TABLE battles (
+            id VARCHAR PRIMARY KEY,
+            "user" VARCHAR NOT NULL,
+            prompt JSON NOT NULL,
+            adapter_a VARCHAR NOT NULL,
+            answer_a VARCHAR NOT NULL,
+            adapter_b VARCHAR NOT NULL,
+            answer_b VARCHAR NOT NULL,
+            meta JSON,
+            created_at TIMESTAMP NOT NULL)""",
+        """CREATE TABLE arena_votes (
+            battle_id VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL,
+            winner VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (battle_id, "user"))""",
+        """CREATE TABLE experiments (
+            id VARCHAR PRIMARY KEY,
+            control VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            percent DOUBLE NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            started_by VARCHAR NOT NULL,
+            ended_at TIMESTAMP,
+            ended_by VARCHAR,
+            outcome VARCHAR,
+            reason VARCHAR,
+            numbers JSON)""",
+        """CREATE TABLE adapters (
+            name VARCHAR PRIMARY KEY,
+            path VARCHAR NOT NULL,
+            parent VARCHAR,
+            snapshot_id VARCHAR,
+            run_id VARCHAR,
+            metrics JSON,
+            status VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL)""",
+        "CREATE TABLE pointers (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+        """CREATE TABLE adapter_events (
+            id VARCHAR PRIMARY KEY,
+            "at" TIMESTAMP NOT NULL,
+            actor VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            from_adapter VARCHAR,
+            to_adapter VARCHAR,
+            reason VARCHAR)""",
+        """CREATE TABLE runs (
+            id VARCHAR PRIMARY KEY,
+            trigger VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            settings JSON,
+            status VARCHAR NOT NULL,
+            stage VARCHAR,
+            step INTEGER,
+            total_steps INTEGER,
+            loss DOUBLE,
+            eta_s DOUBLE,
+            snapshot_id VARCHAR,
+            adapter VARCHAR,
+            parent_adapter VARCHAR,
+            gate JSON,
+            error VARCHAR,
+            cutoff TIMESTAMP,
+            created_at TIMESTAMP NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP)""",
+        """CREATE TABLE run_metrics (
+            run_id VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            loss DOUBLE,
+            eval_loss DOUBLE,
+            created_at TIMESTAMP NOT NULL)""",
+        """CREATE TABLE snapshots (
+            id VARCHAR PRIMARY KEY,
+            path VARCHAR NOT NULL,
+            cutoff TIMESTAMP,
+            counts JSON,
+            content_hash VARCHAR,
+            created_at TIMESTAMP NOT NULL)""",
+        # No primary key: bulk inserts of 100k vectors skip existing keys with an anti-join instead,
+        # which is faster than maintaining an ART index, and writes are serialized by the store.
+        "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
+    ]),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version recorded in the file; 0 for an empty file."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, target: int = LATEST) -> int:
+    """Bring the file to ``target`` (default: latest) in one transaction; returns the version now.
+
+    ``target`` below latest exists for tests that build a file as an older Tuneloop would have.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+        version = current_version(con)
+        if version > LATEST:
+            raise SchemaTooNew(f"database schema v{version} is newer than this Tuneloop (v{LATEST})")
+        for number, statements in MIGRATIONS:
+            if version < number <= target:
+                for sql in statements:
+                    con.execute(sql)
+                con.execute("INSERT INTO schema_version VALUES (?, ?)", [number, datetime.now(UTC).replace(tzinfo=None)])
+                log.info("schema migrated to v%d", number)
+                version = number
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return version
