@@ -164,11 +164,12 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return row[0] or 0
 
 
-def migrate(con: duckdb.DuckDBPyConnection, target: int = LATEST) -> int:
+def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> int:
     """Bring the file to ``target`` (default: latest) in one transaction; returns the version now.
 
     ``target`` below latest exists for tests that build a file as an older Tuneloop would have.
     """
+    target = LATEST if target is None else target
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
