@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx2
 from huggingface_hub import InferenceClient
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 
 from serving.adapters import ALIASES, check_name
@@ -110,16 +111,18 @@ class RemoteBackend:
         if isinstance(exc, (InferenceTimeoutError, httpx2.TimeoutException)):
             return BackendUnavailable(f"engine at {self.url} did not answer within {self.timeout_s:g} s")
         if isinstance(exc, OfflineModeIsEnabled):
-            # huggingface_hub refuses every URL in offline mode, the engine's included.
-            return BackendUnavailable(
-                f"cannot reach the engine at {self.url}: HF_HUB_OFFLINE is set, which blocks huggingface_hub's "
-                "client; unset it when TUNELOOP_BACKEND=remote")
+            return BackendUnavailable(self._offline_message())
         response = getattr(exc, "response", None)
         if isinstance(exc, (HfHubHTTPError, httpx2.HTTPStatusError)) and response is not None:
             return self._status_error(response)
         if isinstance(exc, (httpx2.TransportError, OSError)):
             return BackendUnavailable(f"engine at {self.url} is down: {exc}")
         return BackendUnavailable(f"engine at {self.url} failed: {type(exc).__name__}: {exc}")
+
+    def _offline_message(self) -> str:
+        # huggingface_hub refuses every URL in offline mode, the engine's included.
+        return (f"cannot reach the engine at {self.url}: HF_HUB_OFFLINE is set, which blocks huggingface_hub's "
+                "client; unset it when TUNELOOP_BACKEND=remote")
 
     def _status_error(self, response) -> ServingError:
         status = response.status_code
@@ -372,6 +375,8 @@ class RemoteBackend:
             return report
         report.update(ok=True, engine_base=self._engine_base, adapters=self._adapter_ids(models),
                       production=self._aliases[PRODUCTION])
+        if hf_constants.is_offline_mode():  # the model list answered, but chat would be refused
+            report.update(ok=False, error=self._offline_message())
         return report
 
     def close(self) -> None:

@@ -296,3 +296,13 @@ def test_runtime_loading_switched_off_sends_nothing(standin, tmp_path):
 def test_importing_the_remote_backend_does_not_import_torch():
     code = "import sys, serving.remote; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_hf_offline_mode_is_named_not_hidden(remote, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BackendUnavailable, match="HF_HUB_OFFLINE"):
+        remote.stream_chat(PROMPT, BASE, GREEDY)
+    health = remote.health()
+    assert health["ok"] is False and "HF_HUB_OFFLINE" in health["error"]
