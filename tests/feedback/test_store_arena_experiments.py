@@ -1,0 +1,73 @@
+"""Arena battles and votes; traffic-split experiments and their per-arm counts."""
+
+from __future__ import annotations
+
+import pytest
+from feedback_helpers import make_turn, user
+
+from feedback.errors import AlreadyVoted, InvalidRating, UnknownBattle
+from feedback.models import Rating
+
+PROMPT = [user("write a haiku")]
+
+
+def test_battle_vote_once_per_user(store):
+    store.create_battle("b1", "alice", PROMPT, "demo-a", "answer A", "demo-b", "answer B", meta={"seed": 1})
+    battle = store.get_battle("b1")
+    assert (battle.prompt, battle.answer_a, battle.adapter_b, battle.meta, battle.votes) == (
+        PROMPT, "answer A", "demo-b", {"seed": 1}, [])
+    vote = store.vote("b1", "alice", "b")
+    assert (vote.adapter_a, vote.adapter_b, vote.winner) == ("demo-a", "demo-b", "b")
+    with pytest.raises(AlreadyVoted):
+        store.vote("b1", "alice", "a")
+    store.vote("b1", "bob", "tie")  # another user may vote on the same battle
+    assert [(v.user, v.winner) for v in store.get_battle("b1").votes] == [("alice", "b"), ("bob", "tie")]
+    with pytest.raises(UnknownBattle):
+        store.vote("nope", "alice", "a")
+    with pytest.raises(InvalidRating):
+        store.vote("b1", "carol", "c")
+    assert store.get_battle("nope") is None
+    assert [v.winner for v in store.arena_votes()] == ["b", "tie"]
+
+
+def test_decisive_votes_become_preference_pairs_and_daily_stats(store):
+    store.create_battle("b1", "alice", PROMPT, "demo-a", "A", "demo-b", "B")
+    store.create_battle("b2", "alice", PROMPT, "demo-a", "A2", "demo-b", "B2")
+    store.create_battle("b3", "alice", PROMPT, "demo-a", "A3", "demo-b", "B3")
+    store.vote("b1", "alice", "a")
+    store.vote("b2", "alice", "both_bad")
+    store.vote("b3", "alice", "tie")
+    [pair] = store.preference_pairs()
+    assert (pair.source, pair.prompt, pair.chosen, pair.rejected, pair.conversation_id) == (
+        "arena", PROMPT, "A", "B", "b1")
+    daily = {r["adapter"]: r for r in store.adapter_daily_stats()}
+    assert (daily["demo-a"]["wins"], daily["demo-a"]["losses"]) == (1, 0)
+    assert (daily["demo-b"]["wins"], daily["demo-b"]["losses"]) == (0, 1)
+
+
+def test_one_active_experiment_and_per_arm_counts(store):
+    first = store.start_experiment("base", "v1", 10.0, actor="admin")
+    assert store.active_experiment() == first
+    second = store.start_experiment("base", "v2", 20.0, actor="admin")
+    assert store.active_experiment().id == second.id
+    old = next(e for e in store.list_experiments() if e.id == first.id)
+    assert (old.outcome, old.ended_by, old.ended_at is not None) == ("superseded", "admin", True)
+
+    for i, arm in enumerate(["control", "control", "candidate"]):
+        adapter = "base" if arm == "control" else "v2"
+        store.record_turn(make_turn(f"c{i}", [user("q")], "a", adapter=adapter, message_id=f"m{i}",
+                                    experiment_id=second.id, arm=arm))
+    store.record_turn(make_turn("other", [user("q")], "a", message_id="outside"))
+    store.rate(Rating(message_id="m0", user="u", rating="up"))
+    store.rate(Rating(message_id="m0", user="w", rating="up"))
+    store.rate(Rating(message_id="m1", user="u", rating="down"))
+    store.rate(Rating(message_id="m2", user="u", rating="up"))
+    store.rate(Rating(message_id="outside", user="u", rating="down"))
+    assert store.experiment_counts(second.id) == {"control": {"up": 2, "down": 1, "messages": 2},
+                                                  "candidate": {"up": 1, "down": 0, "messages": 1}}
+    store.end_experiment(second.id, "promote", "candidate wins", "canary", numbers={"p": 0.97})
+    assert store.active_experiment() is None
+    ended = next(e for e in store.list_experiments() if e.id == second.id)
+    assert (ended.outcome, ended.reason, ended.numbers) == ("promote", "candidate wins", {"p": 0.97})
+    store.end_experiment(second.id, "stopped", "again", "admin")  # already ended: no change
+    assert next(e for e in store.list_experiments() if e.id == second.id).outcome == "promote"

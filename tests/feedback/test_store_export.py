@@ -1,0 +1,69 @@
+"""export(): OpenAI JSONL that `datasets` loads, with corrections substituted; Parquet one row per message."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pyarrow.parquet as pq
+import pytest
+from feedback_helpers import SYSTEM, assistant, make_turn, user
+
+from feedback.export import export
+from feedback.models import Rating
+
+
+@pytest.fixture
+def filled(store):
+    # c1: corrected answer, then a second turn; c2: unrated; c3: regenerated then rated down without a fix.
+    store.record_turn(make_turn("c1", [SYSTEM, user("who are you?")], "a bot", message_id="c1a1"))
+    store.rate(Rating(message_id="c1a1", user="alice", rating="down", correction="I am Tuneloop."))
+    store.record_turn(make_turn("c1", [SYSTEM, user("who are you?"), assistant("a bot"), user("thanks")], "welcome",
+                                message_id="c1a2"))
+    store.record_turn(make_turn("c2", [user("2+2?")], "4", message_id="c2a1"))
+    store.record_turn(make_turn("c3", [user("joke")], "no", message_id="c3a1"))
+    store.record_turn(make_turn("c3", [user("joke")], "a pun", message_id="c3a2", replaces="c3a1"))
+    store.record_turn(make_turn("c3", [user("joke"), assistant("a pun"), user("another")], "meh", message_id="c3a3"))
+    store.rate(Rating(message_id="c3a3", user="bob", rating="down"))
+    return store
+
+
+def test_openai_jsonl_round_trip_through_datasets(filled, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "export.jsonl"
+    assert export(filled, out, "openai") == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(set(r) == {"messages"} and all(set(m) == {"role", "content"} for m in r["messages"]) for r in rows)
+    dataset = load_dataset("json", data_files=str(out), split="train")
+    by_first_user = {next(m["content"] for m in r["messages"] if m["role"] == "user"): r["messages"] for r in dataset}
+    assert by_first_user["who are you?"] == [SYSTEM, user("who are you?"), assistant("I am Tuneloop."), user("thanks"),
+                                             assistant("welcome")]
+    assert by_first_user["2+2?"] == [user("2+2?"), assistant("4")]
+    # Superseded "no" dropped; cut before the thumbs-down "meh" (trailing user message trimmed too).
+    assert by_first_user["joke"] == [user("joke"), assistant("a pun")]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rated_only_and_since(filled, tmp_path):
+    out = tmp_path / "rated.jsonl"
+    assert export(filled, out, "openai", rated_only=True) == 2  # c1 and c3 (c3 has the implicit and explicit downs)
+    assert export(filled, out, "openai", since=date.today() + timedelta(days=2)) == 0
+    assert out.read_text() == ""
+
+
+def test_parquet_one_row_per_message(filled, tmp_path):
+    out = tmp_path / "export.parquet"
+    assert export(filled, out, "parquet") == 12
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 12
+    fixed = next(r for r in table if r["message_id"] == "c1a1")
+    assert (fixed["rating"], fixed["correction"], fixed["downs"], fixed["corrected_by"]) == (
+        "down", "I am Tuneloop.", 1, "alice")
+    regenerated = next(r for r in table if r["message_id"] == "c3a1")
+    assert regenerated["superseded"] and regenerated["implicit"]
+
+
+def test_unknown_format_is_refused(store, tmp_path):
+    with pytest.raises(ValueError):
+        export(store, tmp_path / "x", "csv")
