@@ -40,7 +40,7 @@ from serving.types import BASE, PRODUCTION, AdapterInfo, ChatStream, Completion,
 log = logging.getLogger(__name__)
 
 MODELS_TTL_S = 2.0  # how long the engine's model list is trusted: short, since other apps may load adapters
-HEALTH_TIMEOUT_S = 5.0  # /healthz must answer quickly even when remote_timeout_s is long
+LIST_TIMEOUT_S = 5.0  # the model list is small: /healthz and the UI must not wait remote_timeout_s for it
 UNLOAD_WAIT_S = 30.0  # how long unload waits for this app's in-flight requests on the adapter
 
 RUNTIME_LOADING_HELP = (
@@ -83,6 +83,7 @@ class RemoteBackend:
         self._models: dict[str, dict] = {}  # engine model id -> its /v1/models entry (last known)
         self._models_at = float("-inf")  # monotonic time of the last successful fetch
         self._engine_base: str | None = None  # the engine's id for the base model
+        self._failure: tuple[float, BackendUnavailable] | None = None  # last failed fetch, reused for the TTL
 
     @classmethod
     def from_settings(cls, settings) -> RemoteBackend:
@@ -104,12 +105,12 @@ class RemoteBackend:
         return backend
 
     # --- engine errors ----------------------------------------------------------------------------
-    def _engine_error(self, exc: BaseException) -> ServingError:
+    def _engine_error(self, exc: BaseException, timeout_s: float | None = None) -> ServingError:
         """Translate a transport or HTTP error from the engine into a ``serving.errors`` error."""
         if isinstance(exc, ServingError):
             return exc
         if isinstance(exc, (InferenceTimeoutError, httpx2.TimeoutException)):
-            return BackendUnavailable(f"engine at {self.url} did not answer within {self.timeout_s:g} s")
+            return BackendUnavailable(f"engine at {self.url} did not answer within {timeout_s or self.timeout_s:g} s")
         if isinstance(exc, OfflineModeIsEnabled):
             return BackendUnavailable(self._offline_message())
         response = getattr(exc, "response", None)
@@ -137,24 +138,36 @@ class RemoteBackend:
         return BackendUnavailable(f"engine at {self.url} failed with HTTP {status}: {message}")
 
     # --- the engine's model list ------------------------------------------------------------------
-    def _fetch_models(self, timeout_s: float | None = None) -> dict[str, dict]:
+    def _fetch_models(self) -> dict[str, dict]:
+        timeout_s = min(self.timeout_s, LIST_TIMEOUT_S)
         try:
-            response = self._http.get(f"{self.url}/models", timeout=timeout_s or self.timeout_s)
+            response = self._http.get(f"{self.url}/models", timeout=timeout_s)
             response.raise_for_status()
             data = response.json().get("data", [])
         except (httpx2.HTTPError, ValueError, AttributeError) as exc:
-            raise self._engine_error(exc) from exc
+            error = self._engine_error(exc, timeout_s)
+            with self._cond:
+                if isinstance(error, BackendUnavailable):
+                    self._failure = (time.monotonic(), error)
+            raise error from exc
         models = {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
         with self._cond:
-            self._models, self._models_at = models, time.monotonic()
+            self._models, self._models_at, self._failure = models, time.monotonic(), None
             self._engine_base = _find_base(models, self.base_model)
         return models
 
     def _current_models(self, *, refresh: bool = False) -> dict[str, dict]:
-        """The engine's models: cached for ``MODELS_TTL_S``; raises ``BackendUnavailable``."""
+        """The engine's models: cached for ``MODELS_TTL_S``; raises ``BackendUnavailable``.
+
+        A failure is also remembered for ``MODELS_TTL_S``, so a down engine costs the UI and /metrics
+        one connection attempt per interval, not one per call.
+        """
         with self._cond:
-            if not refresh and time.monotonic() - self._models_at < MODELS_TTL_S:
+            now = time.monotonic()
+            if not refresh and now - self._models_at < MODELS_TTL_S:
                 return self._models
+            if not refresh and self._failure is not None and now - self._failure[0] < MODELS_TTL_S:
+                raise self._failure[1]
         return self._fetch_models()
 
     def _engine_model(self, concrete: str) -> str:
@@ -225,8 +238,10 @@ class RemoteBackend:
                 raise
             if isinstance(exc, (httpx2.HTTPError, HfHubHTTPError, OSError)):
                 raise self._engine_error(exc) from exc
-            # An in-band error event, e.g. the engine failed mid-answer.
-            raise BackendUnavailable(f"engine at {self.url} failed mid-answer: {exc}") from exc
+            # An in-band error event, e.g. the engine failed mid-answer; OpenAI style carries a dict.
+            detail = exc.args[0] if exc.args else exc
+            message = detail.get("message", detail) if isinstance(detail, dict) else detail
+            raise BackendUnavailable(f"engine at {self.url} failed mid-answer: {message}") from exc
         finally:
             completion.latency_s = time.monotonic() - started
             if usage is not None:
@@ -369,7 +384,7 @@ class RemoteBackend:
         """Never raises: ``ok`` says whether the engine answered its model list."""
         report = {"ok": False, "backend": "remote", "url": self.url, "base_model": self.base_model}
         try:
-            models = self._fetch_models(timeout_s=min(self.timeout_s, HEALTH_TIMEOUT_S))
+            models = self._fetch_models()
         except Exception as exc:  # a health probe reports, it does not fail
             report["error"] = str(self._engine_error(exc))
             return report
