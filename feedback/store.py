@@ -185,7 +185,8 @@ class FeedbackStore:
         with id ``<id>.<n>`` and ``parent_id`` = the given id; later turns with the same history find
         that branch again. A regenerate (``turn.replaces``) stores the new answer at the replaced
         answer's position, marks the replaced answer and everything after it superseded, and records
-        an implicit thumbs-down by ``turn.user`` unless that user already rated it.
+        an implicit thumbs-down by ``turn.user`` unless that user already rated it. A regenerate whose
+        history does not match the replaced answer's still supersedes it, and is stored like any turn.
         """
         now = _now()
         request = [{"role": m["role"], "content": m["content"]} for m in turn.request_messages]
