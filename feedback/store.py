@@ -798,6 +798,8 @@ def _vector_table(keys: list[str], vectors: list[list[float]]):
 
 
 def _vectors_from_arrow(table) -> dict[str, list[float]]:
+    import numpy as np
+
     if table.num_rows == 0:
         return {}
     keys = table.column("key").to_pylist()
@@ -806,7 +808,8 @@ def _vectors_from_arrow(table) -> dict[str, list[float]]:
     with _gc_paused():
         if (lengths == lengths[0]).all():
             matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(keys), int(lengths[0]))
-            return dict(zip(keys, matrix.tolist(), strict=True))
+            # float64 first: numpy's tolist() is about 1.5x faster from float64 (same values, exactly).
+            return dict(zip(keys, matrix.astype(np.float64).tolist(), strict=True))
         return dict(zip(keys, column.to_pylist(), strict=True))
 
 
