@@ -1,0 +1,133 @@
+"""The training example every cleaning stage works on, and the filters: length and one user's share."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from feedback.models import Message
+
+CountTokens = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row of one view: SFT (prompt, completion), KTO (+ ``label``) or preference (+ ``rejected``).
+
+    ``completion`` is the chosen answer of a preference pair. Replayed rows come from earlier
+    snapshot files and carry no conversation or user.
+    """
+
+    prompt: list[Message]
+    completion: str
+    conversation_id: str = ""
+    user: str = ""
+    source_id: str = ""  # message id (or pair id) it came from; orders ties deterministically
+    label: bool | None = None
+    rejected: str | None = None
+    replay: bool = False
+
+    def answers(self) -> list[str]:
+        return [self.completion] if self.rejected is None else [self.completion, self.rejected]
+
+    def record(self) -> dict:
+        """The row in TRL's conversational dataset format for this view."""
+        if self.rejected is not None:
+            return {"prompt": self.prompt, "chosen": [_assistant(self.completion)],
+                    "rejected": [_assistant(self.rejected)]}
+        row = {"prompt": self.prompt, "completion": [_assistant(self.completion)]}
+        if self.label is not None:
+            row["label"] = self.label
+        return row
+
+    def text(self) -> str:
+        """What near-duplicate detection compares: the dialogue without the system prompt, then the answer(s).
+
+        The system prompt is the same for nearly every row and would only use up the embedder's window.
+        """
+        turns = [m.get("content") or "" for m in self.prompt if m.get("role") != "system"]
+        return "\n".join([*turns, *self.answers()])
+
+    def exact_key(self) -> str:
+        """Normalised (NFKC, case, whitespace) prompt + answer(s) + label: equal keys are exact duplicates."""
+        parts = [f"{m.get('role')}:{normalise(m.get('content') or '')}" for m in self.prompt]
+        parts += [normalise(a) for a in self.answers()]
+        parts.append(str(self.label))
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
+
+
+def normalise(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count without a tokenizer: BPE vocabularies average about 4 tokens per 3 English words."""
+    return math.ceil(len(text.split()) * 4 / 3)
+
+
+def drop_empty(examples: list[Example]) -> list[Example]:
+    """Drop rows with a blank answer or no user message to answer."""
+    return [e for e in examples
+            if all(a.strip() for a in e.answers())
+            and any(m.get("role") == "user" and (m.get("content") or "").strip() for m in e.prompt)]
+
+
+def drop_short(examples: list[Example], min_chars: int) -> list[Example]:
+    return [e for e in examples if all(len(a.strip()) >= min_chars for a in e.answers())]
+
+
+def drop_long(examples: list[Example], max_tokens: int, count_tokens: CountTokens | None = None) -> list[Example]:
+    """Drop rows whose prompt plus longest answer is over ``max_tokens`` (chat-template tokens not counted)."""
+    count = count_tokens or estimate_tokens
+    kept = []
+    for e in examples:
+        prompt = sum(count(m.get("content") or "") for m in e.prompt)
+        if prompt + max(count(a) for a in e.answers()) <= max_tokens:
+            kept.append(e)
+    return kept
+
+
+def cap_user_share(examples: list[Example], max_share: float) -> list[Example]:
+    """Keep at most ``max_share`` of the rows from any one user; which rows go is fixed by a hash of their id.
+
+    Replayed rows have no user: they count in the total but are never dropped. With a single
+    contributor there is nobody to balance against, so nothing is dropped (a one-person
+    deployment must still learn).
+    """
+    per_user: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        if not e.replay:
+            per_user[e.user].append(e)
+    n_replay = sum(e.replay for e in examples)
+    if len(per_user) + (n_replay > 0) < 2 or max_share >= 1:
+        return examples
+    sizes = Counter({u: len(rows) for u, rows in per_user.items()})
+    cap = _largest_cap(sorted(sizes.values()), n_replay, max_share)
+    if cap >= max(sizes.values()):
+        return examples
+    keep: set[int] = set()
+    for rows in per_user.values():
+        # Hash order rather than time order, so a capped user keeps a spread of their examples.
+        ranked = sorted(rows, key=lambda e: hashlib.sha256(f"{e.source_id}|{e.exact_key()}".encode()).digest())
+        keep.update(id(e) for e in ranked[:cap])
+    return [e for e in examples if e.replay or id(e) in keep]
+
+
+def _largest_cap(sizes: list[int], n_other: int, share: float) -> int:
+    """The largest K with K <= share * (n_other + sum(min(size, K))): capping every user at K meets the share."""
+    lo, hi = 0, max(sizes)
+    while lo < hi:  # the condition holds for K=0 and, once false, stays false as K grows
+        mid = (lo + hi + 1) // 2
+        if mid <= share * (n_other + sum(min(s, mid) for s in sizes)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

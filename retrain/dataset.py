@@ -1,0 +1,347 @@
+"""Build a training-set snapshot from rated feedback: select → scrub → views → clean → dedup → split → snapshot.
+
+Three views of one selection, in TRL's conversational formats, one JSONL file each:
+
+- SFT (``prompt``/``completion``): thumbs-up answers, and corrections in place of the answer they fix;
+- KTO, unpaired preference (+ ``label``): ups true, downs false, a correction true and its original false;
+- preference pairs (``prompt``/``chosen``/``rejected``): correction vs corrected answer, and arena votes.
+
+PII is scrubbed from the selection before anything else sees it, so no file, manifest or cache
+holds it. A snapshot directory appears by rename with its manifest written last: a directory
+with ``manifest.json`` is complete; anything else under ``datasets_dir`` is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feedback.models import PreferencePair, RatedExample
+from retrain.clean import CountTokens, Example, cap_user_share, drop_empty, drop_long, drop_short, normalise
+from retrain.dedup import CachedEmbedder, EmbeddingCache, exact_dedup, near_dedup
+from retrain.pii import scrub, scrub_messages
+from retrain.split import split
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SFT_TRAIN, SFT_HELDOUT = "sft_train.jsonl", "sft_heldout.jsonl"
+KTO_TRAIN = "kto_train.jsonl"
+PREF_TRAIN, PREF_HELDOUT = "pref_train.jsonl", "pref_heldout.jsonl"
+DATA_FILES = (SFT_TRAIN, SFT_HELDOUT, KTO_TRAIN, PREF_TRAIN, PREF_HELDOUT)
+
+# The settings that decide a snapshot's content, recorded in its manifest.
+DATA_SETTINGS = ("replay_ratio", "min_answer_chars", "max_example_tokens", "dedup_threshold", "embedding_model",
+                 "max_user_share", "heldout_fraction", "seed")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete training-set directory and what its manifest says about it."""
+
+    id: str
+    path: Path
+    cutoff: datetime
+    previous_cutoff: datetime | None
+    counts: dict
+    content_hash: str
+    created_at: datetime
+
+    @classmethod
+    def load(cls, path: str | Path) -> Snapshot:
+        """Read a snapshot from its directory; FileNotFoundError when it has no manifest (incomplete)."""
+        path = Path(path)
+        m = json.loads((path / MANIFEST).read_text())
+        return cls(id=m["snapshot_id"], path=path, cutoff=datetime.fromisoformat(m["cutoff"]),
+                   previous_cutoff=_parse_dt(m["previous_cutoff"]), counts=m["counts"],
+                   content_hash=m["content_hash"], created_at=datetime.fromisoformat(m["created_at"]))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def sft_train_path(self) -> Path:
+        return self.path / SFT_TRAIN
+
+    @property
+    def sft_heldout_path(self) -> Path:
+        return self.path / SFT_HELDOUT
+
+    @property
+    def kto_train_path(self) -> Path:
+        return self.path / KTO_TRAIN
+
+    @property
+    def pref_train_path(self) -> Path:
+        return self.path / PREF_TRAIN
+
+    @property
+    def pref_heldout_path(self) -> Path:
+        return self.path / PREF_HELDOUT
+
+    @property
+    def n_sft_train(self) -> int:
+        return self.counts["sft"]["train"]
+
+    @property
+    def n_sft_heldout(self) -> int:
+        return self.counts["sft"]["heldout"]
+
+    @property
+    def n_kto_train(self) -> int:
+        return self.counts["kto"]["train"]
+
+    @property
+    def n_pref_train(self) -> int:
+        return self.counts["pref"]["train"]
+
+    @property
+    def n_pref_heldout(self) -> int:
+        return self.counts["pref"]["heldout"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    rated: list[RatedExample]
+    pairs: list[PreferencePair]  # arena votes only: correction pairs are derived from ``rated``
+    previous_cutoff: datetime | None
+    cutoff: datetime
+
+
+# --- select ---------------------------------------------------------------------------------------------
+def select(store, now: datetime) -> Selection:
+    """Rated answers and arena votes since the last completed run's cutoff, up to ``now`` (exclusive)."""
+    since = _aware(store.last_cutoff())
+    rated = store.rated_examples(since=since, until=now)
+    # Correction pairs come from ``rated`` (one place decides what a correction means); arena votes from here.
+    pairs = [p for p in store.preference_pairs(since=since, until=now) if p.source == "arena"]
+    return Selection(rated=rated, pairs=pairs, previous_cutoff=since, cutoff=now)
+
+
+def scrub_selection(sel: Selection, counts: Counter) -> Selection:
+    """The selection with PII scrubbed from every prompt, answer and correction."""
+    rated = [dataclasses.replace(r, prompt=scrub_messages(r.prompt, counts), answer=scrub(r.answer, counts),
+                                 correction=scrub(r.correction, counts) if r.correction else r.correction)
+             for r in sel.rated]
+    pairs = [dataclasses.replace(p, prompt=scrub_messages(p.prompt, counts), chosen=scrub(p.chosen, counts),
+                                 rejected=scrub(p.rejected, counts))
+             for p in sel.pairs]
+    return dataclasses.replace(sel, rated=rated, pairs=pairs)
+
+
+# --- views ----------------------------------------------------------------------------------------------
+def build_views(rated: list[RatedExample], pairs: list[PreferencePair]) -> dict[str, list[Example]]:
+    """The SFT, KTO and preference rows of a (scrubbed) selection, oldest first."""
+    sft: list[Example] = []
+    kto: list[Example] = []
+    pref: list[Example] = []
+    for r in sorted(rated, key=lambda r: (r.rated_at, r.message_id)):
+        row = Example(prompt=r.prompt, completion=r.answer, conversation_id=r.conversation_id, user=r.user,
+                      source_id=r.message_id)
+        corrected = bool(r.correction and r.correction.strip()) and normalise(r.correction) != normalise(r.answer)
+        if corrected:
+            fixed = dataclasses.replace(row, completion=r.correction)
+            sft.append(fixed)
+            kto += [dataclasses.replace(fixed, label=True), dataclasses.replace(row, label=False)]
+            pref.append(dataclasses.replace(fixed, rejected=r.answer))
+        elif r.rating == "up" or r.correction:  # a correction equal to the answer endorses it
+            sft.append(row)
+            kto.append(dataclasses.replace(row, label=True))
+        elif r.rating == "down":
+            kto.append(dataclasses.replace(row, label=False))
+    epoch = datetime.min.replace(tzinfo=UTC)
+    for p in sorted(pairs, key=lambda p: (_aware(p.created_at) or epoch, p.conversation_id)):
+        pref.append(Example(prompt=p.prompt, completion=p.chosen, rejected=p.rejected,
+                            conversation_id=p.conversation_id, user=p.user, source_id=f"arena:{p.conversation_id}"))
+    return {"sft": sft, "kto": kto, "pref": pref}
+
+
+# --- replay ---------------------------------------------------------------------------------------------
+def complete_snapshots(datasets_dir: Path, up_to: datetime | None = None) -> list[Snapshot]:
+    """Complete snapshots under ``datasets_dir`` (cutoff <= ``up_to`` when given), oldest first."""
+    if not datasets_dir.is_dir():
+        return []
+    found = []
+    for d in datasets_dir.iterdir():
+        if d.name.startswith(".") or not (d / MANIFEST).is_file():
+            continue  # temp dirs of interrupted builds
+        snap = Snapshot.load(d)
+        if up_to is None or snap.cutoff <= up_to:
+            found.append(snap)
+    return sorted(found, key=lambda s: (s.cutoff, s.id))
+
+
+def sample_replay(snapshots: list[Snapshot], n: int, seed: int) -> list[Example]:
+    """``n`` distinct rows drawn with ``seed`` from the SFT train files of ``snapshots``.
+
+    Only the drawn lines are parsed; reading the files is a byte scan, so a large history costs
+    little next to the new data's embeddings.
+    """
+    if n <= 0 or not snapshots:
+        return []
+    pool: dict[bytes, None] = {}  # replayed rows recur in later files; count each once
+    for snap in snapshots:
+        for line in snap.sft_train_path.read_bytes().splitlines():
+            if line.strip():
+                pool[line] = None
+    lines = list(pool)
+    picked = random.Random(seed).sample(lines, min(n, len(lines)))
+    out = []
+    for line in picked:
+        row = json.loads(line)
+        out.append(Example(prompt=row["prompt"], completion=row["completion"][0]["content"], replay=True,
+                           source_id="replay:" + hashlib.sha256(line).hexdigest()[:16]))
+    return out
+
+
+# --- clean ----------------------------------------------------------------------------------------------
+def clean_view(
+    view: str,
+    examples: list[Example],
+    settings,
+    embed: Callable,
+    count_tokens: CountTokens | None,
+    counts: dict,
+) -> tuple[list[Example], list[Example]]:
+    """Filter, dedup, cap and split one view; returns (train, heldout) and records counts after each stage."""
+    c = counts[view]
+    c["selected"] = len(examples)
+    examples = drop_empty(examples)
+    c["non_empty"] = len(examples)
+    examples = drop_short(examples, settings.min_answer_chars)
+    c["min_length"] = len(examples)
+    examples = drop_long(examples, settings.max_example_tokens, count_tokens)
+    c["max_length"] = len(examples)
+    examples = exact_dedup(examples)
+    c["exact_dedup"] = len(examples)
+    # KTO ups and downs of the same text are both signal; only rows with one label compete.
+    group = (lambda e: e.label) if view == "kto" else None
+    examples = near_dedup(examples, embed, settings.dedup_threshold, group=group)
+    c["near_dedup"] = len(examples)
+    examples = cap_user_share(examples, settings.max_user_share)
+    c["user_cap"] = len(examples)
+    train, heldout = split(examples, settings.heldout_fraction)
+    c["train"], c["heldout"] = len(train), len(heldout)
+    return train, heldout
+
+
+# --- snapshot -------------------------------------------------------------------------------------------
+def write_snapshot(datasets_dir: Path, snapshot_id: str, files: dict[str, list[Example]], manifest: dict) -> Path:
+    """Write the data files and manifest into a temp dir, then rename it into place; returns the final path."""
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    final = datasets_dir / snapshot_id
+    tmp = datasets_dir / f".tmp-{snapshot_id}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        digest = hashlib.sha256()
+        for name in DATA_FILES:
+            data = "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in files.get(name, [])).encode()
+            _write_durable(tmp / name, data)
+            digest.update(name.encode() + b"\0" + data)
+        manifest = {**manifest, "snapshot_id": snapshot_id, "content_hash": digest.hexdigest()}
+        _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_training_set(
+    store,
+    settings,
+    *,
+    count_tokens: CountTokens | None = None,
+    now: datetime | None = None,
+    embedder=None,
+    embedding_cache: EmbeddingCache | None = None,
+) -> Snapshot:
+    """Build, write and record the next training-set snapshot from ``store``'s new feedback.
+
+    ``count_tokens`` counts tokens with the base tokenizer (default: a word-count estimate);
+    ``embedder`` is a SentenceTransformer-like model (default: ``load_embedder(settings.embedding_model)``,
+    loaded only if some text is not cached); ``embedding_cache`` defaults to ``store``.
+    """
+    now = _aware(now) or datetime.now(UTC)
+    counts: dict = {"sft": {}, "kto": {}, "pref": {}}
+    pii: Counter = Counter()
+
+    sel = scrub_selection(select(store, now), pii)
+    views = build_views(sel.rated, sel.pairs)
+    earlier = complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
+    # Sized by the new data, not the history, so training time stays flat as history grows.
+    replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed)
+    counts["sft"]["replay"] = len(replay)
+    # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
+    views["sft"] = replay + views["sft"]
+
+    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder)
+    sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts)
+    kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts)
+    pref_train, pref_heldout = clean_view("pref", views["pref"], settings, embed, count_tokens, counts)
+    counts["pii"] = dict(sorted(pii.items()))
+    counts["embedded"] = embed.n_encoded
+
+    snapshot_id = _snapshot_id(Path(settings.datasets_dir), now)
+    manifest = {
+        "cutoff": now.isoformat(),
+        "previous_cutoff": sel.previous_cutoff.isoformat() if sel.previous_cutoff else None,
+        "created_at": datetime.now(UTC).isoformat(),
+        "counts": counts,
+        "replay_sources": [s.id for s in earlier],
+        "settings": {k: getattr(settings, k) for k in DATA_SETTINGS},
+        "token_counter": "tokenizer" if count_tokens else "word estimate",
+        "formats": {"sft": "conversational prompt-completion", "kto": "conversational unpaired preference",
+                    "pref": "conversational preference"},
+    }
+    path = write_snapshot(Path(settings.datasets_dir), snapshot_id, {
+        SFT_TRAIN: sft_train, SFT_HELDOUT: sft_heldout, KTO_TRAIN: kto_train,
+        PREF_TRAIN: pref_train, PREF_HELDOUT: pref_heldout,
+    }, manifest)
+    snapshot = Snapshot.load(path)
+    store.record_snapshot(snapshot.id, path, snapshot.cutoff, counts, snapshot.content_hash,
+                          created_at=snapshot.created_at)
+    log.info("snapshot %s: sft %d train / %d heldout (%d replayed), kto %d, pref %d / %d; %d texts embedded; "
+             "pii replaced %s", snapshot.id, snapshot.n_sft_train, snapshot.n_sft_heldout, len(replay),
+             snapshot.n_kto_train, snapshot.n_pref_train, snapshot.n_pref_heldout, embed.n_encoded,
+             counts["pii"] or "none")
+    return snapshot
+
+
+def _snapshot_id(datasets_dir: Path, now: datetime) -> str:
+    base = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    snapshot_id, n = base, 1
+    while (datasets_dir / snapshot_id).exists():
+        n += 1
+        snapshot_id = f"{base}-{n}"
+    return snapshot_id
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """UTC-aware datetimes throughout; a naive one is taken to be UTC (as the store writes them)."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _parse_dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

@@ -1,0 +1,49 @@
+"""Length filters and the per-user cap, on plain Example lists."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from retrain.clean import Example, cap_user_share, drop_empty, drop_long, drop_short, estimate_tokens
+
+
+def ex(answer="a fine answer", user="u", question="what?", sid=None, replay=False, **kw) -> Example:
+    return Example(prompt=[{"role": "system", "content": "sys"}, {"role": "user", "content": question}],
+                   completion=answer, user=user, conversation_id=f"c-{sid or answer}", source_id=sid or answer,
+                   replay=replay, **kw)
+
+
+def test_empty_and_short():
+    rows = [ex(""), ex("   "), ex("ok", question="  "), ex("x"), ex("ok"), ex("fine", rejected="")]
+    non_empty = drop_empty(rows)
+    assert [e.completion for e in non_empty] == ["x", "ok"]
+    assert [e.completion for e in drop_short(non_empty, 2)] == ["ok"]
+
+
+def test_long_uses_the_given_counter():
+    rows = [ex("word " * 10), ex("word " * 100)]
+    assert len(drop_long(rows, 50)) == 1  # default word estimate
+    by_chars = drop_long(rows, 60, count_tokens=len)
+    assert [len(e.completion) for e in by_chars] == [50]
+    assert estimate_tokens("one two three") == 4
+
+
+def test_user_cap_limits_share_deterministically():
+    rows = [ex(f"a{i}", user="heavy", sid=f"h{i}") for i in range(80)]
+    rows += [ex(f"b{i}", user=f"light{i % 4}", sid=f"l{i}") for i in range(20)]
+    kept = cap_user_share(rows, 0.5)
+    per_user = Counter(e.user for e in kept)
+    assert per_user["heavy"] <= 0.5 * len(kept)
+    assert per_user["heavy"] == 20  # as many as all others together
+    assert all(per_user[f"light{i}"] == 5 for i in range(4))
+    # Which rows go depends on the rows, not on their order.
+    assert {e.source_id for e in kept} == {e.source_id for e in cap_user_share(rows[::-1], 0.5)}
+
+
+def test_user_cap_spares_a_single_user_and_counts_replay():
+    solo = [ex(f"a{i}", user="only", sid=f"s{i}") for i in range(10)]
+    assert cap_user_share(solo, 0.5) == solo
+    replay = [ex(f"r{i}", user="", sid=f"r{i}", replay=True) for i in range(4)]
+    kept = cap_user_share(replay + solo, 0.5)
+    assert sum(e.replay for e in kept) == 4
+    assert sum(not e.replay for e in kept) == 4  # 4 <= 0.5 * (4 + 4)

@@ -1,0 +1,72 @@
+"""Exact and near-duplicate removal with the real MiniLM embedder and a cache."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrain.clean import Example
+from retrain.dedup import CachedEmbedder, MemoryEmbeddingCache, exact_dedup, near_dedup, near_duplicate_keep_mask
+
+
+def ex(question: str, answer: str, label=None) -> Example:
+    return Example(prompt=[{"role": "system", "content": "Be helpful."}, {"role": "user", "content": question}],
+                   completion=answer, label=label)
+
+
+def test_exact_dedup_normalises_case_whitespace_and_unicode():
+    rows = [ex("What is Python?", "A language."), ex("what  is python?", "a language."),
+            ex("What is Python?", "A language."), ex("What is Python?", "A snake."),
+            ex("ｗｈａｔ is Python?", "A language."),  # fullwidth letters: NFKC folds them
+            ex("What is Python?", "A language.", label=True)]
+    kept = exact_dedup(rows)
+    assert [(e.completion, e.label) for e in kept] == [("A language.", None), ("A snake.", None), ("A language.", True)]
+
+
+def test_near_duplicates_removed_distinct_kept(minilm):
+    rows = [
+        ex("How do I reverse a list in Python?", "Use reversed(lst) or lst[::-1]."),
+        ex("How do I reverse a list in Python ?", "Use reversed(lst) or lst[::-1] ."),  # near-dup of 0
+        ex("What is the capital of France?", "Paris."),
+        ex("Write a haiku about autumn leaves.", "Red leaves drift and fall / quiet paths ..."),
+        ex("What's the capital city of France?", "Paris."),  # near-dup of 2 (cosine ~0.97)
+        ex("How do I sort a dictionary by value?", "sorted(d.items(), key=lambda kv: kv[1])"),
+        ex("What is the capital of Germany?", "Berlin."),  # same template, different fact: kept
+    ]
+    embed = CachedEmbedder(MemoryEmbeddingCache(), "minilm", minilm)
+    kept = near_dedup(rows, embed, threshold=0.95)
+    assert [rows.index(e) for e in kept] == [0, 2, 3, 5, 6]
+    # With a threshold nothing reaches, everything stays.
+    assert len(near_dedup(rows, embed, threshold=0.9999)) == len(rows)
+
+
+def test_near_dedup_groups_compete_only_within():
+    vecs = {"a": [1.0, 0.0], "b": [1.0, 0.0]}
+
+    def embed(texts):
+        return np.array([vecs[t.split("\n")[-1]] for t in texts], dtype=np.float32)
+
+    rows = [ex("q", "a", label=True), ex("q", "b", label=False), ex("q", "b", label=True)]
+    kept = near_dedup(rows, embed, 0.9, group=lambda e: e.label)
+    assert [(e.completion, e.label) for e in kept] == [("a", True), ("b", False)]
+
+
+def test_keep_mask_is_greedy_in_order_across_chunks():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 32)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noisy = base + 0.01 * rng.normal(size=base.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    emb = np.concatenate([base, noisy])  # the second half duplicates the first
+    keep = near_duplicate_keep_mask(emb, 0.95, chunk_size=64)
+    assert keep[:300].all() and not keep[300:].any()
+
+
+def test_cache_means_only_new_texts_are_encoded(counting_embedder):
+    cache = MemoryEmbeddingCache()
+    embed = CachedEmbedder(cache, "minilm", counting_embedder)
+    first = embed(["alpha beta", "gamma delta", "alpha beta"])
+    assert counting_embedder.texts == 2
+    again = CachedEmbedder(cache, "minilm", counting_embedder)(["gamma delta", "epsilon"])
+    assert counting_embedder.texts == 3
+    assert np.allclose(again[0], first[1], atol=1e-6)
+    assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
