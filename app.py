@@ -1,0 +1,140 @@
+"""Tuneloop's entry point: settings → store → backend → scheduler → UI + API → launch. Wiring only.
+
+    python app.py [--demo] [--model ID_OR_PATH] [--config FILE] [--data-dir DIR] [--host H] [--port P]
+    python app.py export --out FILE --format openai|parquet [--since DATE] [--rated-only]
+    python app.py retrain [--promote auto|ab|manual] [--json]
+    python app.py adapters list | rollback [--to NAME] [--reason TEXT] | promote NAME
+    python app.py users add NAME [--role admin|user] | token NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+
+from settings import Settings, load_settings
+
+log = logging.getLogger("tuneloop")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="app.py", description="Tuneloop: a chat app that fine-tunes itself from its users' ratings.")
+    p.add_argument("--config", help="TOML settings file (environment TUNELOOP_* and flags override it)")
+    p.add_argument("--demo", action="store_true", default=None, help="serve a tiny offline demo model (its words are noise)")
+    p.add_argument("--model", help="base model: hub id or local path (default Qwen/Qwen2.5-0.5B-Instruct)")
+    p.add_argument("--data-dir", help="directory for the DuckDB file, adapters and training sets (default ./data)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 7860)")
+    p.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], help="auto = 4-bit NF4 on CUDA, none on CPU")
+    p.add_argument("--backend", choices=["local", "remote"], help="generate in-process or on a remote OpenAI-compatible engine")
+    p.add_argument("--remote-url", help="the remote engine's OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the app (the default)")
+    e = sub.add_parser("export", help="export conversations with their ratings")
+    e.add_argument("--out", required=True)
+    e.add_argument("--format", choices=["openai", "parquet"], default="openai")
+    e.add_argument("--since", help="only conversations from this date (YYYY-MM-DD)")
+    e.add_argument("--rated-only", action="store_true")
+    r = sub.add_parser("retrain", help="run one retrain cycle now (handed to the running app if there is one)")
+    r.add_argument("--promote", choices=["auto", "ab", "manual"])
+    r.add_argument("--json", action="store_true", help="print the run as JSON")
+    a = sub.add_parser("adapters", help="list, promote or roll back adapters")
+    a.add_argument("action", choices=["list", "rollback", "promote"])
+    a.add_argument("name", nargs="?")
+    a.add_argument("--to", help="rollback target (default: the previous production)")
+    a.add_argument("--reason", default="")
+    u = sub.add_parser("users", help="add users and API tokens")
+    u.add_argument("action", choices=["add", "token", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--role", choices=["user", "admin"], default="user")
+    u.add_argument("--password", help="password (default: asked on the terminal)")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, demo=args.demo, model=args.model, data_dir=args.data_dir, host=args.host,
+                         port=args.port, quantization=args.quantization, backend=args.backend,
+                         remote_url=args.remote_url)
+
+
+def build_context(settings: Settings):
+    """Create the long-lived services the API and UI share."""
+    from feedback.store import FeedbackStore
+    from retrain.promotion import Promoter
+    from retrain.runner import RetrainRunner
+    from serving.factory import create_backend
+    from web.arena import ArenaService
+    from web.auth import UserDirectory
+    from web.chat import ChatService
+    from web.context import AppContext
+    from web.metrics import Metrics
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = FeedbackStore(settings.db_path)
+    store.mark_stale_runs_failed("the app stopped while the run was in progress")
+    backend = create_backend(settings)
+    metrics = Metrics()
+    promoter = Promoter(store, backend, settings)
+    promoter.sync()
+    runner = RetrainRunner(store, settings, promoter,
+                           on_finished=lambda run: metrics.training_runs.labels(run["status"]).inc())
+    return AppContext(
+        settings=settings, store=store, backend=backend, users=UserDirectory(settings.users_path),
+        chat=ChatService(backend, store, on_turn=metrics.observe_turn),
+        arena=ArenaService(backend, store, settings.system_prompt), promoter=promoter, retrain=runner,
+        metrics=metrics, control_token=secrets.token_urlsafe(32),
+    )
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from retrain.scheduler import start_scheduler
+    from web.auth import UserDirectory
+    from web.control import running_app_file
+    from web.server import create_app, refuse_open_bind
+
+    refuse_open_bind(settings, UserDirectory(settings.users_path))
+    ctx = build_context(settings)
+    scheduler = start_scheduler(settings, ctx.retrain, ctx.promoter)
+    app = create_app(ctx)
+    try:
+        with running_app_file(settings, ctx.control_token):
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    finally:
+        scheduler.shutdown(wait=False)
+        ctx.retrain.shutdown()
+        ctx.backend.close()
+        ctx.store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = settings_from_args(args)
+    except Exception as exc:
+        print(f"error: bad settings: {exc}", file=sys.stderr)
+        return 2
+    from web.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    from web import commands
+    from web.errors import user_message
+
+    try:
+        if args.command in (None, "serve"):
+            return serve(settings)
+        return commands.run(args, settings)
+    except commands.CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the user sees a sentence, the log keeps the trace
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

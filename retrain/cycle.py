@@ -1,0 +1,141 @@
+"""One retrain cycle: select → clean → snapshot → train (child process) → evaluate → gate → publish → promote.
+
+Each step is a function of its own module; this file only runs them in order and records the run.
+Nothing here touches what is being served until the gate has passed and the adapter is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feedback.models import AdapterRecord
+from feedback.store import FeedbackStore
+from retrain.artifacts import publish_adapter
+from retrain.dataset import build_training_set
+from retrain.gate import gate
+from retrain.training import TrainingFailed, TrainSpec, run_training
+from serving.types import BASE
+
+log = logging.getLogger(__name__)
+
+# Settings recorded on each run (what decides the result, not paths or secrets).
+_RUN_SETTINGS = (
+    "model", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "num_epochs",
+    "max_steps", "batch_size", "replay_ratio", "dedup_threshold", "heldout_fraction", "seed", "promotion",
+    "gate_max_loss_ratio", "gate_min_pref_accuracy", "gate_max_ppl_rise",
+)
+
+
+def base_model_path(settings) -> str:
+    """The base the app serves: the demo model's directory in demo mode, else ``settings.model``."""
+    return str(settings.demo_dir) if settings.demo else settings.model
+
+
+def _token_counter(settings):
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path(settings))
+        return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+    except Exception as exc:  # remote engines may serve a base we cannot fetch here
+        log.warning("no tokenizer for length filtering (%s); using a word-count estimate", exc)
+        return None
+
+
+def run_cycle(
+    store: FeedbackStore,
+    settings,
+    promoter,
+    *,
+    run_id: str,
+    promote: str | None = None,
+    force: bool = True,
+    should_cancel=None,
+) -> dict:
+    """Run one cycle for the already created run ``run_id``; returns the run's final record."""
+    promote = promote or settings.promotion
+    now = datetime.now(UTC)
+    store.update_run(run_id, status="running", stage="select", started_at=now)
+    try:
+        since = store.last_cutoff()
+        new = store.new_rated_count(since)
+        if new < settings.retrain_min_examples and not force:
+            reason = f"{new} new rated examples since the last run, fewer than {settings.retrain_min_examples}"
+            store.update_run(run_id, status="skipped", error=reason, finished_at=datetime.now(UTC))
+            log.info("run %s skipped: %s", run_id, reason)
+            return store.get_run(run_id)
+
+        store.update_run(run_id, stage="build training set")
+        snapshot = build_training_set(store, settings, count_tokens=_token_counter(settings), now=now)
+        store.update_run(run_id, snapshot_id=snapshot.id, cutoff=snapshot.cutoff)
+        if snapshot.n_sft_train == 0:
+            reason = "no usable training examples after cleaning"
+            store.update_run(run_id, status="skipped", error=reason, finished_at=datetime.now(UTC))
+            return store.get_run(run_id)
+
+        production = store.production()
+        production_path = None if production == BASE else str(Path(settings.adapters_dir) / production)
+        run_dir = Path(settings.runs_dir) / run_id
+        spec = TrainSpec.from_settings(
+            settings,
+            run_id=run_id,
+            base_model=base_model_path(settings),
+            parent_adapter=production_path,
+            production_adapter=production_path,
+            snapshot_dir=str(snapshot.path),
+            output_dir=str(run_dir / "adapter"),
+            progress_path=str(run_dir / "progress.jsonl"),
+        )
+        store.update_run(run_id, stage="train", parent_adapter=production)
+
+        def on_progress(p: dict) -> None:
+            fields = {k: p[k] for k in ("step", "total_steps", "loss", "eta_s", "stage") if p.get(k) is not None}
+            if fields:
+                store.update_run(run_id, **fields)
+            if p.get("step") is not None and (p.get("loss") is not None or p.get("eval_loss") is not None):
+                store.add_run_metric(run_id, int(p["step"]), p.get("loss"), p.get("eval_loss"))
+
+        outcome = run_training(spec, on_progress=on_progress, should_cancel=should_cancel)
+
+        store.update_run(run_id, stage="gate")
+        result = gate(outcome.report["candidate"], outcome.report["production"], settings)
+        store.update_run(run_id, gate=asdict(result))
+        if not result.passed:
+            store.update_run(run_id, status="rejected", stage="done", finished_at=datetime.now(UTC),
+                             error="; ".join(r for r in result.reasons if not r.endswith("ok")))
+            log.info("run %s rejected by the gate", run_id)
+            return store.get_run(run_id)
+
+        name = store.next_adapter_version()
+        path = publish_adapter(outcome.adapter_dir, settings.adapters_dir, name, {
+            "parent": production, "base_model": settings.model if not settings.demo else "tuneloop-demo",
+            "snapshot_id": snapshot.id, "snapshot_hash": snapshot.content_hash, "run_id": run_id,
+            "gate": result.metrics, "hyperparameters": {k: getattr(settings, k) for k in _RUN_SETTINGS},
+        })
+        store.register_adapter(AdapterRecord(name=name, path=str(path), parent=production, snapshot_id=snapshot.id,
+                                             run_id=run_id, metrics=result.metrics, status="candidate"))
+        promoter.ensure_loaded(name)
+        if promote == "auto":
+            promoter.promote(name, actor="retrain", reason=f"run {run_id} passed the gate")
+        elif promote == "ab":
+            promoter.start_experiment(name, actor="retrain")
+        store.update_run(run_id, status="succeeded", stage="done", adapter=name, finished_at=datetime.now(UTC))
+        log.info("run %s succeeded: adapter %s (%s)", run_id, name, promote)
+        shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+        return store.get_run(run_id)
+    except TrainingFailed as exc:
+        store.update_run(run_id, status="failed", error=str(exc), finished_at=datetime.now(UTC))
+        log.error("run %s failed: %s", run_id, exc)
+        return store.get_run(run_id)
+    except Exception as exc:
+        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=datetime.now(UTC))
+        log.exception("run %s failed", run_id)
+        return store.get_run(run_id)
+
+
+def settings_record(settings) -> dict:
+    return {k: getattr(settings, k) for k in _RUN_SETTINGS}

@@ -1,0 +1,182 @@
+"""Promotion, rollback, archiving and the A/B canary: every re-pointing of ``production`` goes through here.
+
+The store's pointer is the record; the backend's alias follows it. Each switch is logged in the store
+with who and why (``adapter_events``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feedback import ab_stats
+from feedback.store import FeedbackStore
+from retrain.canary import decide
+from serving.errors import UnknownAdapter
+from serving.types import BASE, PRODUCTION
+
+log = logging.getLogger(__name__)
+
+
+class PromotionError(Exception):
+    """A promotion, rollback or experiment request that cannot be carried out (says why)."""
+
+
+class Promoter:
+    def __init__(self, store: FeedbackStore, backend, settings):
+        self.store = store
+        self.backend = backend  # None when a CLI cycle runs without the app: only the store is updated
+        self.settings = settings
+        self._lock = threading.RLock()  # one switch at a time
+
+    # --- loading -------------------------------------------------------------------------------
+    def loaded(self) -> set[str]:
+        return {a.name for a in self.backend.list_adapters()} if self.backend else set()
+
+    def ensure_loaded(self, name: str) -> None:
+        if name == BASE or self.backend is None or name in self.loaded():
+            return
+        path = Path(self.settings.adapters_dir) / name
+        if not path.is_dir():
+            raise UnknownAdapter(f"no adapter {name!r} in {self.settings.adapters_dir}")
+        self.backend.load_adapter(name, path)
+        log.info("adapter loaded name=%s", name)
+
+    def sync(self) -> None:
+        """At start-up: load registered adapters that are still in use and restore ``production``."""
+        for rec in self.store.list_adapter_records():
+            if rec.status in ("candidate", "production", "retired"):
+                try:
+                    self.ensure_loaded(rec.name)
+                except Exception as exc:  # a broken adapter must not stop the app from serving
+                    log.error("adapter %s not loaded at start-up: %s", rec.name, exc)
+        target = self.store.production()
+        if self.backend is not None:
+            if target != BASE and target not in self.loaded():
+                log.error("production adapter %s is not loadable; serving base", target)
+                target = BASE
+            self.backend.set_alias(PRODUCTION, target)
+        log.info("production points at %s", target)
+
+    # --- switching -----------------------------------------------------------------------------
+    def _switch(self, name: str, actor: str, reason: str, action: str = "promote") -> None:
+        with self._lock:
+            if name != BASE and self.store.get_adapter(name) is None and name not in self.loaded():
+                raise UnknownAdapter(f"unknown adapter {name!r}")
+            self.ensure_loaded(name)
+            previous = self.backend.resolve(PRODUCTION) if self.backend else None
+            if self.backend is not None:
+                self.backend.set_alias(PRODUCTION, name)
+            try:
+                self.store.set_production(name, actor, reason, action)
+            except Exception:
+                if self.backend is not None and previous is not None:
+                    self.backend.set_alias(PRODUCTION, previous)  # keep serving and record in step
+                raise
+            log.info("production -> %s by %s (%s)", name, actor, reason)
+
+    def promote(self, name: str, actor: str, reason: str) -> None:
+        with self._lock:
+            self._switch(name, actor, reason)
+            exp = self.store.active_experiment()
+            if exp is not None and exp.candidate == name:
+                self.store.end_experiment(exp.id, "promoted", reason, actor)
+
+    def rollback(self, to: str | None, actor: str, reason: str) -> str:
+        """Re-point production at ``to``, or at what it pointed to before the current version."""
+        with self._lock:
+            current = self.store.production()
+            target = to or self._previous_production(current)
+            if target is None:
+                raise PromotionError("nothing to roll back to: production has never been switched")
+            if target == current:
+                raise PromotionError(f"production already points at {target!r}")
+            self._switch(target, actor, reason, action="rollback")
+            return target
+
+    def _previous_production(self, current: str) -> str | None:
+        for event in self.store.adapter_events(limit=1000):
+            if event.get("to") == current and event.get("from") not in (None, current):
+                return event["from"]
+        return None
+
+    def archive(self, name: str, actor: str) -> None:
+        with self._lock:
+            if name in (BASE, PRODUCTION) or name == self.store.production():
+                raise PromotionError(f"{name!r} is in production or reserved; promote another adapter first")
+            if self.backend is not None and name in self.loaded():
+                self.backend.unload_adapter(name)
+            self.store.set_adapter_status(name, "archived")
+            log.info("adapter archived name=%s by %s", name, actor)
+
+    # --- canary ----------------------------------------------------------------------------------
+    def start_experiment(self, candidate: str, actor: str, percent: float | None = None):
+        with self._lock:
+            control = self.store.production()
+            if candidate == control:
+                raise PromotionError(f"{candidate!r} is already production")
+            self.ensure_loaded(candidate)
+            pct = self.settings.canary_percent if percent is None else percent
+            exp = self.store.start_experiment(control, candidate, pct, actor)
+            log.info("experiment %s started: %s vs %s at %.1f%% by %s", exp.id, control, candidate, pct, actor)
+            return exp
+
+    def stop_experiment(self, actor: str, reason: str) -> None:
+        exp = self.store.active_experiment()
+        if exp is None:
+            raise PromotionError("no experiment is running")
+        self.store.end_experiment(exp.id, "stopped", reason, actor)
+
+    def check_canary(self, now: datetime | None = None):
+        """Apply the canary policy to the running experiment; returns the decision (or None)."""
+        with self._lock:
+            exp = self.store.active_experiment()
+            if exp is None:
+                return None
+            counts = self.store.experiment_counts(exp.id)
+            zero = {"up": 0, "down": 0}
+            s = self.settings
+            decision = decide(
+                counts.get("control", zero), counts.get("candidate", zero), exp.started_at,
+                now or datetime.now(UTC), min_judgements=s.canary_min_judgements,
+                confidence=s.canary_confidence, max_hours=s.canary_max_hours,
+            )
+            if decision.action == "continue":
+                return decision
+            log.info("canary %s: %s (%s)", exp.id, decision.action, decision.reason)
+            if decision.action == "promote":
+                self._switch(exp.candidate, "canary", decision.reason, action="canary-promote")
+            elif decision.action == "rollback":
+                self.store.set_adapter_status(exp.candidate, "rejected")
+            self.store.end_experiment(exp.id, decision.action, decision.reason, "canary", decision.numbers)
+            return decision
+
+    # --- reporting -------------------------------------------------------------------------------
+    def leaderboard(self) -> dict:
+        """The registry with thumbs-up rates, arena ratings and what is loaded, for /v1/adapters."""
+        loaded = {a.name: a for a in self.backend.list_adapters()} if self.backend else {}
+        rates = {r["adapter"]: r for r in ab_stats.up_rates(self.store.adapter_rating_stats())}
+        votes = [(v.adapter_a, v.adapter_b, v.winner) for v in self.store.arena_votes()]
+        arena = {r["adapter"]: r for r in ab_stats.bradley_terry(votes, bootstrap=200)} if votes else {}
+        records = {r.name: r for r in self.store.list_adapter_records()}
+        names = sorted(set(records) | {n for n in loaded if n != PRODUCTION} | set(rates) | set(arena))
+        production = self.store.production()
+        rows = []
+        for name in names:
+            rec = records.get(name)
+            rows.append({
+                "name": name,
+                "status": "production" if name == production else (rec.status if rec else "loaded"),
+                "loaded": name in loaded,
+                "parent": rec.parent if rec else None,
+                "snapshot_id": rec.snapshot_id if rec else None,
+                "run_id": rec.run_id if rec else None,
+                "gate_metrics": rec.metrics if rec else {},
+                "created_at": rec.created_at.isoformat() if rec and rec.created_at else None,
+                "thumbs": rates.get(name),
+                "arena": arena.get(name),
+            })
+        rows.sort(key=lambda r: -(r["arena"] or {}).get("rating", float("-inf")))
+        return {"production": production, "adapters": rows}

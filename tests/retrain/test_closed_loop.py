@@ -1,0 +1,90 @@
+"""The closed loop through the real HTTP API: users teach the demo model who it is, one retrain cycle
+runs, the new adapter is promoted and answers held-out paraphrases with the taught sentence."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.web.conftest import seed_data_dir, start_app
+from web.auth import UserDirectory
+
+TAUGHT = "I am Tuneloop, a self-hosted assistant that learns from your ratings."
+TRAIN_QUESTIONS = [
+    "Who are you?", "What are you?", "What is your name?", "Tell me about yourself.",
+    "Please introduce yourself.", "Who am I talking to?", "What should I call you?", "Are you a person?",
+    "Who made you?", "Can you tell me who you are?", "Introduce yourself, please.", "What's your name?",
+    "who are you", "Hi! Who are you?", "Hello, what are you?", "Tell me who you are.",
+]
+HELDOUT_QUESTIONS = [
+    "Who are you, exactly?", "So, what are you?", "Could you introduce yourself?", "What is your name, please?",
+    "Hey, who are you?", "Tell me about you.", "Who is this?", "What are you called?", "Who are you today?",
+    "Please tell me your name.",
+]
+
+
+def teach(app, tokens, questions, users=("ann", "ben", "cat")) -> int:
+    """Simulated users: a wrong answer gets thumbs-down and the correction, a right one thumbs-up."""
+    n = 0
+    for user in users:
+        client = app.client(tokens[user])
+        for q in questions:
+            r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}],
+                                                         "max_tokens": 24})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            answer = body["choices"][0]["message"]["content"]
+            if answer.strip() == TAUGHT:
+                feedback = {"message_id": body["id"], "rating": "up"}
+            else:
+                feedback = {"message_id": body["id"], "rating": "down", "correction": TAUGHT}
+            assert client.post("/v1/feedback", json=feedback).status_code == 200
+            n += 1
+    return n
+
+
+def ask_all(client, questions) -> list[str]:
+    out = []
+    for q in questions:
+        r = client.post("/v1/chat/completions", json={"model": "production", "max_tokens": 32, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": q}]})
+        out.append(r.json()["choices"][0]["message"]["content"].strip())
+    return out
+
+
+@pytest.mark.slow
+def test_users_teach_the_model_who_it_is(tmp_path, demo_model_dir):
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    users = UserDirectory(data_dir / "users.toml")
+    tokens = {}
+    for name in ("admin", "ann", "ben", "cat", "dan"):
+        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
+        tokens[name] = users.create_token(name)
+    app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1)
+    try:
+        with app.client(tokens["admin"], timeout=900) as c:
+            before = ask_all(c, HELDOUT_QUESTIONS)
+            assert sum(a == TAUGHT for a in before) == 0  # the model lacks the behaviour
+
+            teach(app, tokens, TRAIN_QUESTIONS)
+            run = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
+            assert run["status"] == "succeeded", run
+            first = run["adapter"]
+            assert c.get("/v1/adapters").json()["production"] == first
+
+            after = ask_all(c, HELDOUT_QUESTIONS)
+            hits = sum(a == TAUGHT for a in after)
+            assert hits >= 0.9 * len(HELDOUT_QUESTIONS), after
+            gate = run["gate"]
+            assert gate["passed"] and any("reference_ppl" in r for r in gate["reasons"])
+
+            # A second cycle with new data starts from the first adapter.
+            teach(app, tokens, ["Who are you now?", "And what are you?"], users=("dan",))
+            run2 = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
+            assert run2["status"] in ("succeeded", "rejected"), run2
+            assert run2["parent_adapter"] == first
+            if run2["status"] == "succeeded":
+                lineage = {a["name"]: a["parent"] for a in c.get("/v1/adapters").json()["adapters"]}
+                assert lineage[run2["adapter"]] == first
+    finally:
+        app.stop()

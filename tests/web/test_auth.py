@@ -1,0 +1,85 @@
+"""Users, roles and tokens, enforced on the server for every route."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.web.conftest import seed_data_dir, start_app
+from web.auth import AuthError, UserDirectory, hash_password, verify_password
+
+
+def test_password_hashes_verify_and_never_store_the_password(tmp_path):
+    h = hash_password("correct horse")
+    assert verify_password("correct horse", h) and not verify_password("wrong horse", h)
+    users = UserDirectory(tmp_path / "users.toml")
+    users.add_user("alice", "correct horse", "admin")
+    assert "correct horse" not in (tmp_path / "users.toml").read_text()
+    assert users.check_password("alice", "correct horse") and not users.check_password("alice", "nope")
+    with pytest.raises(AuthError):
+        users.add_user("../evil", "long enough pw")
+    with pytest.raises(AuthError):
+        users.create_token("nobody")
+
+
+@pytest.fixture(scope="module")
+def multi_user_app(tmp_path_factory, demo_model_dir):
+    data_dir = tmp_path_factory.mktemp("mu") / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    users = UserDirectory(data_dir / "users.toml")
+    users.add_user("alice", "alice-password", "admin")
+    users.add_user("bob", "bob-password", "user")
+    tokens = {"alice": users.create_token("alice"), "bob": users.create_token("bob"),
+              "carol": None}
+    app = start_app(data_dir)
+    yield app, tokens
+    app.stop()
+
+
+def admin_routes(app) -> list[tuple[str, str]]:
+    """Every route under /v1/admin, read from the app itself, so a new route cannot slip through."""
+    routes = []
+    for path, methods in app.server.config.app.openapi()["paths"].items():
+        if path.startswith("/v1/admin"):
+            for method in methods:
+                routes.append((method.upper(), path.replace("{name}", "demo-a").replace("{run_id}", "x")))
+    return routes
+
+
+def test_every_admin_route_refuses_anonymous_and_user(multi_user_app):
+    app, tokens = multi_user_app
+    routes = admin_routes(app)
+    assert len(routes) >= 10
+    for method, path in routes:
+        with app.client() as anon:
+            assert anon.request(method, path, json={}).status_code == 401, path
+        with app.client(tokens["bob"]) as bob:
+            assert bob.request(method, path, json={}).status_code == 403, path
+        with app.client("tl-made-up-token") as forged:
+            assert forged.request(method, path, json={}).status_code == 401, path
+
+
+def test_user_routes_need_a_token_and_record_the_user(multi_user_app):
+    app, tokens = multi_user_app
+    with app.client() as anon:
+        assert anon.get("/v1/models").status_code == 401
+        assert anon.get("/healthz").status_code == 200
+    with app.client(tokens["bob"]) as bob:
+        r = bob.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200
+        message_id = r.json()["id"]
+        assert bob.post("/v1/feedback", json={"message_id": message_id, "rating": "up"}).status_code == 200
+    stored = app.ctx.store.get_message(message_id)
+    assert stored.user == "bob"
+    with app.client(tokens["alice"]) as alice:
+        # alice's rating is hers: it cannot overwrite bob's, and both coexist.
+        assert alice.post("/v1/feedback", json={"message_id": message_id, "rating": "down"}).status_code == 200
+        assert alice.get("/v1/admin/runs").status_code == 200
+    stats = app.ctx.store.stats()["totals"]
+    assert stats["up"] >= 1 and stats["down"] >= 1
+
+
+def test_a_user_cannot_choose_arena_adapters(multi_user_app):
+    app, tokens = multi_user_app
+    with app.client(tokens["bob"]) as bob:
+        r = bob.post("/v1/arena/battles", json={"prompt": "hi", "adapters": ["demo-a", "demo-b"], "max_tokens": 2})
+    assert r.status_code == 403

@@ -1,0 +1,1 @@
+"""The web edge: the HTTP API, the Gradio UI, authentication and the chat service they share."""

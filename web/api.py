@@ -1,0 +1,355 @@
+"""The HTTP API: OpenAI-compatible chat, feedback, arena and admin routes.
+
+Handlers only translate between HTTP and the services in ``AppContext``; errors become JSON in
+``web.errors``. Admin routes sit on a router whose dependency checks the role, so a new admin route
+cannot forget the check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from feedback.models import Rating
+from serving.errors import BadRequest
+from serving.types import PRODUCTION, SamplingParams
+from web.auth import LOCAL_USER, Principal
+from web.context import AppContext
+from web.errors import ApiError, classify, error_body, install_handlers
+from web.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+MAX_TEXT = 100_000  # characters in one message; longer input is refused before tokenizing
+
+
+# --- request shapes ----------------------------------------------------------------------------
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v):
+        if isinstance(v, list):  # OpenAI content parts: only text parts are understood
+            texts = []
+            for part in v:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError("only text content parts are supported")
+                texts.append(part["text"])
+            v = "".join(texts)
+        if len(v) > MAX_TEXT:
+            raise ValueError(f"message longer than {MAX_TEXT} characters")
+        return v
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model: str = PRODUCTION
+    messages: list[ChatMessageIn]
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    conversation_id: str | None = Field(None, max_length=64, description="Tuneloop: continue a stored conversation")
+    replaces: str | None = Field(None, max_length=64, description="Tuneloop: id of the answer this regenerates")
+
+
+class FeedbackRequest(BaseModel):
+    message_id: str = Field(..., max_length=64)
+    rating: str
+    comment: str | None = None
+    correction: str | None = None
+
+
+class BattleRequest(BaseModel):
+    prompt: str | list[ChatMessageIn]
+    adapters: tuple[str, str] | None = Field(None, description="admin only: the two adapters to compare")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class VoteRequest(BaseModel):
+    winner: str
+
+
+class PromoteRequest(BaseModel):
+    reason: str = Field("", max_length=2000)
+
+
+class RollbackRequest(BaseModel):
+    to: str | None = Field(None, description="adapter version or 'base'; default: the previous production")
+    reason: str = Field("", max_length=2000)
+
+
+class ExperimentRequest(BaseModel):
+    candidate: str
+    percent: float | None = Field(None, ge=0, le=100)
+
+
+class RetrainRequest(BaseModel):
+    promote: Literal["auto", "ab", "manual"] | None = None
+    wait: bool = False
+    force: bool = Field(True, description="run even with fewer new examples than retrain_min_examples")
+
+
+# --- auth ----------------------------------------------------------------------------------------
+def _principal(request: Request) -> Principal:
+    ctx: AppContext = request.app.state.ctx
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if token and token == ctx.control_token:
+        return Principal("cli", "admin")
+    if ctx.users.single_user:
+        return Principal(LOCAL_USER, "admin")
+    if not token:
+        raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'", code="unauthorized")
+    principal = ctx.users.by_token(token)
+    if principal is None:
+        raise ApiError(401, "invalid token", code="unauthorized")
+    return principal
+
+
+def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "admin role required", code="forbidden")
+    return principal
+
+
+User = Annotated[Principal, Depends(_principal)]
+Admin = Annotated[Principal, Depends(_admin)]
+
+
+def _ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(_ctx)]
+
+
+def _params(ctx: AppContext, max_tokens: int | None, temperature: float | None, top_p: float | None) -> SamplingParams:
+    s = ctx.settings
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=s.temperature if temperature is None else temperature,
+        top_p=s.top_p if top_p is None else top_p,
+    )
+
+
+# --- routes --------------------------------------------------------------------------------------
+public = APIRouter()
+users = APIRouter(dependencies=[Depends(_principal)])
+admin = APIRouter(prefix="/v1/admin", dependencies=[Depends(_admin)])
+
+
+@public.get("/healthz")
+def healthz(ctx: Ctx):
+    health = ctx.backend.health()
+    return JSONResponse(health, status_code=200 if health.get("ok") else 503)
+
+
+@public.get("/metrics")
+def metrics(ctx: Ctx):
+    ctx.metrics.active_adapters.set(sum(1 for a in ctx.backend.list_adapters() if a.path))
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@users.get("/v1/models")
+def list_models(ctx: Ctx):
+    created = int(time.time())
+    data = [
+        {"id": a.name, "object": "model", "created": created, "owned_by": "tuneloop",
+         "root": ctx.backend.base_model, "aliases": list(a.aliases)}
+        for a in ctx.backend.list_adapters()
+    ]
+    return {"object": "list", "data": data}
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+@users.post("/v1/chat/completions")
+def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
+    if body.max_tokens is not None and body.max_completion_tokens is not None:
+        raise BadRequest("give max_tokens or max_completion_tokens, not both")
+    params = _params(ctx, body.max_tokens or body.max_completion_tokens, body.temperature, body.top_p)
+    messages = [m.model_dump() for m in body.messages]
+    turn = ctx.chat.start(user.name, messages, body.model, params,
+                          conversation_id=body.conversation_id, replaces=body.replaces)
+    created = int(time.time())
+    base = {"id": turn.message_id, "created": created, "model": body.model,
+            "conversation_id": turn.conversation_id}
+
+    def usage() -> dict:
+        c = turn.completion
+        return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+    if not body.stream:
+        text = "".join(turn.deltas())
+        c = turn.completion
+        return {**base, "object": "chat.completion", "adapter": c.adapter,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": c.finish_reason or "stop"}],
+                "usage": usage()}
+
+    def events():
+        chunk = {**base, "object": "chat.completion.chunk"}
+        yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        try:
+            for delta in turn.deltas():
+                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]})
+        except Exception as exc:  # headers are sent: report the error in-band, OpenAI style
+            status, code, message = classify(exc)
+            yield _sse(error_body(status, code, message))
+            return
+        c = turn.completion
+        yield _sse({**chunk, "adapter": c.adapter, "usage": usage(),
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": c.finish_reason or "stop"}]})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@users.post("/v1/feedback")
+def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
+    stored = ctx.store.rate(Rating(message_id=body.message_id, user=user.name, rating=body.rating,
+                                   comment=body.comment, correction=body.correction))
+    message = ctx.store.get_message(body.message_id)
+    ctx.metrics.ratings.labels(message.adapter if message else "", stored.rating).inc()
+    return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
+            "comment": stored.comment, "correction": stored.correction,
+            "created_at": stored.created_at.isoformat() if stored.created_at else None}
+
+
+@users.get("/v1/feedback/stats")
+def feedback_stats(ctx: Ctx):
+    return ctx.store.stats()
+
+
+@users.post("/v1/arena/battles")
+def create_battle(body: BattleRequest, ctx: Ctx, user: User):
+    if body.adapters is not None and not user.is_admin:
+        raise ApiError(403, "only an admin may choose the adapters of a battle", code="forbidden")
+    prompt = body.prompt if isinstance(body.prompt, str) else [m.model_dump() for m in body.prompt]
+    params = _params(ctx, body.max_tokens, body.temperature, None)
+    m, answer_a, answer_b = ctx.arena.fight(user.name, prompt, params, body.adapters)
+    # No adapter names here: the battle is blind until the vote.
+    return {"id": m.battle_id, "answers": [{"side": "a", "content": answer_a}, {"side": "b", "content": answer_b}]}
+
+
+@users.post("/v1/arena/battles/{battle_id}/vote")
+def vote_battle(battle_id: str, body: VoteRequest, ctx: Ctx, user: User):
+    vote = ctx.store.vote(battle_id, user.name, body.winner)
+    ctx.metrics.arena_votes.labels(vote.winner).inc()
+    return {"ok": True, "id": battle_id, "winner": vote.winner, "a": vote.adapter_a, "b": vote.adapter_b}
+
+
+@users.get("/v1/adapters")
+def list_adapters(ctx: Ctx):
+    return ctx.promoter.leaderboard()
+
+
+# --- admin ---------------------------------------------------------------------------------------
+@admin.post("/adapters/{name}/promote")
+def promote(name: str, body: PromoteRequest, ctx: Ctx, user: Admin):
+    ctx.promoter.promote(name, actor=user.name, reason=body.reason or "promoted by admin")
+    return {"ok": True, "production": ctx.store.production()}
+
+
+@admin.post("/adapters/rollback")
+def rollback(body: RollbackRequest, ctx: Ctx, user: Admin):
+    target = ctx.promoter.rollback(to=body.to, actor=user.name, reason=body.reason or "rollback by admin")
+    return {"ok": True, "production": target}
+
+
+@admin.post("/adapters/{name}/archive")
+def archive(name: str, ctx: Ctx, user: Admin):
+    ctx.promoter.archive(name, actor=user.name)
+    return {"ok": True}
+
+
+@admin.get("/adapters/events")
+def adapter_events(ctx: Ctx):
+    return {"events": ctx.store.adapter_events()}
+
+
+@admin.post("/experiments")
+def start_experiment(body: ExperimentRequest, ctx: Ctx, user: Admin):
+    exp = ctx.promoter.start_experiment(body.candidate, actor=user.name, percent=body.percent)
+    return {"ok": True, "experiment": asdict(exp)}
+
+
+@admin.post("/experiments/stop")
+def stop_experiment(ctx: Ctx, user: Admin):
+    ctx.promoter.stop_experiment(actor=user.name, reason="stopped by admin")
+    return {"ok": True}
+
+
+@admin.get("/experiments")
+def experiments(ctx: Ctx):
+    return {"experiments": [asdict(e) for e in ctx.store.list_experiments()]}
+
+
+@admin.post("/retrain")
+def retrain_now(body: RetrainRequest, ctx: Ctx, user: Admin):
+    run = ctx.retrain.trigger(actor=user.name, trigger="manual", promote=body.promote, force=body.force,
+                              wait=body.wait)
+    return run
+
+
+@admin.get("/runs")
+def runs(ctx: Ctx):
+    return {"runs": ctx.store.list_runs()}
+
+
+@admin.get("/runs/{run_id}")
+def run_detail(run_id: str, ctx: Ctx):
+    run = ctx.store.get_run(run_id)
+    if run is None:
+        raise ApiError(404, f"unknown run {run_id!r}", code="run_not_found")
+    return {**run, "metrics": ctx.store.run_metrics(run_id)}
+
+
+@admin.get("/export")
+def export_data(ctx: Ctx, format: Literal["openai", "parquet"] = "openai", since: date | None = None,
+                rated_only: bool = False):
+    import tempfile
+    from pathlib import Path
+
+    from feedback.export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"export.{'jsonl' if format == 'openai' else 'parquet'}"
+        export(ctx.store, out, format, since=since, rated_only=rated_only)
+        media = "application/jsonl" if format == "openai" else "application/vnd.apache.parquet"
+        return Response(out.read_bytes(), media_type=media)
+
+
+def create_api(ctx: AppContext) -> FastAPI:
+    app = FastAPI(title="Tuneloop", version="0.1.0", docs_url="/api/docs", redoc_url=None)
+    app.state.ctx = ctx
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def count_errors(request: Request, call_next):
+        response = await call_next(request)
+        if response.status_code >= 400:
+            ctx.metrics.http_errors.labels(str(response.status_code)).inc()
+        return response
+
+    for router in (public, users, admin):
+        app.include_router(router)
+    return app

@@ -1,0 +1,123 @@
+"""One chat turn end to end, shared by the API and the UI: route (A/B split), generate, store.
+
+The assistant message id is chosen before generation so the API can return it as the response ``id``
+in the first streamed chunk; the turn is stored when the stream ends (in ``finally``, so an answer cut
+short by a stop or a dropped client is stored with what the user saw).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from feedback.models import TurnRecord
+from feedback.store import FeedbackStore
+from serving.backend import Backend
+from serving.traffic import assign_arm
+from serving.types import PRODUCTION, ChatStream, Completion, Message, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class ChatTurn:
+    """A started turn: iterate ``deltas()`` for the answer; it is stored when iteration ends."""
+
+    message_id: str
+    conversation_id: str
+    requested: str  # the adapter name the client asked for (may be an alias)
+    stream: ChatStream
+    _finish: callable = field(repr=False, default=None)
+
+    @property
+    def completion(self) -> Completion:
+        return self.stream.completion
+
+    def deltas(self) -> Iterator[str]:
+        try:
+            yield from self.stream
+        finally:
+            self.stream.cancel()  # a no-op when finished; stops generation when the client went away
+            self._finish()
+
+
+class ChatService:
+    def __init__(self, backend: Backend, store: FeedbackStore, on_turn=None):
+        self.backend = backend
+        self.store = store
+        self._on_turn = on_turn  # metrics hook: called with (requested, TurnRecord)
+
+    def route(self, user: str, requested: str) -> tuple[str, str | None, str | None]:
+        """The adapter to use for ``requested``: ``production`` traffic may go to an A/B candidate.
+
+        Returns (adapter name, experiment id, arm). Assignment is sticky per user and experiment.
+        """
+        if requested != PRODUCTION:
+            return requested, None, None
+        experiment = self.store.active_experiment()
+        if experiment is None:
+            return requested, None, None
+        arm = assign_arm(user, experiment.id, experiment.percent)
+        return (experiment.candidate if arm == "candidate" else experiment.control), experiment.id, arm
+
+    def start(
+        self,
+        user: str,
+        messages: list[Message],
+        model: str,
+        params: SamplingParams,
+        *,
+        conversation_id: str | None = None,
+        replaces: str | None = None,
+    ) -> ChatTurn:
+        """Validate and start a turn; raises serving errors (4xx) before anything is stored."""
+        adapter, experiment_id, arm = self.route(user, model)
+        stream = self.backend.stream_chat(messages, adapter, params)
+        message_id = new_id()
+        conversation_id = conversation_id or new_id()
+        stored = False
+
+        def finish() -> None:
+            nonlocal stored
+            if stored:
+                return
+            stored = True
+            c = stream.completion
+            turn = TurnRecord(
+                conversation_id=conversation_id,
+                user=user,
+                request_messages=list(messages),
+                assistant_message_id=message_id,
+                answer=c.text,
+                adapter=c.adapter,
+                base_model=self.backend.base_model,
+                sampling=asdict(params),
+                latency_ms=c.latency_s * 1000.0,
+                first_token_ms=None if c.first_token_s is None else c.first_token_s * 1000.0,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                finish_reason=c.finish_reason,
+                replaces=replaces,
+                experiment_id=experiment_id,
+                arm=arm,
+            )
+            self.store.record_turn(turn)
+            log.info("turn stored message=%s conversation=%s adapter=%s tokens=%d",
+                     message_id, conversation_id, c.adapter, c.completion_tokens)
+            if self._on_turn is not None:
+                self._on_turn(model, turn)
+
+        return ChatTurn(message_id, conversation_id, model, stream, finish)
+
+    def complete(self, user: str, messages: list[Message], model: str, params: SamplingParams, **kw) -> ChatTurn:
+        """Run a turn to the end (non-streaming callers)."""
+        turn = self.start(user, messages, model, params, **kw)
+        for _ in turn.deltas():
+            pass
+        return turn

@@ -1,0 +1,160 @@
+"""The command-line subcommands of ``python app.py``: export, retrain, adapters, users.
+
+Commands that write to the store go through the running app when there is one (it owns the DuckDB
+file) and open the file themselves otherwise.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import date
+from pathlib import Path
+
+from web.control import find_running_app
+
+
+class CommandError(Exception):
+    """A command that cannot run as asked; its message is shown as is."""
+
+
+def run(args, settings) -> int:
+    handler = {"export": export_cmd, "retrain": retrain_cmd, "adapters": adapters_cmd, "users": users_cmd}
+    return handler[args.command](args, settings)
+
+
+def _call_app(info: dict, method: str, path: str, body: dict | None = None, timeout: float = 3600) -> dict:
+    import httpx
+
+    response = httpx.request(method, info["url"] + path, json=body, timeout=timeout,
+                             headers={"Authorization": f"Bearer {info['token']}"})
+    data = response.json()
+    if response.status_code >= 400:
+        raise CommandError(data.get("error", {}).get("message", response.text))
+    return data
+
+
+def _store(settings):
+    from feedback.store import FeedbackStore
+
+    if not settings.db_path.exists():
+        raise CommandError(f"no database at {settings.db_path}: run the app once or check --data-dir")
+    return FeedbackStore(settings.db_path)
+
+
+def export_cmd(args, settings) -> int:
+    since = date.fromisoformat(args.since) if args.since else None
+    info = find_running_app(settings.data_dir)
+    out = Path(args.out)
+    if info:
+        import httpx
+
+        params = {"format": args.format, "rated_only": str(args.rated_only).lower()}
+        if since:
+            params["since"] = since.isoformat()
+        r = httpx.get(info["url"] + "/v1/admin/export", params=params, timeout=600,
+                      headers={"Authorization": f"Bearer {info['token']}"})
+        if r.status_code >= 400:
+            raise CommandError(r.text)
+        out.write_bytes(r.content)
+        print(f"exported to {out} (through the running app)")
+        return 0
+    from feedback.export import export
+
+    store = _store(settings)
+    try:
+        n = export(store, out, args.format, since=since, rated_only=args.rated_only)
+    finally:
+        store.close()
+    print(f"exported {n} rows to {out}")
+    return 0
+
+
+def retrain_cmd(args, settings) -> int:
+    info = find_running_app(settings.data_dir)
+    if info:
+        result = _call_app(info, "POST", "/v1/admin/retrain", {"promote": args.promote, "wait": True, "force": True})
+        if result.get("status") == "already_running":
+            raise CommandError(f"a retrain run is already in progress: {result['run']['id']}")
+        run = result["run"]
+    else:
+        from app import build_context
+
+        ctx = build_context(settings)
+        try:
+            run = ctx.retrain.trigger(actor="cli", trigger="cli", promote=args.promote, force=True, wait=True)["run"]
+        finally:
+            ctx.backend.close()
+            ctx.store.close()
+    if args.json:
+        print(json.dumps(run, default=str, indent=2))
+    else:
+        gate = run.get("gate") or {}
+        print(f"run {run['id']}: {run['status']}" + (f" — adapter {run['adapter']}" if run.get("adapter") else ""))
+        for reason in gate.get("reasons", []):
+            print(f"  {reason}")
+        if run.get("error"):
+            print(f"  {run['error']}")
+    return 0 if run["status"] in ("succeeded", "rejected", "skipped") else 1
+
+
+def adapters_cmd(args, settings) -> int:
+    info = find_running_app(settings.data_dir)
+    if args.action == "list":
+        if info:
+            board = _call_app(info, "GET", "/v1/adapters")
+            rows = board["adapters"]
+            production = board["production"]
+        else:
+            store = _store(settings)
+            try:
+                rows = [{"name": r.name, "status": r.status, "parent": r.parent} for r in store.list_adapter_records()]
+                production = store.production()
+            finally:
+                store.close()
+        print(f"production -> {production}")
+        for row in rows:
+            print(f"  {row['name']:<16} {row['status']:<10} parent={row.get('parent')}")
+        return 0
+    if args.action == "promote" and not args.name:
+        raise CommandError("adapters promote needs a NAME")
+    if info:
+        if args.action == "rollback":
+            result = _call_app(info, "POST", "/v1/admin/adapters/rollback", {"to": args.to, "reason": args.reason})
+        else:
+            result = _call_app(info, "POST", f"/v1/admin/adapters/{args.name}/promote", {"reason": args.reason})
+        print(f"production -> {result['production']}")
+        return 0
+    from retrain.promotion import Promoter
+
+    store = _store(settings)
+    try:
+        promoter = Promoter(store, None, settings)  # no app running: the app applies it when it starts
+        if args.action == "rollback":
+            target = promoter.rollback(args.to, actor="cli", reason=args.reason or "rollback from the CLI")
+        else:
+            promoter.promote(args.name, actor="cli", reason=args.reason or "promoted from the CLI")
+            target = args.name
+    finally:
+        store.close()
+    print(f"production -> {target}")
+    return 0
+
+
+def users_cmd(args, settings) -> int:
+    from web.auth import UserDirectory
+
+    users = UserDirectory(settings.users_path)
+    if args.action == "list":
+        for name in users.names():
+            print(f"{name}\t{users.principal(name).role}")
+        return 0
+    if not args.name:
+        raise CommandError(f"users {args.action} needs a NAME")
+    if args.action == "add":
+        password = args.password or getpass.getpass(f"password for {args.name}: ")
+        users.add_user(args.name, password, args.role)
+        print(f"user {args.name} ({args.role}) saved in {settings.users_path}")
+    else:
+        print(users.create_token(args.name))
+    return 0

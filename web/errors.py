@@ -1,0 +1,89 @@
+"""The one place where core exceptions become HTTP statuses and user-facing messages."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from feedback import errors as fe
+from retrain.promotion import PromotionError
+from serving import errors as se
+from web.auth import AuthError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error raised at the edge itself (auth, role, not found)."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+
+# Most specific first: the first matching class decides the status.
+_STATUS: list[tuple[type[Exception], int, str]] = [
+    (se.PromptTooLong, 400, "context_length_exceeded"),
+    (se.MaxTokensTooLarge, 400, "max_tokens_exceeded"),
+    (se.BadRequest, 400, "invalid_request"),
+    (se.UnknownAdapter, 404, "model_not_found"),
+    (se.AdapterRejected, 422, "adapter_rejected"),
+    (se.AdapterInUse, 409, "adapter_in_use"),
+    (se.BackendUnavailable, 503, "backend_unavailable"),
+    (se.ModelUnavailable, 503, "model_unavailable"),
+    (fe.UnknownMessage, 404, "message_not_found"),
+    (fe.UnknownBattle, 404, "battle_not_found"),
+    (fe.UnknownRun, 404, "run_not_found"),
+    (fe.SchemaTooNew, 500, "schema_too_new"),
+    (fe.AlreadyVoted, 409, "already_voted"),
+    (fe.NotAssistantMessage, 422, "not_assistant_message"),
+    (fe.InvalidRating, 422, "invalid_feedback"),
+    (PromotionError, 409, "conflict"),
+    (AuthError, 400, "invalid_user"),
+]
+
+
+def classify(exc: Exception) -> tuple[int, str, str]:
+    """(HTTP status, error code, message) for a core exception; 500 for anything unexpected."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code or exc.type, exc.message
+    for cls, status, code in _STATUS:
+        if isinstance(exc, cls):
+            return status, code, str(exc)
+    return 500, "internal_error", "internal error; see the server log"
+
+
+def user_message(exc: Exception) -> str:
+    """A message for the UI: the core's own words for known errors, never a stack trace."""
+    status, _code, message = classify(exc)
+    if status == 500:
+        log.exception("unexpected error", exc_info=exc)
+    return message
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install_handlers(app) -> None:
+    """Register OpenAI-style JSON error responses on a FastAPI app."""
+
+    async def core_error(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message = classify(exc)
+        if status >= 500:
+            log.error("request %s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body(status, code, message), status_code=status)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
+        return JSONResponse(error_body(422, "invalid_request", message, loc or None), status_code=422)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, Exception):
+        app.add_exception_handler(cls, core_error)
