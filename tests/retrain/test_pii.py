@@ -27,6 +27,7 @@ PLANTED = [
     ("AKIAIOSFODNN7EXAMPLE", "[SECRET]"),
     ("Bearer eyJhbGciOiJIUzI1NiJ9.abc.def", "Bearer [SECRET]"),
     ("q8Zt3vW9xK2mN7pR4sL6yB1cD5fG0hJ", "[SECRET]"),
+    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "[SECRET]"),
 ]
 
 

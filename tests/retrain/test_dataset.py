@@ -1,0 +1,206 @@
+"""build_training_set against a real FeedbackStore (DuckDB in tmp_path) and the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from feedback.models import Rating, TurnRecord
+from feedback.store import new_id
+from retrain import dataset
+from retrain.dataset import Snapshot, build_training_set, complete_snapshots
+from retrain.dedup import text_key
+from retrain.pii import scrub
+
+SYSTEM = {"role": "system", "content": "You are helpful."}
+
+
+def add(store, question, answer, *, user="ann", rating="up", correction=None, conv=None) -> str:
+    mid = new_id()
+    store.record_turn(TurnRecord(
+        conversation_id=conv or new_id(), user=user, assistant_message_id=mid, answer=answer,
+        request_messages=[SYSTEM, {"role": "user", "content": question}], adapter="base", base_model="demo",
+        sampling={}, latency_ms=1.0, first_token_ms=None, prompt_tokens=1, completion_tokens=1))
+    if rating:
+        store.rate(Rating(message_id=mid, user=user, rating=rating, correction=correction))
+    return mid
+
+
+def finish_run(store, snapshot: Snapshot) -> None:
+    """What the retrain cycle does after training: the run completes and its cutoff becomes the next start."""
+    run_id = store.create_run("test", "test", {})
+    store.update_run(run_id, status="succeeded", cutoff=snapshot.cutoff)
+
+
+def read(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def build(store, settings, embedder, **kw) -> Snapshot:
+    return build_training_set(store, settings, embedder=embedder, now=datetime.now(UTC), **kw)
+
+
+def test_three_views_in_trl_formats(data_store, data_settings, minilm):
+    add(data_store, "What is 2+2?", "4, of course.")
+    add(data_store, "Name a colour.", "Banana.", rating="down")
+    add(data_store, "Capital of Italy?", "Madrid.", rating="down", correction="Rome.")
+    data_store.create_battle("b1", "ben", [SYSTEM, {"role": "user", "content": "Say hi"}], "a", "Hello there!", "b",
+                             "Go away.")
+    data_store.vote("b1", "ben", "a")
+
+    snap = build(data_store, data_settings, minilm)
+
+    sft = read(snap.sft_train_path)
+    assert sorted(r["completion"][0]["content"] for r in sft) == ["4, of course.", "Rome."]
+    assert all(r["prompt"][0] == SYSTEM and r["completion"][0]["role"] == "assistant" for r in sft)
+    kto = {(r["completion"][0]["content"], r["label"]) for r in read(snap.kto_train_path)}
+    assert kto == {("4, of course.", True), ("Banana.", False), ("Rome.", True), ("Madrid.", False)}
+    pref = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in read(snap.pref_train_path)}
+    assert pref == {("Rome.", "Madrid."), ("Hello there!", "Go away.")}
+    assert (snap.n_sft_train, snap.n_kto_train, snap.n_pref_train) == (2, 4, 2)
+
+    assert Snapshot.load(snap.path) == snap
+    recorded = data_store.get_snapshot(snap.id)
+    assert recorded["content_hash"] == snap.content_hash and recorded["counts"]["sft"]["train"] == 2
+    manifest = json.loads(snap.manifest_path.read_text())
+    assert manifest["settings"]["dedup_threshold"] == data_settings.dedup_threshold
+    assert list(manifest["counts"]["sft"]) == ["replay", "selected", "non_empty", "min_length", "max_length",
+                                               "exact_dedup", "near_dedup", "user_cap", "train", "heldout"]
+
+
+PII = {
+    "email": "jane.doe@example.com", "phone_intl": "+44 20 7946 0958", "phone_us": "(415) 555-2671",
+    "card": "4111 1111 1111 1111", "ipv4": "10.20.30.40", "ipv6": "2001:db8::ff00:42:8329",
+    "openai": "sk-proj-Abc123def456GHI789jkl012", "hf": "hf_AbCdEfGhIjKlMnOpQrStUvWxYz1234",
+    "github": "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "aws": "AKIAIOSFODNN7EXAMPLE",
+    "bearer": "Bearer abc123XYZ789token", "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl",
+    "entropy": "q8Zt3vW9xK2mN7pR4sL6yB1cD5fG0hJ",
+}
+
+
+def test_planted_pii_never_reaches_files_manifest_cache_or_logs(data_store, data_settings, minilm, caplog):
+    values = list(PII.values())
+    for i, v in enumerate(values):
+        add(data_store, f"My secret is {v}, keep it", f"Noted {v} as requested", user=f"u{i}")
+        add(data_store, f"Fix this {v}", f"wrong {v}", rating="down", correction=f"Fixed: {v} again", user="fixer")
+    data_store.create_battle("b", "x", [{"role": "user", "content": f"key {PII['hf']}"}], "a", f"ok {PII['email']}",
+                             "b", f"no {PII['card']}")
+    data_store.vote("b", "x", "a")
+    caplog.set_level(logging.DEBUG)
+
+    snap = build(data_store, data_settings, minilm)
+
+    written = "".join(p.read_text() for p in snap.path.iterdir())
+    assert snap.n_sft_train > 0 and "[EMAIL]" in written and "[CARD]" in written and "[SECRET]" in written
+    for name, v in PII.items():
+        assert v not in written, name
+        assert v not in caplog.text, name
+    assert sum(snap.counts["pii"].values()) >= 5 * len(values)
+    # The embedding cache is keyed by the scrubbed text: the raw text was never embedded.
+    raw = f"My secret is {PII['email']}, keep it\nNoted {PII['email']} as requested"
+    model = data_settings.embedding_model
+    assert data_store.get_embeddings(model, [text_key(raw)]) == {}
+    assert len(data_store.get_embeddings(model, [text_key(scrub(raw))])) == 1
+
+
+def test_cleaning_stages_are_counted(data_store, tmp_path, minilm):
+    from settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "d", heldout_fraction=0.0, max_user_share=0.5, min_answer_chars=3,
+                        max_example_tokens=40)
+    add(data_store, "Q1?", "A perfectly good answer.", user="ann")
+    add(data_store, "q1?", "a perfectly   good ANSWER.", user="ann")  # exact dup after normalising
+    add(data_store, "How do I reverse a list in Python?", "Use reversed(lst).", user="ann")
+    add(data_store, "How can I reverse a list in Python?", "Use reversed(lst).", user="ben")  # near dup
+    add(data_store, "Tell me a story", "word " * 60, user="ben")  # too long
+    add(data_store, "Yes?", "ok", user="ben")  # too short
+    for i in range(6):
+        add(data_store, f"Distinct question number {i} about topic {i * 17}", f"Answer {i} " + "xyz" * i, user="cat")
+
+    snap = build(data_store, settings, minilm)
+    c = snap.counts["sft"]
+    assert (c["selected"], c["non_empty"], c["min_length"], c["max_length"]) == (12, 12, 11, 10)
+    assert c["exact_dedup"] == 9 and c["near_dedup"] == 8
+    # Left: ann 2 and cat 6 (ben's rows all went above); cat may keep at most ann's 2.
+    assert c["user_cap"] == 4
+    rows = read(snap.sft_train_path)
+    assert len(rows) == c["train"] == 4
+    assert sum(r["prompt"][1]["content"].startswith("Distinct") for r in rows) == 2
+
+
+def test_heldout_by_conversation(data_store, tmp_path, minilm):
+    from settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "d", heldout_fraction=0.5, max_user_share=1.0)
+    topics = ["volcanoes", "jazz", "tax law", "sourdough", "black holes", "knitting", "chess openings",
+              "rust lifetimes", "tides", "opera", "bees", "glaciers"]
+    for conv, topic in enumerate(topics):
+        add(data_store, f"Tell me about {topic}.", f"I know nothing of {topic}.", conv=f"conv-{conv}",
+            rating="down", correction=f"Here is a short overview of {topic}.")
+    snap = build(data_store, settings, minilm)
+    train = {r["prompt"][1]["content"] for r in read(snap.sft_train_path)}
+    held = {r["prompt"][1]["content"] for r in read(snap.sft_heldout_path)}
+    assert train and held and not train & held
+    kto_prompts = {r["prompt"][1]["content"] for r in read(snap.kto_train_path)}
+    assert kto_prompts == train  # held-out conversations never train, in any view
+    pref_held = {r["prompt"][1]["content"] for r in read(snap.pref_heldout_path)}
+    assert pref_held == held
+
+
+def test_second_build_replays_and_embeds_only_new_rows(data_store, data_settings, counting_embedder):
+    for i in range(40):
+        add(data_store, f"Old question {i}: how does feature {i * 13} work?", f"Old answer {i} explains {i * 7}.")
+    first = build(data_store, data_settings, counting_embedder)
+    assert first.n_sft_train == 40 and first.counts["sft"]["replay"] == 0
+    embedded_first = counting_embedder.texts
+    assert embedded_first == 40  # SFT and KTO share texts; each encoded once
+    finish_run(data_store, first)
+
+    for i in range(6):
+        add(data_store, f"New question {i}: what about gadget {i * 29}?", f"New answer {i} covers {i * 3}.")
+    second = build(data_store, data_settings, counting_embedder)
+
+    assert counting_embedder.texts - embedded_first == 6  # replayed rows came from the cache
+    assert second.counts["sft"]["replay"] == 3  # replay_ratio 0.5 x 6 new, not x history
+    rows = read(second.sft_train_path)
+    old = [r for r in rows if r["prompt"][1]["content"].startswith("Old")]
+    assert len(old) == 3 and all(r in read(first.sft_train_path) for r in old)
+    assert second.counts["kto"]["selected"] == 6  # only new rows in the other views
+    assert json.loads(second.manifest_path.read_text())["replay_sources"] == [first.id]
+    assert second.previous_cutoff == first.cutoff
+
+    # Same seed, same history: the same replay sample.
+    again = build(data_store, data_settings, counting_embedder)
+    assert [r for r in read(again.sft_train_path) if r in old] == old
+
+
+def test_snapshot_appears_atomically(data_store, data_settings, minilm, monkeypatch):
+    add(data_store, "What is up?", "The sky.")
+    datasets = data_settings.datasets_dir
+    leftover = datasets / ".tmp-crashed-1234"
+    leftover.mkdir(parents=True)
+    (leftover / "sft_train.jsonl").write_text('{"prompt": [], "completion": []}\n')
+    (datasets / "no-manifest").mkdir()
+    assert complete_snapshots(datasets) == []
+
+    real_write = dataset._write_durable
+
+    def crash_on_manifest(path, data):
+        if path.name == dataset.MANIFEST:
+            raise OSError("disk full")
+        real_write(path, data)
+
+    monkeypatch.setattr(dataset, "_write_durable", crash_on_manifest)
+    with pytest.raises(OSError):
+        build(data_store, data_settings, minilm)
+    assert sorted(p.name for p in datasets.iterdir()) == [".tmp-crashed-1234", "no-manifest"]
+    assert data_store.list_snapshots() == []
+
+    monkeypatch.setattr(dataset, "_write_durable", real_write)
+    snap = build(data_store, data_settings, minilm)
+    assert [s.id for s in complete_snapshots(datasets)] == [snap.id]
+    assert snap.manifest_path.stat().st_mtime_ns >= max(
+        (snap.path / f).stat().st_mtime_ns for f in dataset.DATA_FILES)
