@@ -1,0 +1,106 @@
+"""Score a model (base or base + adapter) on held-out answers, held-out preference pairs and the
+fixed general reference set. The gate compares these numbers between candidate and production."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from serving.chat_format import render_completion, render_prompt
+
+REFERENCE_PATH = Path(__file__).parent / "reference" / "general.jsonl"
+
+
+def load_reference(path: str | Path | None = None) -> list[dict]:
+    """The general reference conversations (``{"messages": [...]}``, last message the assistant's)."""
+    return read_jsonl(path or REFERENCE_PATH)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines file; a missing file is an empty list (a snapshot may lack a split)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def completion_text(tokenizer, prompt: list[dict], answer: str) -> str:
+    """What the model must generate for ``answer``: the rendered completion cut after the end-of-turn token.
+
+    Serving stops at eos, so anything the template puts after it (ChatML's newline) is never generated;
+    training and scoring on it would only add noise.
+    """
+    text = render_completion(tokenizer, prompt, answer)
+    eos = tokenizer.eos_token
+    if eos and eos in text:
+        text = text[: text.rindex(eos) + len(eos)]
+    return text
+
+
+def completion_nll(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8):
+    """Per example ``(summed negative log-likelihood, completion tokens)`` of ``answer`` after ``prompt``.
+
+    Prompt and completion are tokenized apart and joined, as serving does (it tokenizes the prompt and
+    then generates), so the scored tokens are exactly the ones the model would have to produce.
+    """
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[tuple[float, int]] = []
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        rows = []
+        for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size], strict=True):
+            p_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+            c_ids = tokenizer(completion_text(tokenizer, prompt, answer), add_special_tokens=False)["input_ids"]
+            rows.append((p_ids, c_ids))
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (p, c) in enumerate(rows):  # right padding: positions stay 0..n as in training
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[i, : len(p) + len(c)] = 1
+            labels[i, len(p): len(p) + len(c)] = torch.tensor(c)
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:].to(device)
+        picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        valid = target != -100
+        nll = -(picked * valid).sum(dim=1)
+        for i in range(len(rows)):
+            out.append((float(nll[i]), int(valid[i].sum())))
+    return out
+
+
+def _mean_token_loss(scores: list[tuple[float, int]]) -> float | None:
+    tokens = sum(n for _, n in scores)
+    return sum(s for s, _ in scores) / tokens if tokens else None
+
+
+def evaluate(model, tokenizer, sft_heldout: list[dict], pref_heldout: list[dict], reference: list[dict]) -> dict:
+    """``heldout_loss``, ``pref_accuracy`` and ``reference_ppl`` of ``model``; a metric is None without data."""
+    heldout = completion_nll(
+        model, tokenizer, [r["prompt"] for r in sft_heldout], [r["completion"][-1]["content"] for r in sft_heldout])
+    pref_accuracy = None
+    if pref_heldout:
+        prompts = [r["prompt"] for r in pref_heldout]
+        chosen = completion_nll(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in pref_heldout])
+        rejected = completion_nll(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in pref_heldout])
+        # Summed log-likelihood (lower NLL = more likely), as DPO/KTO-style preference accuracy counts it.
+        pref_accuracy = sum(c[0] < r[0] for c, r in zip(chosen, rejected, strict=True)) / len(pref_heldout)
+    ref = completion_nll(
+        model, tokenizer, [r["messages"][:-1] for r in reference], [r["messages"][-1]["content"] for r in reference])
+    ref_loss = _mean_token_loss(ref)
+    return {
+        "heldout_loss": _mean_token_loss(heldout),
+        "heldout_examples": len(sft_heldout),
+        "pref_accuracy": pref_accuracy,
+        "pref_pairs": len(pref_heldout),
+        "reference_ppl": math.exp(ref_loss) if ref_loss is not None else None,
+        "reference_examples": len(reference),
+    }

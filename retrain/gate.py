@@ -1,0 +1,62 @@
+"""The evaluation gate: a pure decision on candidate vs production metrics (from ``retrain.evaluate``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str]  # one line per check with its numbers, ending in "ok", "FAILED" or "skipped"
+    metrics: dict = field(default_factory=dict)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def gate(candidate: dict, production: dict, settings) -> GateResult:
+    """Pass when the candidate is no worse on held-out answers, prefers chosen answers often enough,
+    and has not drifted on general text; a check without data on either side is skipped."""
+    reasons: list[str] = []
+    passed = True
+
+    cand, prod = candidate.get("heldout_loss"), production.get("heldout_loss")
+    if cand is None or prod is None:
+        reasons.append("heldout_loss: no held-out examples, skipped")
+    else:
+        limit = prod * settings.gate_max_loss_ratio
+        ok = cand <= limit
+        passed &= ok
+        reasons.append(f"heldout_loss {_fmt(cand)} {'<=' if ok else '>'} {_fmt(limit)} "
+                       f"(production {_fmt(prod)} x {settings.gate_max_loss_ratio:g}) {'ok' if ok else 'FAILED'}")
+
+    acc = candidate.get("pref_accuracy")
+    if acc is None:
+        reasons.append("pref_accuracy: no held-out preference pairs, skipped")
+    else:
+        ok = acc >= settings.gate_min_pref_accuracy
+        passed &= ok
+        reasons.append(f"pref_accuracy {_fmt(acc)} {'>=' if ok else '<'} {_fmt(settings.gate_min_pref_accuracy)} "
+                       f"(production {_fmt(production['pref_accuracy']) if production.get('pref_accuracy') is not None else 'n/a'}) "
+                       f"{'ok' if ok else 'FAILED'}")
+
+    cand_ppl, prod_ppl = candidate.get("reference_ppl"), production.get("reference_ppl")
+    rise = None
+    if cand_ppl is None or prod_ppl is None:
+        reasons.append("reference_ppl: no reference set, skipped")
+    else:
+        rise = cand_ppl / prod_ppl - 1.0
+        ok = rise <= settings.gate_max_ppl_rise
+        passed &= ok
+        reasons.append(f"reference_ppl {_fmt(cand_ppl)} vs {_fmt(prod_ppl)} (production): rise {rise:+.1%} "
+                       f"{'<=' if ok else '>'} {settings.gate_max_ppl_rise:.0%} {'ok' if ok else 'FAILED'}")
+
+    metrics = {
+        "candidate": dict(candidate),
+        "production": dict(production),
+        "heldout_loss_ratio": cand / prod if cand is not None and prod else None,
+        "reference_ppl_rise": rise,
+    }
+    return GateResult(passed=bool(passed), reasons=reasons, metrics=metrics)

@@ -1,0 +1,322 @@
+"""Training child: ``python -m retrain.train_worker SPEC_JSON``.
+
+Loads the base (4-bit + ``prepare_model_for_kbit_training`` on CUDA, full precision on CPU), starts from
+the parent adapter or a new LoRA, runs SFT (completion-only loss, early stopping on held-out loss), then
+a KTO stage when there is enough rated data, saves the adapter with a model card, evaluates candidate and
+production, and writes ``report.json``. It talks to the parent only through the progress file and the
+output directory (see ``retrain.training``). Exit codes: 0 done, ``NAN_EXIT_CODE`` NaN/inf loss, 1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from retrain.artifacts import CHAT_TEMPLATE_FILE
+from retrain.evaluate import completion_text, evaluate, load_reference, read_jsonl
+from retrain.training import NAN_EXIT_CODE, REPORT, TrainSpec
+from serving.chat_format import render_prompt
+
+log = logging.getLogger("retrain.train_worker")
+
+
+class LossNotFinite(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Progress:
+    """Appends one JSON line per event to the progress file (the parent polls it)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def write(self, **event) -> None:
+        event["time"] = time.time()
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+
+
+def _callbacks(progress: Progress, stage: str, inject_nan_at: int | None):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Reports every logged step and aborts on a NaN/inf loss (transformers would train on)."""
+
+        def __init__(self):
+            self.started = time.monotonic()
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if inject_nan_at is not None and state.global_step + 1 == inject_nan_at:
+                import torch
+
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.fill_(float("nan"))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            loss, eval_loss = logs.get("loss"), logs.get("eval_loss")
+            for value in (loss, eval_loss):
+                if value is not None and not math.isfinite(value):
+                    progress.write(stage=stage, step=state.global_step, total_steps=state.max_steps, loss=loss,
+                                   error=f"{stage} loss became {value} at step {state.global_step}")
+                    raise LossNotFinite(f"{stage} loss became {value} at step {state.global_step}")
+            elapsed = time.monotonic() - self.started
+            done = max(state.global_step, 1)
+            eta = elapsed / done * max(state.max_steps - state.global_step, 0)
+            progress.write(stage=stage, step=state.global_step, total_steps=state.max_steps,
+                           loss=loss, eval_loss=eval_loss, eta_s=round(eta, 1))
+
+    return [ProgressCallback()]
+
+
+def _load_base(spec: TrainSpec):
+    """``(model, tokenizer, quantized)``; the same loader serving uses, so training sees the served base."""
+    from serving.model_loading import load_base_model
+
+    model, tokenizer = load_base_model(spec.base_model, spec.quantization)
+    quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return model, tokenizer, quantized
+
+
+def _peft_model(spec: TrainSpec, base):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if spec.parent_adapter:
+        return PeftModel.from_pretrained(base, spec.parent_adapter, is_trainable=True)
+    targets = spec.lora_target_modules
+    config = LoraConfig(
+        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+    )
+    return get_peft_model(base, config)
+
+
+def _rendered(tokenizer, rows: list[dict], label: bool = False) -> list[dict]:
+    # Pre-rendered with serving's renderer, so the trained prompt is byte for byte the served one;
+    # TRL then treats these as plain prompt/completion text and puts the loss on the completion only.
+    out = []
+    for r in rows:
+        item = {"prompt": render_prompt(tokenizer, r["prompt"]),
+                "completion": completion_text(tokenizer, r["prompt"], r["completion"][-1]["content"])}
+        if label:
+            item["label"] = bool(r["label"])
+        out.append(item)
+    return out
+
+
+def _common_args(spec: TrainSpec, out: Path, cuda: bool, quantized: bool) -> dict:
+    return dict(
+        output_dir=str(out),
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN must reach our callback, not be averaged away
+        report_to="none",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        use_cpu=not cuda,
+        bf16=cuda,
+        gradient_checkpointing=quantized,
+        save_only_model=True,
+        disable_tqdm=True,
+        max_length=1024,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
+    )
+
+
+def _sft(spec, model, tokenizer, train, heldout, progress, cuda, quantized, work: Path):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    evaluating = bool(heldout)
+    args = SFTConfig(
+        **_common_args(spec, work / "sft", cuda, quantized),
+        learning_rate=spec.learning_rate,
+        num_train_epochs=spec.num_epochs,
+        max_steps=spec.max_steps,
+        completion_only_loss=True,
+        eval_strategy="epoch" if evaluating else "no",
+        save_strategy="epoch" if evaluating else "no",
+        save_total_limit=2 if evaluating else None,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
+    callbacks = _callbacks(progress, "sft", spec.debug_inject_nan_at_step)
+    if evaluating and spec.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer, callbacks=callbacks,
+        train_dataset=Dataset.from_list(_rendered(tokenizer, train)),
+        eval_dataset=Dataset.from_list(_rendered(tokenizer, heldout)) if evaluating else None,
+    )
+    result = trainer.train()
+    return trainer.model, result, trainer.state
+
+
+def _kto_ready(spec: TrainSpec, rows: list[dict]) -> bool:
+    labels = {bool(r["label"]) for r in rows}
+    return len(rows) >= max(spec.preference_min_pairs, 2) and labels == {True, False}
+
+
+def _kto(spec, model, tokenizer, rows, progress, cuda, quantized, work: Path):
+    # KTO rather than DPO: ratings arrive as unpaired thumbs up/down (every rated answer is usable),
+    # while DPO needs chosen/rejected pairs, which only corrections and arena votes give.
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    rows = list(rows)
+    random.Random(spec.seed).shuffle(rows)  # KTO samples sequentially (its KL pairing); mix the labels here
+    n_good = sum(bool(r["label"]) for r in rows)
+    n_bad = len(rows) - n_good
+    args = KTOConfig(
+        **_common_args(spec, work / "kto", cuda, quantized),
+        learning_rate=spec.preference_learning_rate,
+        num_train_epochs=1,
+        save_strategy="no",
+        # Weigh the rarer label up, within the 1:1..4:3 band the KTO paper recommends.
+        desirable_weight=1.0,
+        undesirable_weight=min(max(n_good / max(n_bad, 1), 1.0), 4 / 3),
+    )
+    trainer = KTOTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list(_rendered(tokenizer, rows, label=True)),
+        callbacks=_callbacks(progress, "kto", None),
+    )
+    result = trainer.train()
+    model = trainer.model
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")  # TRL's frozen copy of the SFT adapter; not part of the result
+    model.set_adapter("default")
+    return model, result
+
+
+def _model_card(spec: TrainSpec, manifest: dict, counts: dict, metrics: dict, train: dict) -> str:
+    hyper = {k: getattr(spec, k) for k in (
+        "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "num_epochs", "max_steps",
+        "batch_size", "preference_learning_rate", "early_stopping_patience", "seed")}
+    lines = [
+        "---", "library_name: peft", f"base_model: {spec.base_model}", "tags: [tuneloop, lora]", "---", "",
+        f"# Tuneloop adapter (run {spec.run_id})", "",
+        "LoRA adapter fine-tuned by Tuneloop from its users' ratings. Training data stays on the server; "
+        "this card holds counts and metrics only.", "",
+        f"- Base model: `{spec.base_model}`",
+        f"- Parent adapter: `{spec.parent_adapter or 'none (new LoRA)'}`",
+        f"- Snapshot: `{manifest.get('id') or manifest.get('snapshot_id') or 'unknown'}`"
+        f" (hash `{manifest.get('content_hash') or manifest.get('hash') or 'unknown'}`)",
+        "- Examples: " + ", ".join(f"{k} {v}" for k, v in counts.items()), "",
+        "## Hyperparameters", "", *[f"- {k}: {v}" for k, v in hyper.items()], "",
+        "## Training", "", *[f"- {k}: {v}" for k, v in train.items()], "",
+        "## Evaluation", "",
+        "| metric | candidate | production |", "|---|---|---|",
+        *[f"| {k} | {metrics['candidate'].get(k)} | {metrics['production'].get(k)} |" for k in metrics["candidate"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train(spec: TrainSpec) -> dict:
+    """The whole child job; returns the report it wrote."""
+    from transformers import set_seed
+
+    started = time.monotonic()
+    set_seed(spec.seed)
+    progress = Progress(spec.progress_path)
+    out = spec.staging_dir
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "_work"
+    snap = Path(spec.snapshot_dir)
+    data = {name: read_jsonl(snap / f"{name}.jsonl")
+            for name in ("sft_train", "sft_heldout", "kto_train", "pref_train", "pref_heldout")}
+    manifest_path = snap / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    counts = {k: len(v) for k, v in data.items()}
+    if not data["sft_train"]:
+        raise ValueError("snapshot has no sft_train examples")
+
+    progress.write(stage="loading", step=0)
+    base, tokenizer, quantized = _load_base(spec)
+    cuda = base.device.type == "cuda"
+    model = _peft_model(spec, base)
+    log.info("run %s: training on %s, examples %s", spec.run_id, base.device, counts)
+
+    model, sft_result, sft_state = _sft(
+        spec, model, tokenizer, data["sft_train"], data["sft_heldout"], progress, cuda, quantized, work)
+    steps, final_loss = sft_state.global_step, sft_result.training_loss
+    tokens = int(getattr(sft_state, "num_input_tokens_seen", 0) or 0)
+    if _kto_ready(spec, data["kto_train"]):
+        progress.write(stage="kto", step=steps)
+        model, kto_result = _kto(spec, model, tokenizer, data["kto_train"], progress, cuda, quantized, work)
+        steps += kto_result.global_step
+    if not math.isfinite(final_loss):
+        raise LossNotFinite(f"final training loss is {final_loss}")
+
+    progress.write(stage="evaluating", step=steps)
+    reference = load_reference(spec.reference_path)
+    model.eval()
+    candidate = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+    if spec.production_adapter:
+        model.load_adapter(spec.production_adapter, adapter_name="production")
+        model.set_adapter("production")
+        production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+        model.set_adapter("default")
+        model.delete_adapter("production")
+    else:
+        with model.disable_adapter():
+            production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+    train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
+                  "tokens": tokens, "device": str(base.device), "quantized": quantized}
+    report = {"candidate": candidate, "production": production, "train": train_info}
+
+    shutil.rmtree(work, ignore_errors=True)
+    model.save_pretrained(out, selected_adapters=["default"])
+    (out / CHAT_TEMPLATE_FILE).write_text(tokenizer.chat_template or "", encoding="utf-8")
+    (out / "README.md").write_text(
+        _model_card(spec, manifest, counts, {"candidate": candidate, "production": production}, train_info),
+        encoding="utf-8")
+    _write_json(out / REPORT, report)  # last: its presence means the adapter is complete
+    progress.write(stage="done", step=steps, total_steps=steps, loss=final_loss)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = TrainSpec.from_json(argv[1])
+    try:
+        train(spec)
+    except LossNotFinite as exc:
+        log.error("run %s: %s", spec.run_id, exc)
+        Progress(spec.progress_path).write(stage="failed", error=str(exc))
+        return NAN_EXIT_CODE
+    except Exception as exc:
+        traceback.print_exc()
+        Progress(spec.progress_path).write(stage="failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
