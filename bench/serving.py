@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import shutil
 import sys
 import tempfile
@@ -20,24 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from bench.results import RESULTS, machine  # noqa: E402
+
 PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
 def run_requests(backend, adapters: list[str], params, concurrent: bool) -> tuple[float, int]:
