@@ -1,0 +1,55 @@
+"""The gate is pure: crafted metrics in, a decision with every number in its reasons out."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrain.gate import gate
+from settings import Settings
+
+PROD = {"heldout_loss": 2.0, "pref_accuracy": 0.4, "reference_ppl": 100.0}
+
+
+@pytest.fixture
+def settings():
+    return Settings(gate_max_loss_ratio=1.0, gate_min_pref_accuracy=0.5, gate_max_ppl_rise=0.15)
+
+
+def test_better_candidate_passes_with_numbers(settings):
+    result = gate({"heldout_loss": 1.5, "pref_accuracy": 0.8, "reference_ppl": 110.0}, PROD, settings)
+    assert result.passed
+    assert result.reasons[0] == "heldout_loss 1.5 <= 2 (production 2 x 1) ok"
+    assert result.reasons[1].startswith("pref_accuracy 0.8 >= 0.5") and result.reasons[1].endswith("ok")
+    assert "rise +10.0%" in result.reasons[2] and result.reasons[2].endswith("ok")
+    assert result.metrics["heldout_loss_ratio"] == pytest.approx(0.75)
+    assert result.metrics["reference_ppl_rise"] == pytest.approx(0.10)
+
+
+@pytest.mark.parametrize(("change", "failing"), [
+    ({"heldout_loss": 2.01}, "heldout_loss"),
+    ({"pref_accuracy": 0.49}, "pref_accuracy"),
+    ({"reference_ppl": 115.01}, "reference_ppl"),
+])
+def test_each_check_can_reject(settings, change, failing):
+    candidate = {"heldout_loss": 1.0, "pref_accuracy": 0.9, "reference_ppl": 100.0, **change}
+    result = gate(candidate, PROD, settings)
+    assert not result.passed
+    failed = [r for r in result.reasons if r.endswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(failing)
+
+
+def test_boundaries_are_inclusive(settings):
+    assert gate({"heldout_loss": 2.0, "pref_accuracy": 0.5, "reference_ppl": 115.0}, PROD, settings).passed
+
+
+def test_loss_ratio_setting_is_used():
+    relaxed = Settings(gate_max_loss_ratio=1.5)
+    result = gate({"heldout_loss": 2.9, "pref_accuracy": None, "reference_ppl": 100.0}, PROD, relaxed)
+    assert result.passed and "<= 3 (production 2 x 1.5) ok" in result.reasons[0]
+
+
+def test_missing_data_is_skipped_not_failed(settings):
+    result = gate({"heldout_loss": None, "pref_accuracy": None, "reference_ppl": 100.0},
+                  {"heldout_loss": None, "pref_accuracy": None, "reference_ppl": 100.0}, settings)
+    assert result.passed
+    assert [r.endswith("skipped") for r in result.reasons] == [True, True, False]
