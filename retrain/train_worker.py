@@ -289,6 +289,10 @@ def train(spec: TrainSpec) -> dict:
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
                   "tokens": tokens, "device": str(base.device), "quantized": quantized}
+    if cuda:
+        import torch
+
+        train_info["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()
     report = {"candidate": candidate, "production": production, "train": train_info}
 
     shutil.rmtree(work, ignore_errors=True)
