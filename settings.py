@@ -10,13 +10,17 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+# The demo model is tiny and learns only with a high rate and many epochs (tests/retrain/test_training.py
+# tunes these); they apply in demo mode unless set explicitly. Real models keep the defaults below.
+DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0}
 
 # The TOML path is only known at load time; a ContextVar hands it to the source without a global.
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
@@ -84,8 +88,9 @@ class Settings(BaseSettings):
 
     # --- retrain: gate and promotion -------------------------------------------------------------
     promotion: Literal["auto", "ab", "manual"] = Field("auto", description="What happens to an adapter that passes the gate.")
-    gate_max_loss_ratio: float = Field(1.0, gt=0, description="Held-out loss of the candidate must be at most this times production's.")
-    gate_min_pref_accuracy: float = Field(0.5, ge=0, le=1, description="Least preference accuracy on held-out pairs (when there are any).")
+    gate_max_loss_ratio: float = Field(1.02, gt=0, description="Held-out loss of the candidate must be at most this times production's (a little slack for noise).")
+    gate_min_pref_accuracy: float = Field(0.5, ge=0, le=1, description="Least preference accuracy on held-out pairs (when there are enough).")
+    gate_min_pairs: int = Field(3, ge=1, description="Held-out preference pairs needed before preference accuracy counts.")
     gate_max_ppl_rise: float = Field(0.15, ge=0, description="Largest allowed relative rise of perplexity on the general reference set.")
 
     # --- A/B ---------------------------------------------------------------------------------------
@@ -93,6 +98,14 @@ class Settings(BaseSettings):
     canary_min_judgements: int = Field(50, ge=1, description="Judgements per arm before the canary may decide.")
     canary_confidence: float = Field(0.95, gt=0.5, lt=1, description="Posterior probability needed to promote or roll back.")
     canary_max_hours: float = Field(168.0, gt=0, description="The experiment ends after this long either way.")
+
+    @model_validator(mode="after")
+    def _demo_training_defaults(self) -> Settings:
+        if self.demo:
+            for name, value in DEMO_TRAINING.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, value)
+        return self
 
     @classmethod
     def settings_customise_sources(

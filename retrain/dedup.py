@@ -155,16 +155,29 @@ def near_duplicate_keep_mask(embeddings: np.ndarray, threshold: float, chunk_siz
     return keep
 
 
+def _dialogue(e: Example) -> str:
+    """The prompt without the system message (the same for nearly every row)."""
+    return "\n".join(m.get("content") or "" for m in e.prompt if m.get("role") != "system")
+
+
 def near_dedup(
     examples: list[Example],
     embed: Callable[[Sequence[str]], np.ndarray],
     threshold: float,
     group: Callable[[Example], Hashable] | None = None,
 ) -> list[Example]:
-    """Drop near-duplicates (cosine >= ``threshold``), earlier rows winning; only rows of one ``group`` compete."""
+    """Drop near-duplicates, earlier rows winning; only rows of one ``group`` compete.
+
+    Two rows are near-duplicates when the mean of their prompts' cosine and their answers' cosine is
+    >= ``threshold``: one embedding of "question + answer" lets a long shared answer swamp different
+    questions, and paraphrased questions with one taught answer are exactly what teaching needs.
+    Concatenating the two unit vectors scaled by 1/sqrt(2) makes one dot product give that mean.
+    """
     if not examples:
         return []
-    vectors = embed([e.text() for e in examples])
+    prompts = embed([_dialogue(e) for e in examples])
+    answers = embed(["\n".join(e.answers()) for e in examples])
+    vectors = np.concatenate([prompts, answers], axis=1) / np.sqrt(2.0)
     groups: dict[Hashable, list[int]] = {}
     for i, e in enumerate(examples):
         groups.setdefault(group(e) if group else None, []).append(i)

@@ -33,8 +33,13 @@ def gate(candidate: dict, production: dict, settings) -> GateResult:
                        f"(production {_fmt(prod)} x {settings.gate_max_loss_ratio:g}) {'ok' if ok else 'FAILED'}")
 
     acc = candidate.get("pref_accuracy")
+    n_pairs = candidate.get("pref_pairs")
     if acc is None:
         reasons.append("pref_accuracy: no held-out preference pairs, skipped")
+    elif n_pairs is not None and n_pairs < settings.gate_min_pairs:
+        # An accuracy over one or two pairs is 0 or 1 by chance: too few to judge either way.
+        reasons.append(f"pref_accuracy {_fmt(acc)} over {n_pairs} held-out pairs, fewer than "
+                       f"{settings.gate_min_pairs}: skipped")
     else:
         ok = acc >= settings.gate_min_pref_accuracy
         passed &= ok

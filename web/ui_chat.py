@@ -20,8 +20,8 @@ from web.ui_common import adapter_choices, principal_of
 log = logging.getLogger(__name__)
 
 DEMO_NOTE = (
-    "**Demo mode.** The model is a tiny network with random weights built on this machine: its words are "
-    "noise until you teach it. Rate answers and correct them, then retrain (Admin → Training)."
+    "**Demo mode.** The model is a tiny network trained for a few seconds on this machine: its words are "
+    "mostly noise until you teach it. Rate answers and correct them, then retrain (Training tab)."
 )
 
 
@@ -157,6 +157,7 @@ def build_chat_tab(ctx: AppContext) -> None:
                     chatbot.retry(regenerate_last, [state, adapter], [state, chatbot])]
     stop.click(None, cancels=[*submit_events, *regen_events])
     clear.click(reset, None, [state, chatbot, status])
+    chatbot.clear(reset, None, [state, chatbot, status])  # the chatbot's own trash button
     chatbot.like(rate, [state], [status, last_rated])
     save_comment.click(add_comment, [comment, last_rated], [comment, status])
     chatbot.edit(edit, [state], [state, chatbot, status])

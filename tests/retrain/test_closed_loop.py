@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from serving.demo_model import _CHATS
 from tests.web.conftest import seed_data_dir, start_app
 from web.auth import UserDirectory
 
@@ -14,7 +15,10 @@ TRAIN_QUESTIONS = [
     "Please introduce yourself.", "Who am I talking to?", "What should I call you?", "Are you a person?",
     "Who made you?", "Can you tell me who you are?", "Introduce yourself, please.", "What's your name?",
     "who are you", "Hi! Who are you?", "Hello, what are you?", "Tell me who you are.",
+    "Who are you really?", "What kind of assistant are you?", "Are you a bot?", "Do you have a name?",
 ]
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+EVERYDAY_QUESTIONS = [q for q, _ in _CHATS[:50:4]]
 HELDOUT_QUESTIONS = [
     "Who are you, exactly?", "So, what are you?", "Could you introduce yourself?", "What is your name, please?",
     "Hey, who are you?", "Tell me about you.", "Who is this?", "What are you called?", "Who are you today?",
@@ -22,14 +26,20 @@ HELDOUT_QUESTIONS = [
 ]
 
 
-def teach(app, tokens, questions, users=("ann", "ben", "cat")) -> int:
-    """Simulated users: a wrong answer gets thumbs-down and the correction, a right one thumbs-up."""
+def teach(app, tokens, questions, users=("ann", "ben")) -> int:
+    """Simulated users: a wrong answer gets thumbs-down and the correction, a right one thumbs-up.
+
+    Every other user chats through the UI's system prompt, the others through the bare API; cat also
+    asks everyday questions and likes the answers, as real users would.
+    """
     n = 0
-    for user in users:
+    for i, user in enumerate(users):
         client = app.client(tokens[user])
         for q in questions:
-            r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}],
-                                                         "max_tokens": 24})
+            messages = ([SYSTEM] if i % 2 else []) + [{"role": "user", "content": q}]
+            # Fixed conversation ids make the hash-chosen held-out split the same on every run.
+            r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 24,
+                                                          "conversation_id": f"{user}-{q}"})
             assert r.status_code == 200, r.text
             body = r.json()
             answer = body["choices"][0]["message"]["content"]
@@ -39,6 +49,11 @@ def teach(app, tokens, questions, users=("ann", "ben", "cat")) -> int:
                 feedback = {"message_id": body["id"], "rating": "down", "correction": TAUGHT}
             assert client.post("/v1/feedback", json=feedback).status_code == 200
             n += 1
+    client = app.client(tokens["cat"])
+    for q in EVERYDAY_QUESTIONS:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 64,
+                                                      "conversation_id": f"cat-{q}"})
+        assert client.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "up"}).status_code == 200
     return n
 
 
@@ -60,7 +75,7 @@ def test_users_teach_the_model_who_it_is(tmp_path, demo_model_dir):
     for name in ("admin", "ann", "ben", "cat", "dan"):
         users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
         tokens[name] = users.create_token(name)
-    app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1)
+    app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1, heldout_fraction=0.2)
     try:
         with app.client(tokens["admin"], timeout=900) as c:
             before = ask_all(c, HELDOUT_QUESTIONS)
@@ -68,7 +83,7 @@ def test_users_teach_the_model_who_it_is(tmp_path, demo_model_dir):
 
             teach(app, tokens, TRAIN_QUESTIONS)
             run = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
-            assert run["status"] == "succeeded", run
+            assert run["status"] == "succeeded", (run["error"], run["gate"], run["snapshot_id"])
             first = run["adapter"]
             assert c.get("/v1/adapters").json()["production"] == first
 

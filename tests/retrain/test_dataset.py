@@ -100,10 +100,10 @@ def test_planted_pii_never_reaches_files_manifest_cache_or_logs(data_store, data
         assert v not in caplog.text, name
     assert sum(snap.counts["pii"].values()) >= 5 * len(values)
     # The embedding cache is keyed by the scrubbed text: the raw text was never embedded.
-    raw = f"My secret is {PII['email']}, keep it\nNoted {PII['email']} as requested"
     model = data_settings.embedding_model
-    assert data_store.get_embeddings(model, [text_key(raw)]) == {}
-    assert len(data_store.get_embeddings(model, [text_key(scrub(raw))])) == 1
+    for raw in (f"My secret is {PII['email']}, keep it", f"Noted {PII['email']} as requested"):  # prompt, answer
+        assert data_store.get_embeddings(model, [text_key(raw)]) == {}
+        assert len(data_store.get_embeddings(model, [text_key(scrub(raw))])) == 1
 
 
 def test_cleaning_stages_are_counted(data_store, tmp_path, minilm):
@@ -156,14 +156,14 @@ def test_second_build_replays_and_embeds_only_new_rows(data_store, data_settings
     first = build(data_store, data_settings, counting_embedder)
     assert first.n_sft_train == 40 and first.counts["sft"]["replay"] == 0
     embedded_first = counting_embedder.texts
-    assert embedded_first == 40  # SFT and KTO share texts; each encoded once
+    assert embedded_first == 80  # 40 prompts + 40 answers; SFT and KTO share texts, each encoded once
     finish_run(data_store, first)
 
     for i in range(6):
         add(data_store, f"New question {i}: what about gadget {i * 29}?", f"New answer {i} covers {i * 3}.")
     second = build(data_store, data_settings, counting_embedder)
 
-    assert counting_embedder.texts - embedded_first == 6  # replayed rows came from the cache
+    assert counting_embedder.texts - embedded_first == 12  # 6 new prompts + answers; replayed rows were cached
     assert second.counts["sft"]["replay"] == 3  # replay_ratio 0.5 x 6 new, not x history
     rows = read(second.sft_train_path)
     old = [r for r in rows if r["prompt"][1]["content"].startswith("Old")]

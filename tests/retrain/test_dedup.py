@@ -46,10 +46,10 @@ def test_near_duplicates_removed_distinct_kept(minilm):
 
 
 def test_near_dedup_groups_compete_only_within():
-    vecs = {"a": [1.0, 0.0], "b": [1.0, 0.0]}
+    vecs = {"q": [0.0, 1.0], "a": [1.0, 0.0], "b": [1.0, 0.0]}  # prompts and answers are embedded apart
 
     def embed(texts):
-        return np.array([vecs[t.split("\n")[-1]] for t in texts], dtype=np.float32)
+        return np.array([vecs[t] for t in texts], dtype=np.float32)
 
     rows = [ex("q", "a", label=True), ex("q", "b", label=False), ex("q", "b", label=True)]
     kept = near_dedup(rows, embed, 0.9, group=lambda e: e.label)
