@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-browser bench browser lint clean
+.PHONY: install demo test test-quick test-gpu bench browser lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -25,11 +25,17 @@ browser:
 demo: install
 	$(PY) app.py --demo
 
+# Everything that runs without a GPU: unit, API, closed loop, load, faults, browser end to end (~10 min).
 test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: install browser
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+# The fast part only (~3 min): leaves out tests marked slow.
+test-quick: install
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# On a CUDA machine: the 4-bit and QLoRA paths.
+test-gpu: install
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py

@@ -157,7 +157,8 @@ class Promoter:
     def leaderboard(self) -> dict:
         """The registry with thumbs-up rates, arena ratings and what is loaded, for /v1/adapters."""
         loaded = {a.name: a for a in self.backend.list_adapters()} if self.backend else {}
-        rates = {r["adapter"]: r for r in ab_stats.up_rates(self.store.adapter_rating_stats())}
+        rated = [r for r in self.store.adapter_rating_stats() if r["adapter"]]  # user messages have none
+        rates = {r["adapter"]: r for r in ab_stats.up_rates(rated)}
         votes = [(v.adapter_a, v.adapter_b, v.winner) for v in self.store.arena_votes()]
         arena = {r["adapter"]: r for r in ab_stats.bradley_terry(votes, bootstrap=200)} if votes else {}
         records = {r.name: r for r in self.store.list_adapter_records()}

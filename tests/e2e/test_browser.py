@@ -84,7 +84,7 @@ def app(tmp_path_factory, demo_model_dir):
     for name in ("admin", "ursula", "ann", "ben", "cat"):
         users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
         tokens[name] = users.create_token(name)
-    running = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1)
+    running = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1, heldout_fraction=0.2)
     yield running, tokens
     running.stop()
 
@@ -148,7 +148,7 @@ def test_user_and_admin_journey(browser, app):
     time.sleep(3)  # one more timer tick refreshes the table
     shot(page, "08-retrain-finished")
     run = store.list_runs()[0]
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "succeeded", (run["error"], run["gate"])
     assert "succeeded" in page.inner_text("#runs-table")
 
     page.get_by_role("tab", name="Adapters").click()
