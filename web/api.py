@@ -12,14 +12,15 @@ import logging
 import time
 from dataclasses import asdict
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feedback.models import Rating
-from serving.errors import BadRequest
+from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
@@ -97,6 +98,22 @@ class ExperimentRequest(BaseModel):
     percent: float | None = Field(None, ge=0, le=100)
 
 
+class LoadLoraRequest(BaseModel):
+    """vLLM's ``LoadLoRAAdapterRequest``; missing fields are answered 400 as vLLM does, not 422."""
+
+    model_config = ConfigDict(extra="ignore")  # vLLM ignores fields it does not know (e.g. load_inplace)
+    lora_name: str | None = Field(None, max_length=64)
+    lora_path: str | None = Field(None, max_length=4096)
+
+
+class UnloadLoraRequest(BaseModel):
+    """vLLM's ``UnloadLoRAAdapterRequest``; Tuneloop names adapters, so ``lora_int_id`` alone is refused."""
+
+    model_config = ConfigDict(extra="ignore")
+    lora_name: str | None = Field(None, max_length=64)
+    lora_int_id: int | None = None
+
+
 class RetrainRequest(BaseModel):
     promote: Literal["auto", "ab", "manual"] | None = None
     wait: bool = False
@@ -150,6 +167,9 @@ def _params(ctx: AppContext, max_tokens: int | None, temperature: float | None, 
 public = APIRouter()
 users = APIRouter(dependencies=[Depends(_principal)])
 admin = APIRouter(prefix="/v1/admin", dependencies=[Depends(_admin)])
+# vLLM's runtime LoRA routes, so another Tuneloop can use this one as its engine. They sit outside
+# /v1/admin because the paths are vLLM's, but behind the same admin check.
+engine = APIRouter(prefix="/v1", dependencies=[Depends(_admin)])
 
 
 @public.get("/healthz")
@@ -327,7 +347,6 @@ def run_detail(run_id: str, ctx: Ctx):
 def export_data(ctx: Ctx, format: Literal["openai", "parquet"] = "openai", since: date | None = None,
                 rated_only: bool = False):
     import tempfile
-    from pathlib import Path
 
     from feedback.export import export
 
@@ -336,6 +355,51 @@ def export_data(ctx: Ctx, format: Literal["openai", "parquet"] = "openai", since
         export(ctx.store, out, format, since=since, rated_only=rated_only)
         media = "application/jsonl" if format == "openai" else "application/vnd.apache.parquet"
         return Response(out.read_bytes(), media_type=media)
+
+
+# --- vLLM runtime LoRA routes ----------------------------------------------------------------------
+# Status codes follow vLLM's OpenAIServingModels (what serving/remote.py expects of an engine): 400
+# for a missing field, a name already loaded or an adapter that fails its checks, 404 when the path
+# holds no adapter or the name is not loaded; success is plain text.
+def _adapter_path(ctx: AppContext, lora_path: str) -> Path:
+    """``lora_path`` resolved, if it lies inside this app's adapters dir; refused otherwise."""
+    root = Path(ctx.settings.adapters_dir).resolve()
+    # resolve() follows symlinks and "..", so neither can lead outside the adapters dir.
+    path = Path(lora_path).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ApiError(400, f"lora_path must be a directory inside this engine's adapters dir {root}",
+                       code="adapter_path_refused")
+    return path
+
+
+@engine.post("/load_lora_adapter")
+def load_lora_adapter(body: LoadLoraRequest, ctx: Ctx, user: Admin):
+    if not body.lora_name or not body.lora_path:
+        raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", code="invalid_request")
+    path = _adapter_path(ctx, body.lora_path)
+    if body.lora_name in {a.name for a in ctx.backend.list_adapters()}:
+        raise ApiError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", code="invalid_request")
+    if not (path / "adapter_config.json").is_file():
+        raise ApiError(404, f"Loading lora {body.lora_name} failed: No adapter found for {body.lora_path}",
+                       code="adapter_not_found")
+    try:
+        ctx.backend.load_adapter(body.lora_name, path)
+    except AdapterRejected as exc:
+        raise ApiError(400, str(exc), code="adapter_rejected") from exc
+    log.info("adapter loaded over the engine API: %s by %s", body.lora_name, user.name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+
+@engine.post("/unload_lora_adapter")
+def unload_lora_adapter(body: UnloadLoraRequest, ctx: Ctx, user: Admin):
+    if not body.lora_name:
+        raise ApiError(400, "'lora_name' must be provided (adapters are unloaded by name).", code="invalid_request")
+    try:
+        ctx.backend.unload_adapter(body.lora_name)
+    except UnknownAdapter as exc:
+        raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", code="model_not_found") from exc
+    log.info("adapter unloaded over the engine API: %s by %s", body.lora_name, user.name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
 def create_api(ctx: AppContext) -> FastAPI:
@@ -350,6 +414,6 @@ def create_api(ctx: AppContext) -> FastAPI:
             ctx.metrics.http_errors.labels(str(response.status_code)).inc()
         return response
 
-    for router in (public, users, admin):
+    for router in (public, users, admin, engine):
         app.include_router(router)
     return app

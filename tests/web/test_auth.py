@@ -35,11 +35,18 @@ def multi_user_app(tmp_path_factory, demo_model_dir):
     app.stop()
 
 
+# vLLM's runtime LoRA routes keep vLLM's paths, outside /v1/admin, but are admin-only too.
+ENGINE_ROUTES = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+
+
 def admin_routes(app) -> list[tuple[str, str]]:
-    """Every route under /v1/admin, read from the app itself, so a new route cannot slip through."""
+    """Every admin route (under /v1/admin, plus the engine routes), read from the app itself, so a new
+    route cannot slip through."""
     routes = []
-    for path, methods in app.server.config.app.openapi()["paths"].items():
-        if path.startswith("/v1/admin"):
+    paths = app.server.config.app.openapi()["paths"]
+    assert set(ENGINE_ROUTES) <= set(paths)
+    for path, methods in paths.items():
+        if path.startswith("/v1/admin") or path in ENGINE_ROUTES:
             for method in methods:
                 routes.append((method.upper(), path.replace("{name}", "demo-a").replace("{run_id}", "x")))
     return routes
