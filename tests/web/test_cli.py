@@ -1,0 +1,93 @@
+"""The CLI subcommands against a real data dir: retrain (handed to the running app, and alone), export,
+users; as a user would type them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.web.conftest import free_port, seed_data_dir
+from tests.web.test_kill9 import start_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(data_dir: Path, *args: str, demo: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    flags = ["--demo"] if demo else []
+    return subprocess.run([sys.executable, "app.py", *flags, "--data-dir", str(data_dir), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def rate_some(url: str, n: int = 4) -> None:
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for i in range(n):
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"Who are you {i}?"}],
+                                                     "max_tokens": 6})
+            c.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "down",
+                                         "correction": "I am Tuneloop."})
+
+
+@pytest.mark.slow
+def test_retrain_is_handed_to_the_running_app_and_runs_alone_otherwise(tmp_path, demo_model_dir):
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    port = free_port()
+    proc = start_process(data_dir, port)
+    try:
+        rate_some(f"http://127.0.0.1:{port}")
+        out = cli(data_dir, "retrain", "--json", "--promote", "manual")
+        assert out.returncode == 0, out.stderr
+        run = json.loads(out.stdout)
+        assert run["status"] in ("succeeded", "rejected") and run["trigger"] == "manual"
+        # The running app did the work: its own API knows the run.
+        runs = httpx.get(f"http://127.0.0.1:{port}/v1/admin/runs", timeout=30).json()["runs"]
+        assert run["id"] in {r["id"] for r in runs}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+    # No app running: the same command opens the data dir itself.
+    out = cli(data_dir, "retrain")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("run ")  # "run <id>: skipped|succeeded|rejected ..."
+
+
+def test_export_and_users_commands(tmp_path, demo_model_dir):
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    from feedback.models import Rating, TurnRecord
+    from feedback.store import FeedbackStore
+
+    with FeedbackStore(data_dir / "tuneloop.duckdb") as store:
+        store.record_turn(TurnRecord(
+            conversation_id="c1", user="local", request_messages=[{"role": "user", "content": "Who are you?"}],
+            assistant_message_id="m1", answer="noise", adapter="base", base_model="demo", sampling={},
+            latency_ms=1, first_token_ms=1, prompt_tokens=3, completion_tokens=1))
+        store.rate(Rating(message_id="m1", user="local", rating="down", correction="I am Tuneloop."))
+
+    out_file = tmp_path / "chats.jsonl"
+    r = cli(data_dir, "export", "--out", str(out_file), "--format", "openai", "--rated-only", demo=False)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert rows == [{"messages": [{"role": "user", "content": "Who are you?"},
+                                  {"role": "assistant", "content": "I am Tuneloop."}]}]
+
+    r = cli(data_dir, "export", "--out", str(tmp_path / "x.parquet"), "--format", "parquet", demo=False)
+    assert r.returncode == 0 and (tmp_path / "x.parquet").stat().st_size > 0
+
+    r = cli(data_dir, "users", "add", "bob", "--role", "admin", "--password", "bob-password-1", demo=False)
+    assert r.returncode == 0, r.stderr
+    token = cli(data_dir, "users", "token", "bob", demo=False).stdout.strip()
+    assert token.startswith("tl-")
+    from web.auth import UserDirectory
+
+    users = UserDirectory(data_dir / "users.toml")
+    assert users.by_token(token).name == "bob" and users.check_password("bob", "bob-password-1")
+    bad = cli(data_dir, "users", "add", "../evil", "--password", "long-enough-1", demo=False)
+    assert bad.returncode != 0 and "invalid user name" in bad.stderr and "Traceback" not in bad.stderr
