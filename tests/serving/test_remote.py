@@ -280,9 +280,45 @@ def test_engine_without_runtime_loading_says_what_to_do(engine, tmp_path):
         assert "--lora-modules v3=/adapters/v3" in str(refused.value)
     finally:
         running.stop()
-    # A Tuneloop engine has no such route either.
-    with pytest.raises(AdapterRejected, match="cannot load adapters at run time"):
-        RemoteBackend(f"{engine['url']}/v1").load_adapter("v3", local)
+
+
+# --- a Tuneloop engine speaks the same runtime LoRA routes ---------------------------------------------
+def test_adapter_is_pushed_to_a_tuneloop_engine(engine, tmp_path):
+    backend = RemoteBackend(f"{engine['url']}/v1", adapter_dir=str(engine["adapters_dir"]), max_new_tokens=64)
+    local = tmp_path / "adapters" / "tl-pushed"  # the app's view of the shared adapters directory
+    shutil.copytree(engine["adapters_dir"] / "demo-b", local)
+    shutil.copytree(local, engine["adapters_dir"] / "tl-pushed")
+    backend.load_adapter("tl-pushed", local)
+    assert "tl-pushed" in {a.name for a in backend.list_adapters()}
+    backend.load_adapter("tl-pushed", local)  # vLLM's "already been loaded" 400 is accepted
+    backend.set_alias(PRODUCTION, "tl-pushed")
+    assert backend.stream_chat(PROMPT, PRODUCTION, GREEDY).text() == engine_answer(engine, "demo-b")
+    backend.set_alias(PRODUCTION, BASE)
+    backend.unload_adapter("tl-pushed")
+    assert "tl-pushed" not in {a.name for a in backend.list_adapters()}
+    with pytest.raises(UnknownAdapter):  # the engine's 404 for a name it does not hold
+        backend.unload_adapter("tl-pushed")
+
+
+def test_tuneloop_engine_refuses_paths_outside_its_adapters_dir(engine, tmp_path):
+    outside = tmp_path / "evil"
+    shutil.copytree(engine["adapters_dir"] / "demo-a", outside)
+    (engine["adapters_dir"] / "evil-link").symlink_to(outside)
+    adapters = engine["adapters_dir"]
+    for path in (str(outside), f"{adapters}/../../evil", f"{adapters}/evil-link", str(adapters), "/etc"):
+        r = httpx.post(f"{engine['url']}/v1/load_lora_adapter", json={"lora_name": "evil", "lora_path": path})
+        assert r.status_code == 400 and "inside this engine's adapters dir" in r.text, (path, r.text)
+    r = httpx.post(f"{engine['url']}/v1/load_lora_adapter", json={"lora_name": "nothing",
+                                                                   "lora_path": f"{adapters}/nothing-here"})
+    assert r.status_code == 404 and "No adapter found" in r.text
+    r = httpx.post(f"{engine['url']}/v1/load_lora_adapter", json={"lora_name": "../x", "lora_path": f"{adapters}/demo-a"})
+    assert r.status_code == 400
+    assert httpx.post(f"{engine['url']}/v1/load_lora_adapter", json={"lora_name": "x"}).status_code == 400
+    assert httpx.post(f"{engine['url']}/v1/unload_lora_adapter", json={}).status_code == 400
+    assert "evil" not in httpx.get(f"{engine['url']}/v1/models").text
+    backend = RemoteBackend(f"{engine['url']}/v1")  # no remote_adapter_dir: the app's own path is sent
+    with pytest.raises(AdapterRejected, match="inside this engine's adapters dir"):
+        backend.load_adapter("evil", outside)
 
 
 def test_runtime_loading_switched_off_sends_nothing(standin, tmp_path):
