@@ -13,6 +13,8 @@ from web.context import AppContext
 from web.errors import user_message
 from web.ui_common import require_admin
 
+EXPERIMENT_COLUMNS = ["id", "control", "candidate", "percent", "started_at", "started_by", "ended_at", "outcome",
+                      "reason", "numbers"]
 RUN_COLUMNS = ["id", "status", "stage", "step", "total_steps", "loss", "eta_s", "trigger", "actor", "adapter",
                "parent_adapter", "snapshot_id", "started_at", "finished_at", "error"]
 
@@ -40,7 +42,7 @@ def _guard(ctx, request, fn):
 # --- Data ------------------------------------------------------------------------------------------
 def build_data_tab(ctx: AppContext):
     totals = gr.JSON(label="Totals", elem_id="data-totals")
-    per_day_plot = gr.LinePlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day")
+    per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day")
     per_adapter = gr.Dataframe(label="Up-rate per adapter", interactive=False, elem_id="uprate-table")
     with gr.Row():
         f_adapter = gr.Textbox(label="Adapter")
@@ -128,11 +130,15 @@ def _leaderboard_rows(board: dict) -> list[dict]:
         thumbs, arena = a.get("thumbs") or {}, a.get("arena") or {}
         rows.append({
             "adapter": a["name"], "status": a["status"], "parent": a["parent"],
-            "up_rate": thumbs.get("rate"), "up_rate_95ci": _ci(thumbs), "judgements": thumbs.get("n"),
-            "arena_rating": arena.get("rating"), "arena_95ci": _ci(arena), "votes": arena.get("n_votes"),
+            "up_rate": _round(thumbs.get("rate"), 3), "up_rate_95ci": _ci(thumbs), "judgements": thumbs.get("n"),
+            "arena_rating": _round(arena.get("rating"), 0), "arena_95ci": _ci(arena), "votes": arena.get("n_votes"),
             "gate": json.dumps(a.get("gate_metrics") or {}),
         })
     return rows
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def _ci(d: dict) -> str | None:
@@ -144,8 +150,10 @@ def build_adapters_tab(ctx: AppContext):
     production = gr.Markdown("", elem_id="production-pointer")
     board = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True, elem_id="leaderboard")
     with gr.Row():
-        up_plot = gr.LinePlot(x="day", y="up_rate", color="adapter", label="Up-rate per day", elem_id="uprate-plot")
-        win_plot = gr.LinePlot(x="day", y="win_rate", color="adapter", label="Arena win rate per day", elem_id="winrate-plot")
+        # Scatter, not line: a line needs two days before anything shows.
+        up_plot = gr.ScatterPlot(x="day", y="up_rate", color="adapter", label="Up-rate per day", elem_id="uprate-plot")
+        win_plot = gr.ScatterPlot(x="day", y="win_rate", color="adapter", label="Arena win rate per day",
+                                  elem_id="winrate-plot")
         votes_plot = gr.BarPlot(x="day", y="votes", label="Arena votes per day", elem_id="votes-plot")
     with gr.Row():
         name = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True, elem_id="adapter-action-name")
@@ -178,7 +186,7 @@ def build_adapters_tab(ctx: AppContext):
             return (f"**production → `{lb['production']}`**", _frame(_leaderboard_rows(lb)),
                     daily[["day", "adapter", "up_rate"]].dropna(), daily[["day", "adapter", "win_rate"]].dropna(),
                     votes, gr.update(choices=names), _frame(ctx.store.adapter_events()),
-                    _frame([e.__dict__ for e in ctx.store.list_experiments()]))
+                    _frame([e.__dict__ for e in ctx.store.list_experiments()], EXPERIMENT_COLUMNS))
         return _guard(ctx, request, work)
 
     outputs = [production, board, up_plot, win_plot, votes_plot, name, events, experiments]
