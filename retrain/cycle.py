@@ -92,12 +92,19 @@ def run_cycle(
         )
         store.update_run(run_id, stage="train", parent_adapter=production)
 
+        curve = {"stage": None, "offset": 0, "last": 0}  # KTO counts steps from 1 again: continue the curve
+
         def on_progress(p: dict) -> None:
             fields = {k: p[k] for k in ("step", "total_steps", "loss", "eta_s", "stage") if p.get(k) is not None}
             if fields:
                 store.update_run(run_id, **fields)
+            stage = p.get("stage")
+            if stage is not None and stage != curve["stage"]:
+                curve["stage"], curve["offset"] = stage, curve["last"]
             if p.get("step") is not None and (p.get("loss") is not None or p.get("eval_loss") is not None):
-                store.add_run_metric(run_id, int(p["step"]), p.get("loss"), p.get("eval_loss"))
+                step = int(p["step"]) + curve["offset"]
+                curve["last"] = step
+                store.add_run_metric(run_id, step, p.get("loss"), p.get("eval_loss"))
 
         outcome = run_training(spec, on_progress=on_progress, should_cancel=should_cancel)
 
