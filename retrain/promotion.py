@@ -14,7 +14,7 @@ from pathlib import Path
 from feedback import ab_stats
 from feedback.store import FeedbackStore
 from retrain.canary import decide
-from serving.errors import UnknownAdapter
+from serving.errors import ServingError, UnknownAdapter
 from serving.types import BASE, PRODUCTION
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class Promoter:
         self.backend = backend  # None when a CLI cycle runs without the app: only the store is updated
         self.settings = settings
         self._lock = threading.RLock()  # one switch at a time
+        self._pending = False  # the last sync found the backend down: resync_if_needed retries
 
     # --- loading -------------------------------------------------------------------------------
     def loaded(self) -> set[str]:
@@ -44,21 +45,57 @@ class Promoter:
         self.backend.load_adapter(name, path)
         log.info("adapter loaded name=%s", name)
 
-    def sync(self) -> None:
-        """At start-up: load registered adapters that are still in use and restore ``production``."""
-        for rec in self.store.list_adapter_records():
-            if rec.status in ("candidate", "production", "retired"):
-                try:
-                    self.ensure_loaded(rec.name)
-                except Exception as exc:  # a broken adapter must not stop the app from serving
-                    log.error("adapter %s not loaded at start-up: %s", rec.name, exc)
+    def sync(self) -> bool:
+        """Load registered adapters still in use and restore ``production``; False when the backend was down.
+
+        A down backend (a remote engine not up yet) keeps the stored pointer unchecked instead of falling
+        back to ``base`` for good; ``resync_if_needed`` finishes the job once it answers.
+        """
+        with self._lock:
+            target = self.store.production()
+            if self.backend is not None:
+                health = self.backend.health()
+                if not health.get("ok"):
+                    self._pending = True
+                    log.warning("backend not ready at sync (%s): production kept at %s unchecked; "
+                                "re-syncing when it answers", health.get("error", "not ok"), target)
+                    try:
+                        self.backend.set_alias(PRODUCTION, target)
+                    except ServingError as exc:
+                        log.error("production alias not restored: %s", exc)
+                    return False
+            for rec in self.store.list_adapter_records():
+                if rec.status in ("candidate", "production", "retired"):
+                    try:
+                        self.ensure_loaded(rec.name)
+                    except Exception as exc:  # a broken adapter must not stop the app from serving
+                        log.error("adapter %s not loaded at start-up: %s", rec.name, exc)
+            if self.backend is not None:
+                if target != BASE and target not in self.loaded():
+                    log.error("production adapter %s is not loadable; serving base", target)
+                    target = BASE
+                self.backend.set_alias(PRODUCTION, target)
+            self._pending = False
+            log.info("production points at %s", target)
+            return True
+
+    def resync_if_needed(self) -> bool:
+        """Run ``sync`` again if the last one found the backend down, or production's adapter is missing
+        from it (a restarted vLLM forgets adapters loaded at run time). For a periodic job; True if it synced.
+        """
+        if self.backend is None:
+            return False
         target = self.store.production()
-        if self.backend is not None:
-            if target != BASE and target not in self.loaded():
-                log.error("production adapter %s is not loadable; serving base", target)
-                target = BASE
-            self.backend.set_alias(PRODUCTION, target)
-        log.info("production points at %s", target)
+        try:
+            missing = target != BASE and target not in self.loaded()
+        except ServingError as exc:
+            log.warning("resync check failed: %s", exc)
+            return False
+        if not (self._pending or missing):
+            return False
+        log.info("re-syncing adapters with the backend (pending=%s, production %s missing=%s)",
+                 self._pending, target, missing)
+        return self.sync()
 
     # --- switching -----------------------------------------------------------------------------
     def _switch(self, name: str, actor: str, reason: str, action: str = "promote") -> None:

@@ -374,7 +374,15 @@ class RemoteBackend:
     def set_alias(self, alias: str, target: str) -> None:
         if alias not in ALIASES:
             raise UnknownAdapter(f"{alias!r} is not an alias (aliases: {sorted(ALIASES)})")
-        concrete = self.resolve(target)
+        try:
+            concrete = self.resolve(target)
+        except BackendUnavailable as exc:
+            # The alias lives here, so a down engine need not lose it: keep the (well-formed) name
+            # unchecked; chat reports the outage meanwhile, and an unknown name once the engine is back.
+            if target != BASE:
+                check_name(target)
+            concrete = target
+            log.warning("alias %s -> %s kept without checking: %s", alias, target, exc)
         with self._cond:
             previous = self._aliases.get(alias)
             self._aliases[alias] = concrete

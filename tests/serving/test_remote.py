@@ -342,3 +342,51 @@ def test_hf_offline_mode_is_named_not_hidden(remote, monkeypatch):
         remote.stream_chat(PROMPT, BASE, GREEDY)
     health = remote.health()
     assert health["ok"] is False and "HF_HUB_OFFLINE" in health["error"]
+
+
+# --- an engine that is down when the app starts ----------------------------------------------------------
+def test_promoter_keeps_production_while_the_engine_is_down_and_resyncs(engine, tmp_path):
+    """The app starts before the engine: production stays the stored adapter, and is loaded once the
+    engine answers (the stand-in, like a restarted vLLM, has nothing loaded at run time)."""
+    from feedback.models import AdapterRecord
+    from feedback.store import FeedbackStore
+    from retrain.promotion import Promoter
+
+    port = free_port()  # nothing listens yet
+    settings = load_settings(None, backend="remote", remote_url=f"http://127.0.0.1:{port}/v1", data_dir=tmp_path,
+                             remote_adapter_dir=str(engine["adapters_dir"]), remote_timeout_s=5)
+    shutil.copytree(engine["adapters_dir"] / PUSHED, settings.adapters_dir / PUSHED)
+    store = FeedbackStore(settings.db_path)
+    backend = RemoteBackend.from_settings(settings)
+    running = None
+    try:
+        store.register_adapter(AdapterRecord(name=PUSHED, path=str(settings.adapters_dir / PUSHED), status="candidate"))
+        store.set_production(PUSHED, "test", "earlier promotion")
+        promoter = Promoter(store, backend, settings)
+
+        assert promoter.sync() is False
+        assert backend._aliases[PRODUCTION] == PUSHED  # not fallen back to base
+        assert store.production() == PUSHED
+        with pytest.raises(BackendUnavailable):
+            backend.stream_chat(PROMPT, PRODUCTION, GREEDY)
+        assert promoter.resync_if_needed() is False  # still down: nothing changes
+        assert backend._aliases[PRODUCTION] == PUSHED
+
+        running = start_standin(StandinState(base_id="tiny-demo", upstream=engine["url"]), port)
+        time.sleep(2.1)  # the remembered failure of the model list expires (MODELS_TTL_S)
+        assert promoter.resync_if_needed() is True
+        assert running.state.requests[-1] == (
+            "load_lora_adapter", {"lora_name": PUSHED, "lora_path": f"{engine['adapters_dir']}/{PUSHED}"})
+        stream = backend.stream_chat(PROMPT, PRODUCTION, GREEDY)
+        assert stream.text() == engine_answer(engine, "demo-a") and stream.completion.adapter == PUSHED
+        assert promoter.resync_if_needed() is False  # in sync: a no-op
+
+        running.state.loaded.clear()  # the engine restarts and forgets adapters loaded at run time
+        time.sleep(2.1)
+        assert promoter.resync_if_needed() is True
+        assert PUSHED in running.state.loaded
+    finally:
+        if running is not None:
+            running.stop()
+        backend.close()
+        store.close()
