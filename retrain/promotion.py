@@ -14,6 +14,7 @@ from pathlib import Path
 from feedback import ab_stats
 from feedback.store import FeedbackStore
 from retrain.canary import decide
+from serving.adapters import check_name
 from serving.errors import ServingError, UnknownAdapter
 from serving.types import BASE, PRODUCTION
 
@@ -39,6 +40,7 @@ class Promoter:
     def ensure_loaded(self, name: str) -> None:
         if name == BASE or self.backend is None or name in self.loaded():
             return
+        check_name(name)  # before the name becomes a path: no "..", "/", or names too long for the OS
         path = Path(self.settings.adapters_dir) / name
         if not path.is_dir():
             raise UnknownAdapter(f"no adapter {name!r} in {self.settings.adapters_dir}")
