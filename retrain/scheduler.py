@@ -9,6 +9,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 log = logging.getLogger(__name__)
 CANARY_CHECK_MINUTES = 5
+RESYNC_MINUTES = 1
 
 
 def start_scheduler(settings, runner, promoter) -> BackgroundScheduler:
@@ -18,6 +19,10 @@ def start_scheduler(settings, runner, promoter) -> BackgroundScheduler:
     scheduler.add_job(runner.scheduled, CronTrigger.from_crontab(settings.retrain_cron), id="retrain",
                       max_instances=1, coalesce=True, misfire_grace_time=3600)
     scheduler.add_job(promoter.check_canary, "interval", minutes=CANARY_CHECK_MINUTES, id="canary",
+                      max_instances=1, coalesce=True)
+    # A remote engine that was down at start, or restarted and forgot its runtime-loaded adapters,
+    # gets the production adapter back.
+    scheduler.add_job(promoter.resync_if_needed, "interval", minutes=RESYNC_MINUTES, id="resync",
                       max_instances=1, coalesce=True)
     scheduler.start()
     log.info("scheduler started: retrain cron %r", settings.retrain_cron)
