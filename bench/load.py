@@ -1,0 +1,257 @@
+"""32 simulated users against one app for a minute: latency per request kind, zero 5xx, zero lost writes.
+
+Each user (a thread with its own token, in a client process apart from the server's GIL) streams chat
+turns, rates the answers (some with a correction) and fights and votes arena battles; meanwhile an admin
+hot-swaps production between demo-a, demo-b and base, and starts one retrain. Every acknowledged message
+id, rating and vote is then looked up in DuckDB.
+
+    python bench/load.py [--users 32] [--seconds 60] [--write-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.results import append_result, machine  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
+    """One simulated user; returns what the server acknowledged and how long each kind took."""
+    import httpx
+
+    rnd = random.Random(seed)
+    out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}}
+
+    def timed(kind: str, t0: float) -> None:
+        out["lat"].setdefault(kind, []).append(time.perf_counter() - t0)
+
+    def status(kind: str, r) -> None:
+        if r.status_code >= 500:
+            out["errors"].append(f"{kind} {r.status_code} {r.text[:200]}")
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
+        i = 0
+        while time.time() < until:
+            i += 1
+            if rnd.random() < 0.2:  # an arena battle and its vote
+                t0 = time.perf_counter()
+                r = c.post("/v1/arena/battles", json={"prompt": f"{name} battle {i}", "max_tokens": 4})
+                timed("battle", t0)
+                status("battle", r)
+                if r.status_code != 200:
+                    continue
+                t0 = time.perf_counter()
+                v = c.post(f"/v1/arena/battles/{r.json()['id']}/vote", json={"winner": rnd.choice("ab")})
+                timed("vote", t0)
+                status("vote", v)
+                if v.status_code == 200:
+                    out["votes"].append(r.json()["id"])
+                continue
+            t0 = time.perf_counter()
+            first = None
+            message_id = None
+            done = False
+            body = {"messages": [{"role": "user", "content": f"{name} question {i}"}], "max_tokens": 8,
+                    "stream": True}
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                status("chat", r)
+                if r.status_code >= 500:
+                    r.read()
+                    continue
+                for line in r.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[6:]
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        out["errors"].append(f"chat in-band {chunk['error']}")
+                        break
+                    message_id = chunk["id"]
+                    if first is None and chunk["choices"][0]["delta"].get("content"):
+                        first = time.perf_counter() - t0
+            timed("chat_total", t0)
+            if first is not None:
+                out["lat"].setdefault("chat_ttft", []).append(first)
+            if not done or message_id is None:
+                continue
+            out["messages"].append(message_id)
+            if rnd.random() < 0.7:
+                fb = {"message_id": message_id, "rating": rnd.choice(["up", "down"])}
+                if fb["rating"] == "down" and rnd.random() < 0.5:
+                    fb["correction"] = f"A better answer for {name} {i}."
+                t0 = time.perf_counter()
+                f = c.post("/v1/feedback", json=fb)
+                timed("feedback", t0)
+                status("feedback", f)
+                if f.status_code == 200:
+                    out["ratings"].append([message_id, name, fb["rating"]])
+    return out
+
+
+def run_users(url: str, tokens: dict[str, str], seconds: float) -> list[dict]:
+    """All simulated users as threads in this (client) process."""
+    until = time.time() + seconds
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def one(i: int, name: str) -> None:
+        r = user_loop(url, tokens[name], name, until, i)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def admin_loop(app, token: str, until: float, out: dict) -> None:
+    """Hot-swap production a few times and start one retrain, while the users run."""
+    with app.client(token, timeout=120) as c:
+        r = c.post("/v1/admin/retrain", json={"promote": "manual"})
+        out["retrain"] = r.status_code
+        if r.status_code >= 500:
+            out["errors"].append(f"retrain {r.status_code} {r.text[:200]}")
+        else:
+            out["run_id"] = (r.json().get("run") or {}).get("id")
+        targets = ["demo-a", "demo-b", "base"]
+        i = 0
+        while time.time() < until - 2:
+            r = c.post(f"/v1/admin/adapters/{targets[i % 3]}/promote", json={"reason": "load test"})
+            out["swaps"] += r.status_code == 200
+            if r.status_code >= 500:
+                out["errors"].append(f"promote {r.status_code} {r.text[:200]}")
+            i += 1
+            time.sleep(2)
+
+
+def teach(app, token: str, n: int) -> None:
+    """Rated data so the retrain has something to train on."""
+    with app.client(token) as c:
+        for i in range(n):
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"Who are you {i}?"}],
+                                                     "max_tokens": 4})
+            c.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "down",
+                                         "correction": "I am Tuneloop, a self-hosted assistant."})
+
+
+def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool = True) -> dict:
+    """Start the app on ``data_dir`` (demo model already there), run the load, check every write."""
+    from tests.web.conftest import start_app
+    from web.auth import UserDirectory
+
+    directory = UserDirectory(data_dir / "users.toml")
+    directory.add_user("admin", "admin-password", "admin")
+    admin_token = directory.create_token("admin")
+    tokens = {}
+    for i in range(users):
+        directory.add_user(f"user{i}", f"user{i}-password", "user")
+        tokens[f"user{i}"] = directory.create_token(f"user{i}")
+    app = start_app(data_dir, temperature=0.7, max_batch_size=32, retrain_min_examples=1)
+    admin = {"errors": [], "swaps": 0}
+    try:
+        if retrain:
+            teach(app, admin_token, 12)
+        admin_thread = threading.Thread(target=admin_loop, args=(app, admin_token, time.time() + seconds, admin))
+        # Clients run in another process, so their threads do not compete for the server's GIL.
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            future = pool.submit(run_users, app.url, tokens, seconds)
+            admin_thread.start()
+            results = future.result()
+        admin_thread.join()
+        deadline = time.time() + 600  # let the retrain finish: its end must not break anything either
+        while app.ctx.retrain.current_run and time.time() < deadline:
+            time.sleep(1)
+        store = app.ctx.store
+        messages = [m for r in results for m in r["messages"]]
+        ratings = [tuple(x) for r in results for x in r["ratings"]]
+        votes = [v for r in results for v in r["votes"]]
+        missing_messages = [m for m in messages if store.get_message(m) is None]
+        # Each answer is rated once, by the user who asked: the stored (user, rating) must match exactly.
+        stored_ratings = {e.message_id: (e.user, e.rating) for e in store.rated_examples()}
+        missing_ratings = [m for m, u, rating in ratings if stored_ratings.get(m) != (u, rating)]
+        stored_votes = {v.battle_id for v in store.arena_votes()}
+        run = store.get_run(admin["run_id"]) if admin.get("run_id") else None
+        lat: dict[str, list[float]] = {}
+        for r in results:
+            for k, v in r["lat"].items():
+                lat.setdefault(k, []).extend(v)
+        return {
+            "errors": [e for r in results for e in r["errors"]] + admin["errors"],
+            "messages": len(messages), "missing_messages": missing_messages,
+            "ratings": len(ratings), "missing_ratings": len(missing_ratings),
+            "votes": len(votes), "missing_votes": sorted(set(votes) - stored_votes),
+            "swaps": admin["swaps"], "run_status": run["status"] if run else None,
+            "run_error": run.get("error") if run else None, "latency": lat,
+        }
+    finally:
+        app.stop()
+
+
+def summary(res: dict) -> list[str]:
+    lines = []
+    for kind in ("chat_ttft", "chat_total", "feedback", "battle", "vote"):
+        v = res["latency"].get(kind, [])
+        lines.append(f"{kind:11s} n={len(v):5d}  p50 {pct(v, .5) * 1000:7.0f} ms  p95 {pct(v, .95) * 1000:7.0f} ms  "
+                     f"p99 {pct(v, .99) * 1000:7.0f} ms")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--write-results", action="store_true")
+    args = ap.parse_args()
+
+    from serving.demo_model import ensure_demo_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        ensure_demo_model(data_dir / "demo-model", data_dir / "adapters")
+        res = run_load(data_dir, args.users, args.seconds)
+    print(f"setup: {machine()}; demo model; {args.users} users for {args.seconds:.0f} s; streaming chat max_tokens=8, "
+          f"feedback on 70% of answers, 20% arena battles + votes; hot-swaps and one retrain meanwhile")
+    for line in summary(res):
+        print(line)
+    print(f"acknowledged: {res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes; missing in DuckDB: "
+          f"{len(res['missing_messages'])} / {res['missing_ratings']} / {len(res['missing_votes'])}; "
+          f"5xx/in-band errors: {len(res['errors'])}; swaps {res['swaps']}; retrain {res['run_status']}")
+    for e in res["errors"][:10]:
+        print("  error:", e)
+    if args.write_results:
+        chat = res["latency"].get("chat_total", [])
+        ttft = res["latency"].get("chat_ttft", [])
+        append_result("load", f"{args.users} users {args.seconds:.0f} s: chat total p50/p95/p99 "
+                      f"{pct(chat, .5) * 1000:.0f}/{pct(chat, .95) * 1000:.0f}/{pct(chat, .99) * 1000:.0f} ms, ttft "
+                      f"{pct(ttft, .5) * 1000:.0f}/{pct(ttft, .95) * 1000:.0f}/{pct(ttft, .99) * 1000:.0f} ms; "
+                      f"{res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes, lost "
+                      f"{len(res['missing_messages']) + res['missing_ratings'] + len(res['missing_votes'])}, "
+                      f"5xx {len(res['errors'])}, swaps {res['swaps']}, retrain {res['run_status']}")
+    return 0 if not res["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
