@@ -145,6 +145,9 @@ class Promoter:
         with self._lock:
             if name in (BASE, PRODUCTION) or name == self.store.production():
                 raise PromotionError(f"{name!r} is in production or reserved; promote another adapter first")
+            check_name(name)
+            if self.store.get_adapter(name) is None and name not in self.loaded():
+                raise UnknownAdapter(f"unknown adapter {name!r}")
             if self.backend is not None and name in self.loaded():
                 self.backend.unload_adapter(name)
             self.store.set_adapter_status(name, "archived")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.errors import AdapterRejected, BackendUnavailable, ServingError
-from serving.types import BASE, Completion
+from serving.types import BASE, GREEDY_BELOW, Completion
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class _Hooks:
 
         if self._temps is None:
             temps = [r.request.temperature for r in self.rows]
-            self._greedy = torch.tensor([t <= 0 for t in temps], device=scores.device)
+            self._greedy = torch.tensor([t < GREEDY_BELOW for t in temps], device=scores.device)
             self._temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=scores.device)[:, None]
             self._top_p = torch.tensor([r.request.top_p for r in self.rows], device=scores.device)[:, None]
         out = scores / self._temps

@@ -11,18 +11,21 @@ from typing import Literal
 Message = dict[str, str]
 
 BASE = "base"  # the bare base model, no adapter
+# Dividing logits by a temperature this small overflows to inf/NaN; at such temperatures sampling is
+# greedy anyway, so below it a request is decoded greedily.
+GREEDY_BELOW = 1e-4
 PRODUCTION = "production"  # alias re-pointed by promotion and rollback
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int | None = None  # None: the server's max_new_tokens
-    temperature: float = 0.7  # 0 means greedy
+    temperature: float = 0.7  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 1.0
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

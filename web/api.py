@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from feedback.models import Rating
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
@@ -32,6 +32,18 @@ MAX_TEXT = 100_000  # characters in one message; longer input is refused before 
 
 
 # --- request shapes ----------------------------------------------------------------------------
+def _encodable(v: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"): valid escapes, but no text the tokenizer or DuckDB takes."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
@@ -49,12 +61,12 @@ class ChatMessageIn(BaseModel):
             v = "".join(texts)
         if len(v) > MAX_TEXT:
             raise ValueError(f"message longer than {MAX_TEXT} characters")
-        return v
+        return _encodable(v)
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
-    model: str = PRODUCTION
+    model: Text = PRODUCTION
     messages: list[ChatMessageIn]
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
@@ -62,39 +74,39 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    conversation_id: str | None = Field(None, max_length=64, description="Tuneloop: continue a stored conversation")
-    replaces: str | None = Field(None, max_length=64, description="Tuneloop: id of the answer this regenerates")
+    conversation_id: Text | None = Field(None, max_length=64, description="Tuneloop: continue a stored conversation")
+    replaces: Text | None = Field(None, max_length=64, description="Tuneloop: id of the answer this regenerates")
 
 
 class FeedbackRequest(BaseModel):
-    message_id: str = Field(..., max_length=64)
-    rating: str
-    comment: str | None = None
-    correction: str | None = None
+    message_id: Text = Field(..., max_length=64)
+    rating: Text
+    comment: Text | None = None
+    correction: Text | None = None
 
 
 class BattleRequest(BaseModel):
-    prompt: str | list[ChatMessageIn]
-    adapters: tuple[str, str] | None = Field(None, description="admin only: the two adapters to compare")
+    prompt: Text | list[ChatMessageIn]
+    adapters: tuple[Text, Text] | None = Field(None, description="admin only: the two adapters to compare")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
 
 
 class VoteRequest(BaseModel):
-    winner: str
+    winner: Text
 
 
 class PromoteRequest(BaseModel):
-    reason: str = Field("", max_length=2000)
+    reason: Text = Field("", max_length=2000)
 
 
 class RollbackRequest(BaseModel):
-    to: str | None = Field(None, description="adapter version or 'base'; default: the previous production")
-    reason: str = Field("", max_length=2000)
+    to: Text | None = Field(None, description="adapter version or 'base'; default: the previous production")
+    reason: Text = Field("", max_length=2000)
 
 
 class ExperimentRequest(BaseModel):
-    candidate: str
+    candidate: Text
     percent: float | None = Field(None, ge=0, le=100)
 
 
@@ -102,15 +114,15 @@ class LoadLoraRequest(BaseModel):
     """vLLM's ``LoadLoRAAdapterRequest``; missing fields are answered 400 as vLLM does, not 422."""
 
     model_config = ConfigDict(extra="ignore")  # vLLM ignores fields it does not know (e.g. load_inplace)
-    lora_name: str | None = Field(None, max_length=64)
-    lora_path: str | None = Field(None, max_length=4096)
+    lora_name: Text | None = Field(None, max_length=64)
+    lora_path: Text | None = Field(None, max_length=4096)
 
 
 class UnloadLoraRequest(BaseModel):
     """vLLM's ``UnloadLoRAAdapterRequest``; Tuneloop names adapters, so ``lora_int_id`` alone is refused."""
 
     model_config = ConfigDict(extra="ignore")
-    lora_name: str | None = Field(None, max_length=64)
+    lora_name: Text | None = Field(None, max_length=64)
     lora_int_id: int | None = None
 
 
