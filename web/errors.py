@@ -7,6 +7,7 @@ import logging
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from feedback import errors as fe
 from retrain.promotion import PromotionError
@@ -84,6 +85,13 @@ def install_handlers(app) -> None:
         message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
         return JSONResponse(error_body(422, "invalid_request", message, loc or None), status_code=422)
 
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Routing errors (unknown path, wrong method) in the same shape as every other error.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
     for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, Exception):
         app.add_exception_handler(cls, core_error)
