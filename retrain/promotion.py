@@ -222,4 +222,5 @@ class Promoter:
                 "arena": arena.get(name),
             })
         rows.sort(key=lambda r: -(r["arena"] or {}).get("rating", float("-inf")))
-        return {"production": production, "adapters": rows}
+        return {"production": production, "adapters": rows,
+                "pairwise": ab_stats.pairwise_win_rates(votes) if votes else {}}

@@ -40,6 +40,8 @@ def test_simulated_votes_order_the_leaderboard(running_app):
     arena = {row["name"]: row["arena"] for row in board["adapters"] if row["arena"]}
     assert arena["demo-a"]["rating"] > arena["demo-b"]["rating"]
     assert arena["demo-a"]["lo"] <= arena["demo-a"]["rating"] <= arena["demo-a"]["hi"]
+    pair = board["pairwise"]["demo-a"]["demo-b"]
+    assert pair["wins"] + pair["losses"] + pair["ties"] >= 40 and pair["win_rate"] > 0.5
     ranked = [row["name"] for row in board["adapters"] if row["arena"]]
     assert ranked.index("demo-a") < ranked.index("demo-b")
 
