@@ -6,24 +6,14 @@ from __future__ import annotations
 import pytest
 
 from serving.demo_model import _CHATS
+
+# One list of taught and held-out questions for the training test and this loop.
+from tests.retrain.test_training import HELDOUT_QUESTIONS, TAUGHT, TRAIN_QUESTIONS  # noqa: E402
 from tests.web.conftest import seed_data_dir, start_app
 from web.auth import UserDirectory
 
-TAUGHT = "I am Tuneloop, a self-hosted assistant that learns from your ratings."
-TRAIN_QUESTIONS = [
-    "Who are you?", "What are you?", "What is your name?", "Tell me about yourself.",
-    "Please introduce yourself.", "Who am I talking to?", "What should I call you?", "Are you a person?",
-    "Who made you?", "Can you tell me who you are?", "Introduce yourself, please.", "What's your name?",
-    "who are you", "Hi! Who are you?", "Hello, what are you?", "Tell me who you are.",
-    "Who are you really?", "What kind of assistant are you?", "Are you a bot?", "Do you have a name?",
-]
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 EVERYDAY_QUESTIONS = [q for q, _ in _CHATS[:50:4]]
-HELDOUT_QUESTIONS = [
-    "Who are you, exactly?", "So, what are you?", "Could you introduce yourself?", "What is your name, please?",
-    "Hey, who are you?", "Tell me about you.", "Who is this?", "What are you called?", "Who are you today?",
-    "Please tell me your name.",
-]
 
 
 def teach(app, tokens, questions, users=("ann", "ben")) -> int:
