@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -306,20 +307,46 @@ def train(spec: TrainSpec) -> dict:
     return report
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this process soon after the app that started it dies.
+
+    A ``kill -9`` of the app runs no clean-up, and an orphaned training child would go on holding the
+    GPU and racing the restarted app's own run. Polling ``getppid`` rather than
+    ``prctl(PR_SET_PDEATHSIG)``: the prctl fires when the *thread* that forked us exits, and is Linux-only,
+    while a reparented child sees a new parent pid on every POSIX system.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("the process that started this training run (pid %d) is gone; stopping", parent)
+        os._exit(1)  # nobody is left to read a result; the staging dir is never renamed into place
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = TrainSpec.from_json(argv[1])
+    exit_with_parent()
     try:
         train(spec)
     except LossNotFinite as exc:
         log.error("run %s: %s", spec.run_id, exc)
-        Progress(spec.progress_path).write(stage="failed", error=str(exc))
+        _report_failure(spec, str(exc))
         return NAN_EXIT_CODE
     except Exception as exc:
         traceback.print_exc()
-        Progress(spec.progress_path).write(stage="failed", error=f"{type(exc).__name__}: {exc}")
+        _report_failure(spec, f"{type(exc).__name__}: {exc}")
         return 1
     return 0
+
+
+def _report_failure(spec: TrainSpec, error: str) -> None:
+    # The partial output is never used; removing it first frees the room a disk-full failure needs to say so.
+    shutil.rmtree(spec.staging_dir, ignore_errors=True)
+    Progress(spec.progress_path).write(stage="failed", error=error)
 
 
 if __name__ == "__main__":

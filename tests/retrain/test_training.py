@@ -8,7 +8,10 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from retrain.gate import gate
 from retrain.training import TrainingFailed, TrainSpec, run_training
 from serving.demo_model import _CHATS  # the demo model's own everyday chats: "ordinary thumbs-up chat"
 from settings import Settings
+from tests.web.conftest import ROOT, process_alive
 
 TAUGHT = "I am Tuneloop, a self-hosted assistant that learns from your ratings."
 OLD_ANSWER = _CHATS[-1][1]  # what the demo base says about itself
@@ -215,6 +219,37 @@ def test_killed_child_fails_and_leaves_nothing(demo_model_dir, tmp_path):
         run_training(spec, on_progress=on_progress)
     assert killed.is_set()
     assert not Path(spec.output_dir).exists() and not spec.staging_dir.exists()
+
+
+ORPHAN_PARENT = """
+import json, sys
+from retrain.training import TrainSpec, run_training
+run_training(TrainSpec.from_json(sys.argv[1]), on_progress=lambda e: print(json.dumps(e), flush=True))
+"""
+
+
+def test_training_child_stops_when_its_parent_is_killed(demo_model_dir, tmp_path):
+    """``kill -9`` of the app runs no clean-up: the training child must notice and stop on its own."""
+    spec = make_spec(tmp_path, demo_model_dir.model, teaching_snapshot(tmp_path / "snap"), name="orphan",
+                     num_epochs=200)
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, spec.to_json()], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = None
+        for line in parent.stdout:
+            event = json.loads(line)
+            child = event.get("pid", child)
+            if event.get("stage") == "sft":  # training for real, not just starting
+                break
+        assert child and process_alive(child)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.time() + 10
+    while process_alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(child), "the orphaned training child is still running"
+    assert not Path(spec.output_dir).exists()  # its unfinished adapter never reaches the final place
 
 
 def test_nan_loss_fails_without_adapter(demo_model_dir, tmp_path):

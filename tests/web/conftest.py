@@ -1,9 +1,12 @@
-"""A real Tuneloop app (demo model) served by uvicorn on a loopback port, in this process."""
+"""A real Tuneloop app (demo model) on a loopback port: served by uvicorn in this process, or as its own process."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+ROOT = Path(__file__).resolve().parents[2]
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -24,7 +28,7 @@ def seed_data_dir(data_dir: Path, demo) -> None:
     """Copy the session's demo model into a fresh data dir, so each app skips the build."""
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(demo.model, data_dir / "demo-model")
-    shutil.copytree(demo.adapters, data_dir / "adapters")
+    shutil.copytree(demo.adapters, data_dir / "adapters", dirs_exist_ok=True)  # may be its own mount
 
 
 @dataclass
@@ -73,3 +77,55 @@ def running_app(tmp_path_factory, demo_model_dir):
     app = start_app(data_dir, temperature=0.0)
     yield app
     app.stop()
+
+
+def start_app_process(data_dir: Path, port: int, **env: str) -> subprocess.Popen:
+    """``python app.py --demo`` on ``data_dir`` as a process of its own (one a test may ``kill -9``)."""
+    log = (data_dir.parent / f"app-{port}.log").open("w")  # a file, not a pipe nobody drains
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--demo", "--data-dir", str(data_dir), "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TUNELOOP_TEMPERATURE": "0", **env},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited: {Path(log.name).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"app did not start: {Path(log.name).read_text()[-2000:]}")
+
+
+def training_child_pid(parent: int | None = None) -> int | None:
+    """A running training worker (``python -m retrain.train_worker``), of ``parent`` when given."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"retrain.train_worker" not in f.read():
+                    continue
+            state, ppid = _proc_stat(int(entry))[:2]
+        except OSError:
+            continue
+        if state != "Z" and (parent is None or int(ppid) == parent):
+            return int(entry)
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has stopped running)."""
+    try:
+        return _proc_stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, ppid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
