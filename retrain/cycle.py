@@ -60,6 +60,7 @@ def run_cycle(
     promote = promote or settings.promotion
     now = datetime.now(UTC)
     store.update_run(run_id, status="running", stage="select", started_at=now)
+    run_dir = Path(settings.runs_dir) / run_id
     try:
         since = store.last_cutoff()
         new = store.new_rated_count(since)
@@ -79,7 +80,6 @@ def run_cycle(
 
         production = store.production()
         production_path = None if production == BASE else str(Path(settings.adapters_dir) / production)
-        run_dir = Path(settings.runs_dir) / run_id
         spec = TrainSpec.from_settings(
             settings,
             run_id=run_id,
@@ -117,6 +117,7 @@ def run_cycle(
             log.info("run %s rejected by the gate", run_id)
             return store.get_run(run_id)
 
+        store.update_run(run_id, stage="publish")
         name = store.next_adapter_version()
         path = publish_adapter(outcome.adapter_dir, settings.adapters_dir, name, {
             "parent": production, "base_model": settings.model if not settings.demo else "tuneloop-demo",
@@ -125,6 +126,7 @@ def run_cycle(
         })
         store.register_adapter(AdapterRecord(name=name, path=str(path), parent=production, snapshot_id=snapshot.id,
                                              run_id=run_id, metrics=result.metrics, status="candidate"))
+        store.update_run(run_id, stage="promote")
         promoter.ensure_loaded(name)
         if promote == "auto":
             promoter.promote(name, actor="retrain", reason=f"run {run_id} passed the gate")
@@ -132,16 +134,20 @@ def run_cycle(
             promoter.start_experiment(name, actor="retrain")
         store.update_run(run_id, status="succeeded", stage="done", adapter=name, finished_at=datetime.now(UTC))
         log.info("run %s succeeded: adapter %s (%s)", run_id, name, promote)
-        shutil.rmtree(run_dir / "adapter", ignore_errors=True)
         return store.get_run(run_id)
     except TrainingFailed as exc:
         store.update_run(run_id, status="failed", error=str(exc), finished_at=datetime.now(UTC))
         log.error("run %s failed: %s", run_id, exc)
         return store.get_run(run_id)
     except Exception as exc:
-        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=datetime.now(UTC))
-        log.exception("run %s failed", run_id)
+        stage = store.get_run(run_id)["stage"]  # e.g. a full disk while building the set or publishing
+        store.update_run(run_id, status="failed", error=f"{stage} failed: {type(exc).__name__}: {exc}",
+                         finished_at=datetime.now(UTC))
+        log.exception("run %s failed at %s", run_id, stage)
         return store.get_run(run_id)
+    finally:
+        # The run's own copy of the adapter: published ones live in the adapters dir, others are never used.
+        shutil.rmtree(run_dir / "adapter", ignore_errors=True)
 
 
 def settings_record(settings) -> dict:
