@@ -33,12 +33,23 @@ def pct(values: list[float], q: float) -> float:
 
 
 def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
-    """One simulated user; returns what the server acknowledged and how long each kind took."""
+    """One simulated user; returns what the server acknowledged and how long each kind took.
+
+    A lost connection ends the user early and is noted in ``disconnected`` (the kill -9 test causes it on
+    purpose); what was acknowledged before it is kept.
+    """
     import httpx
 
-    rnd = random.Random(seed)
-    out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}}
+    out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}, "disconnected": None}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
+        try:
+            _user_requests(c, random.Random(seed), name, until, out)
+        except httpx.TransportError as exc:
+            out["disconnected"] = f"{type(exc).__name__}: {exc}"
+    return out
 
+
+def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) -> None:
     def timed(kind: str, t0: float) -> None:
         out["lat"].setdefault(kind, []).append(time.perf_counter() - t0)
 
@@ -46,66 +57,64 @@ def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
         if r.status_code >= 500:
             out["errors"].append(f"{kind} {r.status_code} {r.text[:200]}")
 
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
-        i = 0
-        while time.time() < until:
-            i += 1
-            if rnd.random() < 0.2:  # an arena battle and its vote
-                t0 = time.perf_counter()
-                r = c.post("/v1/arena/battles", json={"prompt": f"{name} battle {i}", "max_tokens": 4})
-                timed("battle", t0)
-                status("battle", r)
-                if r.status_code != 200:
-                    continue
-                t0 = time.perf_counter()
-                v = c.post(f"/v1/arena/battles/{r.json()['id']}/vote", json={"winner": rnd.choice("ab")})
-                timed("vote", t0)
-                status("vote", v)
-                if v.status_code == 200:
-                    out["votes"].append(r.json()["id"])
+    i = 0
+    while time.time() < until:
+        i += 1
+        if rnd.random() < 0.2:  # an arena battle and its vote
+            t0 = time.perf_counter()
+            r = c.post("/v1/arena/battles", json={"prompt": f"{name} battle {i}", "max_tokens": 4})
+            timed("battle", t0)
+            status("battle", r)
+            if r.status_code != 200:
                 continue
             t0 = time.perf_counter()
-            first = None
-            message_id = None
-            done = False
-            body = {"messages": [{"role": "user", "content": f"{name} question {i}"}], "max_tokens": 8,
-                    "stream": True}
-            with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                status("chat", r)
-                if r.status_code >= 500:
-                    r.read()
-                    continue
-                for line in r.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        out["errors"].append(f"chat in-band {chunk['error']}")
-                        break
-                    message_id = chunk["id"]
-                    if first is None and chunk["choices"][0]["delta"].get("content"):
-                        first = time.perf_counter() - t0
-            timed("chat_total", t0)
-            if first is not None:
-                out["lat"].setdefault("chat_ttft", []).append(first)
-            if not done or message_id is None:
+            v = c.post(f"/v1/arena/battles/{r.json()['id']}/vote", json={"winner": rnd.choice("ab")})
+            timed("vote", t0)
+            status("vote", v)
+            if v.status_code == 200:
+                out["votes"].append(r.json()["id"])
+            continue
+        t0 = time.perf_counter()
+        first = None
+        message_id = None
+        done = False
+        body = {"messages": [{"role": "user", "content": f"{name} question {i}"}], "max_tokens": 8,
+                "stream": True}
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            status("chat", r)
+            if r.status_code >= 500:
+                r.read()
                 continue
-            out["messages"].append(message_id)
-            if rnd.random() < 0.7:
-                fb = {"message_id": message_id, "rating": rnd.choice(["up", "down"])}
-                if fb["rating"] == "down" and rnd.random() < 0.5:
-                    fb["correction"] = f"A better answer for {name} {i}."
-                t0 = time.perf_counter()
-                f = c.post("/v1/feedback", json=fb)
-                timed("feedback", t0)
-                status("feedback", f)
-                if f.status_code == 200:
-                    out["ratings"].append([message_id, name, fb["rating"]])
-    return out
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    out["errors"].append(f"chat in-band {chunk['error']}")
+                    break
+                message_id = chunk["id"]
+                if first is None and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - t0
+        timed("chat_total", t0)
+        if first is not None:
+            out["lat"].setdefault("chat_ttft", []).append(first)
+        if not done or message_id is None:
+            continue
+        out["messages"].append(message_id)
+        if rnd.random() < 0.7:
+            fb = {"message_id": message_id, "rating": rnd.choice(["up", "down"])}
+            if fb["rating"] == "down" and rnd.random() < 0.5:
+                fb["correction"] = f"A better answer for {name} {i}."
+            t0 = time.perf_counter()
+            f = c.post("/v1/feedback", json=fb)
+            timed("feedback", t0)
+            status("feedback", f)
+            if f.status_code == 200:
+                out["ratings"].append([message_id, name, fb["rating"]])
 
 
 def run_users(url: str, tokens: dict[str, str], seconds: float) -> list[dict]:
@@ -147,9 +156,24 @@ def admin_loop(app, token: str, until: float, out: dict) -> None:
             time.sleep(2)
 
 
-def teach(app, token: str, n: int) -> None:
+def add_users(data_dir: Path, users: int) -> tuple[str, dict[str, str]]:
+    """An admin and ``users`` users with API tokens in ``data_dir``'s users file: (admin token, {name: token})."""
+    from web.auth import UserDirectory
+
+    directory = UserDirectory(data_dir / "users.toml")
+    directory.add_user("admin", "admin-password", "admin")
+    tokens = {}
+    for i in range(users):
+        directory.add_user(f"user{i}", f"user{i}-password", "user")
+        tokens[f"user{i}"] = directory.create_token(f"user{i}")
+    return directory.create_token("admin"), tokens
+
+
+def teach(url: str, token: str, n: int) -> None:
     """Rated data so the retrain has something to train on."""
-    with app.client(token) as c:
+    import httpx
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
         for i in range(n):
             r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"Who are you {i}?"}],
                                                      "max_tokens": 4})
@@ -160,20 +184,13 @@ def teach(app, token: str, n: int) -> None:
 def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool = True) -> dict:
     """Start the app on ``data_dir`` (demo model already there), run the load, check every write."""
     from tests.web.conftest import start_app
-    from web.auth import UserDirectory
 
-    directory = UserDirectory(data_dir / "users.toml")
-    directory.add_user("admin", "admin-password", "admin")
-    admin_token = directory.create_token("admin")
-    tokens = {}
-    for i in range(users):
-        directory.add_user(f"user{i}", f"user{i}-password", "user")
-        tokens[f"user{i}"] = directory.create_token(f"user{i}")
+    admin_token, tokens = add_users(data_dir, users)
     app = start_app(data_dir, temperature=0.7, max_batch_size=32, retrain_min_examples=1)
     admin = {"errors": [], "swaps": 0}
     try:
         if retrain:
-            teach(app, admin_token, 12)
+            teach(app.url, admin_token, 12)
         admin_thread = threading.Thread(target=admin_loop, args=(app, admin_token, time.time() + seconds, admin))
         # Clients run in another process, so their threads do not compete for the server's GIL.
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
@@ -184,30 +201,37 @@ def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool
         deadline = time.time() + 600  # let the retrain finish: its end must not break anything either
         while app.ctx.retrain.current_run and time.time() < deadline:
             time.sleep(1)
-        store = app.ctx.store
-        messages = [m for r in results for m in r["messages"]]
-        ratings = [tuple(x) for r in results for x in r["ratings"]]
-        votes = [v for r in results for v in r["votes"]]
-        missing_messages = [m for m in messages if store.get_message(m) is None]
-        # Each answer is rated once, by the user who asked: the stored (user, rating) must match exactly.
-        stored_ratings = {e.message_id: (e.user, e.rating) for e in store.rated_examples()}
-        missing_ratings = [m for m, u, rating in ratings if stored_ratings.get(m) != (u, rating)]
-        stored_votes = {v.battle_id for v in store.arena_votes()}
-        run = store.get_run(admin["run_id"]) if admin.get("run_id") else None
+        run = app.ctx.store.get_run(admin["run_id"]) if admin.get("run_id") else None
         lat: dict[str, list[float]] = {}
         for r in results:
             for k, v in r["lat"].items():
                 lat.setdefault(k, []).extend(v)
+        disconnected = [f"disconnected: {r['disconnected']}" for r in results if r["disconnected"]]
         return {
-            "errors": [e for r in results for e in r["errors"]] + admin["errors"],
-            "messages": len(messages), "missing_messages": missing_messages,
-            "ratings": len(ratings), "missing_ratings": len(missing_ratings),
-            "votes": len(votes), "missing_votes": sorted(set(votes) - stored_votes),
+            **lost_writes(app.ctx.store, results),
+            "errors": [e for r in results for e in r["errors"]] + disconnected + admin["errors"],
             "swaps": admin["swaps"], "run_status": run["status"] if run else None,
             "run_error": run.get("error") if run else None, "latency": lat,
         }
     finally:
         app.stop()
+
+
+def lost_writes(store, results: list[dict]) -> dict:
+    """How many messages, ratings and votes the users saw acknowledged, and which of them ``store`` lacks."""
+    messages = [m for r in results for m in r["messages"]]
+    ratings = [tuple(x) for r in results for x in r["ratings"]]
+    votes = [v for r in results for v in r["votes"]]
+    missing_messages = [m for m in messages if store.get_message(m) is None]
+    # Each answer is rated once, by the user who asked: the stored (user, rating) must match exactly.
+    stored_ratings = {e.message_id: (e.user, e.rating) for e in store.rated_examples()}
+    missing_ratings = [m for m, u, rating in ratings if stored_ratings.get(m) != (u, rating)]
+    stored_votes = {v.battle_id for v in store.arena_votes()}
+    return {
+        "messages": len(messages), "missing_messages": missing_messages,
+        "ratings": len(ratings), "missing_ratings": len(missing_ratings),
+        "votes": len(votes), "missing_votes": sorted(set(votes) - stored_votes),
+    }
 
 
 def summary(res: dict) -> list[str]:

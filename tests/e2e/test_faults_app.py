@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.retrain.test_closed_loop import TRAIN_QUESTIONS, teach
-from tests.web.conftest import seed_data_dir, start_app
+from tests.web.conftest import seed_data_dir, start_app, training_child_pid
 from web.auth import UserDirectory
 
 pytestmark = pytest.mark.slow
@@ -45,19 +45,6 @@ def test_corrupted_adapters_are_refused_and_never_served(tmp_path, demo_model_di
             assert c.post("/v1/chat/completions", json=HI).status_code == 200
     finally:
         app.stop()
-
-
-def training_child_pid() -> int | None:
-    """The training worker this app started (it runs as ``python -m retrain.train_worker``)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"retrain.train_worker" in f.read():
-                        return int(entry)
-            except OSError:
-                continue
-    return None
 
 
 def test_killing_the_training_process_leaves_serving_and_production_alone(tmp_path, demo_model_dir):
