@@ -12,10 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.web.conftest import free_port, seed_data_dir
-from tests.web.test_kill9 import start_process
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.web.conftest import ROOT, free_port, seed_data_dir, start_app_process
 
 
 def cli(data_dir: Path, *args: str, demo: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -38,7 +35,7 @@ def test_retrain_is_handed_to_the_running_app_and_runs_alone_otherwise(tmp_path,
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
     port = free_port()
-    proc = start_process(data_dir, port)
+    proc = start_app_process(data_dir, port)
     try:
         rate_some(f"http://127.0.0.1:{port}")
         out = cli(data_dir, "retrain", "--json", "--promote", "manual")
