@@ -17,21 +17,18 @@ import httpx
 import pytest
 
 from bench.load import add_users, lost_writes, run_users, teach
-from tests.web.conftest import free_port, process_alive, seed_data_dir, start_app_process, training_child_pid
+from tests.web.conftest import (
+    free_port,
+    process_alive,
+    seed_data_dir,
+    start_app_process,
+    training_child_pid,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 USERS = 32
 LOAD_BEFORE_KILL_S = 10
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_kill_9_under_load_loses_no_acknowledged_write(tmp_path, demo_model_dir):
@@ -91,4 +88,3 @@ def test_kill_9_under_load_loses_no_acknowledged_write(tmp_path, demo_model_dir)
           f"{lost['votes']} votes")
     assert lost["missing_messages"] == [] and lost["missing_ratings"] == 0 and lost["missing_votes"] == [], lost
     assert lost["ratings"] > 0 and lost["votes"] > 0
-

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from retrain.gate import gate
 from retrain.training import TrainingFailed, TrainSpec, run_training
 from serving.demo_model import _CHATS  # the demo model's own everyday chats: "ordinary thumbs-up chat"
 from settings import Settings
-from tests.web.conftest import ROOT, process_alive
+from tests.web.conftest import ROOT, process_alive, wait_for
 
 TAUGHT = "I am Tuneloop, a self-hosted assistant that learns from your ratings."
 OLD_ANSWER = _CHATS[-1][1]  # what the demo base says about itself
@@ -245,10 +244,7 @@ def test_training_child_stops_when_its_parent_is_killed(demo_model_dir, tmp_path
     finally:
         parent.kill()
         parent.wait(10)
-    deadline = time.time() + 10
-    while process_alive(child) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not process_alive(child), "the orphaned training child is still running"
+    wait_for(lambda: not process_alive(child), 10, "the orphaned training child to stop")
     assert not Path(spec.output_dir).exists()  # its unfinished adapter never reaches the final place
 
 

@@ -18,6 +18,7 @@ import uvicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,6 +116,17 @@ def training_child_pid(parent: int | None = None) -> int | None:
         if state != "Z" and (parent is None or int(ppid) == parent):
             return int(entry)
     return None
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def process_alive(pid: int) -> bool:
