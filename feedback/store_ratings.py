@@ -1,0 +1,252 @@
+"""Ratings and corrections, and the rated examples and pairs training reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from datetime import datetime
+
+from feedback.errors import InvalidRating, NotAssistantMessage, UnknownMessage
+from feedback.models import Message, PreferencePair, RatedExample, Rating
+from feedback.store_core import (
+    _FAR_FUTURE,
+    _FAR_PAST,
+    MAX_TEXT_CHARS,
+    RATINGS,
+    StoreCore,
+    _from_db,
+    _now,
+    _rows,
+    _to_db,
+)
+
+log = logging.getLogger(__name__)
+
+# Latest rating and latest correction per assistant message (by anyone), and when it was last judged.
+_RATED_SQL = """
+WITH lr AS (
+    SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") AS rn FROM ratings),
+lc AS (
+    SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") AS rn FROM corrections),
+t AS (
+    SELECT m.id, m.conversation_id, m.position, m.seq, m.content, m.adapter,
+           r.rating, r."user" AS rating_user, coalesce(r.implicit, false) AS implicit,
+           c.content AS correction, c."user" AS correction_user,
+           greatest(coalesce(r.created_at, c.created_at), coalesce(c.created_at, r.created_at)) AS rated_at
+    FROM messages m
+    LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
+    LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
+    WHERE m.role = 'assistant' AND (r.message_id IS NOT NULL OR c.message_id IS NOT NULL))
+SELECT * FROM t WHERE rated_at >= ? AND rated_at < ?
+"""
+
+
+class RatingStore(StoreCore):
+    """Ratings and corrections, and the rated examples and pairs training reads."""
+
+    # --- ratings -------------------------------------------------------------------------------
+    def rate(self, rating: Rating) -> Rating:
+        """Store (or replace) ``rating.user``'s rating of an assistant answer, and its correction if any."""
+        if rating.rating not in RATINGS:
+            raise InvalidRating(f"rating must be one of {RATINGS}, not {rating.rating!r}")
+        if rating.comment is not None and len(rating.comment) > MAX_TEXT_CHARS:
+            raise InvalidRating(f"comment longer than {MAX_TEXT_CHARS} characters")
+        if rating.correction is not None:
+            if not rating.correction.strip():
+                raise InvalidRating("correction is empty")
+            if len(rating.correction) > MAX_TEXT_CHARS:
+                raise InvalidRating(f"correction longer than {MAX_TEXT_CHARS} characters")
+        now = _now()
+        self._turns.wait()  # the answer being rated may have been stored a moment ago
+        with self._write() as cur:
+            row = cur.execute("SELECT role FROM messages WHERE id = ?", [rating.message_id]).fetchone()
+            if row is None:
+                raise UnknownMessage(f"unknown message {rating.message_id!r}")
+            if row[0] != "assistant":
+                raise NotAssistantMessage(f"message {rating.message_id!r} is a {row[0]} message; rate answers")
+            cur.execute("""INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)
+                           ON CONFLICT (message_id, "user") DO UPDATE SET rating = excluded.rating,
+                           comment = excluded.comment, implicit = excluded.implicit, created_at = excluded.created_at""",
+                        [rating.message_id, rating.user, rating.rating, rating.comment, rating.implicit, now])
+            if rating.correction is not None:
+                cur.execute("""INSERT INTO corrections VALUES (?, ?, ?, ?)
+                               ON CONFLICT (message_id, "user") DO UPDATE SET content = excluded.content,
+                               created_at = excluded.created_at""",
+                            [rating.message_id, rating.user, rating.correction, now])
+        log.info("rating stored message=%s user=%s rating=%s correction=%s", rating.message_id, rating.user,
+                 rating.rating, rating.correction is not None)
+        return Rating(message_id=rating.message_id, user=rating.user, rating=rating.rating, comment=rating.comment,
+                      correction=rating.correction, implicit=rating.implicit, created_at=_from_db(now))
+
+    def stats(self) -> dict:
+        """Totals, per adapter and per day. Implicit thumbs-down (from regenerates) count as downs."""
+        with self._read(settle=True) as cur:
+            totals = _rows(cur.execute("""
+                SELECT (SELECT count(*) FROM messages) AS messages,
+                       (SELECT count(*) FROM messages WHERE role = 'assistant') AS assistant_messages,
+                       (SELECT count(DISTINCT message_id) FROM ratings) AS rated_messages,
+                       (SELECT count(*) FROM ratings WHERE rating = 'up') AS up,
+                       (SELECT count(*) FROM ratings WHERE rating = 'down') AS down,
+                       (SELECT count(*) FROM corrections) AS corrections"""))[0]
+            per_adapter = _rows(cur.execute(_PER_ADAPTER_SQL))
+            per_day = _rows(cur.execute("""
+                SELECT strftime(day, '%Y-%m-%d') AS day, sum(messages)::BIGINT AS messages,
+                       count(DISTINCT rated)::BIGINT AS rated, sum(up)::BIGINT AS up, sum(down)::BIGINT AS down,
+                       sum(corrections)::BIGINT AS corrections
+                FROM (SELECT created_at::DATE AS day, 1 AS messages, 0 AS up, 0 AS down, 0 AS corrections,
+                             NULL AS rated FROM messages
+                      UNION ALL
+                      SELECT created_at::DATE, 0, (rating = 'up')::INT, (rating = 'down')::INT, 0, message_id
+                      FROM ratings
+                      UNION ALL
+                      SELECT created_at::DATE, 0, 0, 0, 1, message_id FROM corrections)
+                GROUP BY day ORDER BY day"""))
+        return {"totals": totals, "per_adapter": per_adapter, "per_day": per_day}
+
+    def rated_conversations(self, adapter: str | None = None, rating: str | None = None, user: str | None = None,
+                            since: datetime | None = None, until: datetime | None = None,
+                            has_correction: bool | None = None, limit: int = 200) -> list[dict]:
+        """One row per (answer, rater), newest first, for the admin Data tab."""
+        with self._read(settle=True) as cur:
+            cur.execute("""
+                SELECT m.id AS message_id, m.conversation_id, r."user", m.adapter, m.position, m.seq,
+                       m.content AS answer, r.rating, r.implicit, r.comment, c.content AS correction, r.created_at
+                FROM ratings r JOIN messages m ON m.id = r.message_id
+                LEFT JOIN corrections c ON c.message_id = r.message_id AND c."user" = r."user"
+                WHERE (?::VARCHAR IS NULL OR m.adapter = ?) AND (?::VARCHAR IS NULL OR r.rating = ?)
+                  AND (?::VARCHAR IS NULL OR r."user" = ?)
+                  AND r.created_at >= ? AND r.created_at < ?
+                  AND (?::BOOLEAN IS NULL OR (c.content IS NOT NULL) = ?)
+                ORDER BY r.created_at DESC, m.id LIMIT ?""",
+                        [adapter, adapter, rating, rating, user, user, _to_db(since) or _FAR_PAST,
+                         _to_db(until) or _FAR_FUTURE, has_correction, has_correction, limit])
+            rows = _rows(cur)
+            prompts = self._prompts(cur, rows)
+        out = []
+        for row, prompt in zip(rows, prompts, strict=True):
+            last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+            out.append({"message_id": row["message_id"], "conversation_id": row["conversation_id"],
+                        "user": row["user"], "adapter": row["adapter"], "prompt": last_user, "answer": row["answer"],
+                        "rating": row["rating"], "implicit": row["implicit"], "comment": row["comment"],
+                        "correction": row["correction"], "created_at": _from_db(row["created_at"])})
+        return out
+
+    @staticmethod
+    def _prompts(cur, targets: list[dict]) -> list[list[Message]]:
+        """For each target answer (conversation_id, position, seq): the conversation as it stood then.
+
+        That is, per earlier position the latest message stored before the answer: for a live answer
+        this is the conversation without superseded messages; for a regenerated (superseded) answer it
+        is the history that answer was actually generated from.
+        """
+        ids = sorted({t["conversation_id"] for t in targets})
+        if not ids:
+            return []
+        cur.execute("""SELECT conversation_id, position, seq, role, content FROM messages
+                       WHERE conversation_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY position, seq""", [ids])
+        by_conversation: dict[str, list[tuple]] = defaultdict(list)
+        for cid, position, seq, role, content in cur.fetchall():
+            by_conversation[cid].append((position, seq, role, content))
+        prompts = []
+        for t in targets:
+            chosen: dict[int, Message] = {}
+            for position, seq, role, content in by_conversation[t["conversation_id"]]:
+                if position < t["position"] and seq < t["seq"]:
+                    chosen[position] = {"role": role, "content": content}  # rows are in seq order
+            prompts.append([chosen[p] for p in sorted(chosen)])
+        return prompts
+
+    def rated_examples(self, since: datetime | None = None, until: datetime | None = None) -> list[RatedExample]:
+        """Assistant answers rated or corrected in [since, until), with the conversation before each.
+
+        ``rating``/``correction`` are the latest by anyone; ``user`` is who gave the latest rating
+        (or correction, when there is no rating).
+        """
+        with self._read(settle=True) as cur:
+            cur.execute(_RATED_SQL + " ORDER BY rated_at, id", [_to_db(since) or _FAR_PAST, _to_db(until) or _FAR_FUTURE])
+            rows = _rows(cur)
+            prompts = self._prompts(cur, rows)
+        return [RatedExample(message_id=r["id"], conversation_id=r["conversation_id"],
+                             user=r["rating_user"] or r["correction_user"], adapter=r["adapter"], prompt=prompt,
+                             answer=r["content"], rating=r["rating"], correction=r["correction"],
+                             implicit=bool(r["implicit"]), rated_at=_from_db(r["rated_at"]))
+                for r, prompt in zip(rows, prompts, strict=True)]
+
+    def new_rated_count(self, since: datetime | None) -> int:
+        """How many answers were rated or corrected at or after ``since`` (all when None)."""
+        with self._read(settle=True) as cur:
+            return cur.execute(f"SELECT count(*) FROM ({_RATED_SQL})",
+                               [_to_db(since) or _FAR_PAST, _FAR_FUTURE]).fetchone()[0]
+
+    def preference_pairs(self, since: datetime | None = None, until: datetime | None = None) -> list[PreferencePair]:
+        """Corrections (chosen = correction, rejected = the answer) and decisive arena votes (a or b)."""
+        window = [_to_db(since) or _FAR_PAST, _to_db(until) or _FAR_FUTURE]
+        with self._read(settle=True) as cur:
+            cur.execute("""SELECT m.conversation_id, m.position, m.seq, m.content, c."user", c.content AS correction,
+                                  c.created_at
+                           FROM corrections c JOIN messages m ON m.id = c.message_id
+                           WHERE c.created_at >= ? AND c.created_at < ? ORDER BY c.created_at, m.id""", window)
+            corrections = _rows(cur)
+            prompts = self._prompts(cur, corrections)
+            cur.execute("""SELECT b.id, b.prompt, b.answer_a, b.answer_b, v."user", v.winner, v.created_at
+                           FROM arena_votes v JOIN battles b ON b.id = v.battle_id
+                           WHERE v.winner IN ('a', 'b') AND v.created_at >= ? AND v.created_at < ?
+                           ORDER BY v.created_at, b.id""", window)
+            votes = _rows(cur)
+        pairs = [PreferencePair(prompt=p, chosen=c["correction"], rejected=c["content"], source="correction",
+                                conversation_id=c["conversation_id"], user=c["user"],
+                                created_at=_from_db(c["created_at"]))
+                 for c, p in zip(corrections, prompts, strict=True)]
+        for v in votes:
+            win, lose = (v["answer_a"], v["answer_b"]) if v["winner"] == "a" else (v["answer_b"], v["answer_a"])
+            pairs.append(PreferencePair(prompt=json.loads(v["prompt"]), chosen=win, rejected=lose, source="arena",
+                                        conversation_id=v["id"], user=v["user"], created_at=_from_db(v["created_at"])))
+        return pairs
+
+    def export_table(self, since: datetime | None = None, rated_only: bool = False):
+        """Every message of the selected conversations, with judgements, as a pyarrow Table (for export).
+
+        Selected: conversations with a message at or after ``since``; with ``rated_only``, only those
+        with at least one rated or corrected answer. ``rating``/``comment``/``correction`` are the latest
+        by anyone; ``ups``/``downs`` count all raters (implicit downs included).
+        """
+        with self._read(settle=True) as cur:
+            return cur.sql("""
+                WITH lr AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
+                            FROM ratings),
+                     lc AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
+                            FROM corrections),
+                     counts AS (SELECT message_id, count(*) FILTER (rating = 'up') AS ups,
+                                       count(*) FILTER (rating = 'down') AS downs FROM ratings GROUP BY message_id),
+                     picked AS (SELECT DISTINCT conversation_id FROM messages WHERE created_at >= ?
+                                INTERSECT
+                                SELECT DISTINCT m.conversation_id FROM messages m
+                                WHERE NOT ? OR m.id IN (SELECT message_id FROM ratings UNION SELECT message_id FROM corrections))
+                SELECT m.id AS message_id, m.conversation_id, cv.parent_id AS parent_conversation_id, m.position,
+                       m.role, m.content, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
+                       m.experiment_id, m.arm, m.created_at, r.rating, r.implicit, r.comment,
+                       coalesce(n.ups, 0) AS ups, coalesce(n.downs, 0) AS downs, c.content AS correction,
+                       c."user" AS corrected_by
+                FROM messages m JOIN picked p ON p.conversation_id = m.conversation_id
+                JOIN conversations cv ON cv.id = m.conversation_id
+                LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
+                LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
+                LEFT JOIN counts n ON n.message_id = m.id
+                ORDER BY m.conversation_id, m.position, m.seq""",
+                           params=[_to_db(since) or _FAR_PAST, rated_only]).to_arrow_table()
+
+
+
+_PER_ADAPTER_SQL = """
+WITH r AS (SELECT message_id, count(*) FILTER (rating = 'up') AS up, count(*) FILTER (rating = 'down') AS down
+           FROM ratings GROUP BY message_id),
+     c AS (SELECT message_id, count(*) AS n FROM corrections GROUP BY message_id)
+SELECT m.adapter, count(*) AS messages,
+       count(*) FILTER (r.message_id IS NOT NULL OR c.message_id IS NOT NULL) AS rated,
+       coalesce(sum(r.up), 0)::BIGINT AS up, coalesce(sum(r.down), 0)::BIGINT AS down,
+       coalesce(sum(c.n), 0)::BIGINT AS corrections
+FROM messages m LEFT JOIN r ON r.message_id = m.id LEFT JOIN c ON c.message_id = m.id
+WHERE m.role = 'assistant'
+GROUP BY m.adapter ORDER BY m.adapter
+"""
