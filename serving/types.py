@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 # Conversations stay in the OpenAI/TRL ``messages`` shape end to end: [{"role": ..., "content": ...}].
 Message = dict[str, str]
@@ -17,11 +20,29 @@ GREEDY_BELOW = 1e-4
 PRODUCTION = "production"  # alias re-pointed by promotion and rollback
 
 
+class TokenConstraint(Protocol):
+    """A per-request decoding constraint (grammar-constrained structured output).
+
+    The generation worker calls ``mask`` on this row's next-token scores before sampling, then
+    ``accept`` with the token it chose; once ``is_terminated()`` the row ends with finish_reason
+    "stop". One instance serves one request; the worker calls it from its own thread only.
+    """
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor: ...  # 1-D scores over the vocabulary
+
+    def accept(self, token_id: int) -> None: ...
+
+    def is_terminated(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int | None = None  # None: the server's max_new_tokens
     temperature: float = 0.7  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # the answer ends just before the first of these (finish_reason "stop")
+    seed: int | None = None  # reproducible sampling for this request alone (batch-mates draw apart)
+    constraint: TokenConstraint | None = field(default=None, compare=False)  # structured output
 
     @property
     def greedy(self) -> bool:
