@@ -9,6 +9,9 @@ looks every 5 minutes for 7 days.
     python bench/canary.py --json     # {"equal_10": {"promote": f, "rollback": f, "none": f, "median_hours": h, "runs": n}, ...}
     python bench/canary.py --write-results   # also append a dated line to bench/RESULTS.md
 
+``median_hours`` is the median time to a decision over the runs that decided (promote or roll back),
+null when none did; "none" counts runs that ended at the time limit without one.
+
 Besides the simulation it prints, per scenario, an information bound: the power of the best
 fixed-horizon one-sided test at the same alpha that saw all 7 days (or 24 h) of judgements split
 50/50 from the start. No rule, sequential or not, can beat it, so a target above it cannot be met.
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         effect = SCENARIOS[name][0]
         alpha = policy.promote_alpha if effect > 0 else policy.harm_alpha
-        ramp = " / ".join("-" if h is None else f"{h:.1f}" for h in r["median_ramp_hours"])
+        ramp = " / ".join("-" if h is None else f"{h:.1f}" for h in r["median_ramp_hours"]) or "-"
         med = "-" if r["median_hours"] is None else f"{r['median_hours']:.1f}"
         b = "-" if effect == 0 else f"{bound(effect, alpha, week):.0%} ({bound(effect, alpha, args.per_day):.0%})"
         print(f"| {name} | {r['promote']:.1%} | {r['rollback']:.1%} | {r['none']:.1%} | {med} | "

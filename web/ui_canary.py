@@ -6,6 +6,7 @@ inline SVGs (an interval is a shaded band, which Gradio's plots cannot draw) wit
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 import gradio as gr
@@ -50,7 +51,7 @@ def steps_frame(report: dict | None) -> pd.DataFrame:
     return pd.DataFrame([{k: s.get(k) for k in STEP_COLUMNS} for s in rows], columns=STEP_COLUMNS)
 
 
-def _chart(title: str, x_max: float, y_lo: float, y_hi: float, y_fmt, body) -> str:
+def _chart(title: str, x_max: float, y_lo: float, y_hi: float, ticks: list[float], body) -> str:
     """An SVG frame with axes; ``body(x, y)`` returns the marks, given the data-to-pixel maps."""
     def x(v: float) -> float:
         return PAD_L + (W - PAD_L - PAD_R) * v / x_max
@@ -58,14 +59,13 @@ def _chart(title: str, x_max: float, y_lo: float, y_hi: float, y_fmt, body) -> s
     def y(v: float) -> float:
         return PAD_T + (H - PAD_T - PAD_B) * (1 - (v - y_lo) / (y_hi - y_lo))
 
-    ticks = [y_lo + (y_hi - y_lo) * i / 4 for i in range(5)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" '
              f'aria-label="{escape(title)}" style="max-width:{W}px;font:11px sans-serif">',
              f'<text x="{PAD_L}" y="14" font-weight="bold">{escape(title)}</text>',
              f'<line x1="{PAD_L}" y1="{y(y_lo)}" x2="{W - PAD_R}" y2="{y(y_lo)}" stroke="#999"/>']
     for t in ticks:
         parts.append(f'<line x1="{PAD_L}" y1="{y(t):.1f}" x2="{W - PAD_R}" y2="{y(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{PAD_L - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{y_fmt(t)}</text>')
+                     f'<text x="{PAD_L - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{100 * t:.0f}%</text>')
     for i in range(5):
         h = x_max * i / 4
         parts.append(f'<text x="{x(h):.1f}" y="{H - 12}" text-anchor="middle">{h:.0f} h</text>')
@@ -105,7 +105,10 @@ def rates_svg(report: dict | None) -> str:
     x_max = max(1.0, pts[-1]["hours"])
     lo = min(p[a]["lo"] for p in pts for a in ("control", "candidate"))
     hi = max(p[a]["hi"] for p in pts for a in ("control", "candidate"))
-    y_lo, y_hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
+    y_lo, y_hi = math.floor(10 * lo) / 10, math.ceil(10 * hi) / 10  # whole tens of percent
+    if y_hi - y_lo < 0.2:
+        y_lo, y_hi = max(0.0, y_lo - 0.1), min(1.0, y_hi + 0.1)
+    ticks = [i / 10 for i in range(round(10 * y_lo), round(10 * y_hi) + 1)]
 
     def body(x, y):
         out = []
@@ -120,7 +123,7 @@ def rates_svg(report: dict | None) -> str:
         out.extend(_legend([("production (95% band)", COLORS["control"]), ("candidate (95% band)", COLORS["candidate"])]))
         return out
 
-    return _chart("Up-rate by arm", x_max, y_lo, y_hi, lambda v: f"{100 * v:.0f}%", body)
+    return _chart("Up-rate by arm", x_max, y_lo, y_hi, ticks, body)
 
 
 def evidence_svg(report: dict | None) -> str:
@@ -139,12 +142,12 @@ def evidence_svg(report: dict | None) -> str:
         for key, color in (("progress_better", COLORS["better"]), ("progress_harm", COLORS["harm"])):
             out.append(_polyline([(x(p["hours"]), y(min(p[key], y_hi))) for p in pts], color))
         out.extend(_step_marks(report, x, y, y_hi))
-        out.extend(_legend([(f"for candidate (promote at {th['promote_at']:.0f})", COLORS["better"]),
-                            (f"of harm (roll back at {th['rollback_at']:.0f})", COLORS["harm"])]))
+        out.extend(_legend([(f"for candidate (need {th['promote_at']:.0f})", COLORS["better"]),
+                            (f"of harm (need {th['rollback_at']:.0f})", COLORS["harm"])]))
         return out
 
-    return _chart("Evidence so far (share of the way to a decision, log scale)", x_max, 0.0, y_hi,
-                  lambda v: f"{100 * v:.0f}%", body)
+    ticks = [i / 4 for i in range(int(4 * y_hi) + 1)]
+    return _chart("Evidence so far (share of the way to a decision, log scale)", x_max, 0.0, y_hi, ticks, body)
 
 
 def canary_panel(ctx: AppContext) -> tuple:

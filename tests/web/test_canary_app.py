@@ -55,6 +55,14 @@ def test_a_better_candidate_ramps_up_and_is_promoted(canary_app):
     ended = ctx.store.list_experiments()[0]
     assert ended.outcome == "promote" and ended.reason.startswith("Promoted") and ended.numbers["step"] == 2
 
+    with canary_app.client() as c:  # the same report over the admin API
+        report = c.get("/v1/admin/experiments/current").json()["report"]
+    assert report["experiment"]["id"] == exp.id and report["status"] == ended.reason
+    assert [s["percent"] for s in report["steps"]] == [10, 25, 50] and report["points"]
+    last = report["points"][-1]
+    assert last["candidate"]["lo"] <= last["candidate"]["rate"] <= last["candidate"]["hi"]
+    assert last["progress_better"] >= 1.0 > last["progress_harm"]
+
     summary, charts, frame = canary_panel(ctx)
     assert "ended: **promote**" in summary and "Promoted" in summary and "50%" in summary
     assert charts.count("<svg") == 2 and "candidate (95% band)" in charts
