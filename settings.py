@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # The canary is an always-valid sequential test (retrain/canary.py): its error rates hold however
     # often it is checked. bench/canary.py measures these defaults.
     canary_percent: float = Field(10.0, ge=0, le=100, description="Share of chat traffic a canary candidate starts with.")
-    canary_ramp: list[float] = Field([25.0, 50.0], description="Shares (%) the candidate steps up to, in order, while the harm guard sees no harm.")
+    canary_ramp: list[Annotated[float, Field(gt=0, le=100)]] = Field([25.0, 50.0], description="Shares (%) the candidate steps up to, in order, while the harm guard sees no harm.")
     canary_ramp_min_judgements: int = Field(10, ge=1, description="Candidate judgements at the current share before the next ramp step.")
     canary_promote_alpha: float = Field(0.01, gt=0, lt=0.5, description="Most often a candidate that is not better gets promoted, however often the canary checks.")
     canary_harm_alpha: float = Field(0.04, gt=0, lt=0.5, description="Most often a candidate that is not worse gets rolled back (the harm guard; looser, so a worse one goes fast).")

@@ -28,6 +28,9 @@ def test_defaults_come_from_settings():
     assert POLICY.shares(10) == (10.0, 25.0, 50.0)
     assert POLICY.shares(50) == (50.0,)  # a ramp only goes up
     assert POLICY.shares(30) == (30.0, 50.0)
+    for bad in ([150.0], [0.0], [-5.0]):  # a share is a percentage of traffic
+        with pytest.raises(ValueError):
+            Settings(canary_ramp=bad)
 
 
 def test_no_data_waits():
