@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -94,10 +94,15 @@ class Settings(BaseSettings):
     gate_max_ppl_rise: float = Field(0.15, ge=0, description="Largest allowed relative rise of perplexity on the general reference set.")
 
     # --- A/B ---------------------------------------------------------------------------------------
-    canary_percent: float = Field(10.0, ge=0, le=100, description="Share of chat traffic a canary candidate gets.")
-    canary_min_judgements: int = Field(50, ge=1, description="Judgements per arm before the canary may decide.")
-    canary_confidence: float = Field(0.95, gt=0.5, lt=1, description="Posterior probability needed to promote or roll back.")
-    canary_max_hours: float = Field(168.0, gt=0, description="The experiment ends after this long either way.")
+    # The canary is an always-valid sequential test (retrain/canary.py): its error rates hold however
+    # often it is checked. bench/canary.py measures these defaults.
+    canary_percent: float = Field(10.0, ge=0, le=100, description="Share of chat traffic a canary candidate starts with.")
+    canary_ramp: list[Annotated[float, Field(gt=0, le=100)]] = Field([25.0, 50.0], description="Shares (%) the candidate steps up to, in order, while the harm guard sees no harm.")
+    canary_ramp_min_judgements: int = Field(10, ge=1, description="Candidate judgements at the current share before the next ramp step.")
+    canary_promote_alpha: float = Field(0.01, gt=0, lt=0.5, description="Most often a candidate that is not better gets promoted, however often the canary checks.")
+    canary_harm_alpha: float = Field(0.04, gt=0, lt=0.5, description="Most often a candidate that is not worse gets rolled back (the harm guard; looser, so a worse one goes fast).")
+    canary_min_judgements: int = Field(10, ge=1, description="Judgements per arm before the canary may decide (the test's normal approximation needs a few; the test itself guards against early noise).")
+    canary_max_hours: float = Field(168.0, gt=0, description="The experiment ends after this long either way; production stays without a winner.")
 
     @model_validator(mode="after")
     def _demo_training_defaults(self) -> Settings:

@@ -142,7 +142,7 @@ class Experiment:
     id: str
     control: str
     candidate: str
-    percent: float  # share of production traffic the candidate gets
+    percent: float  # the candidate's current share of production traffic (ramp history: experiment_steps)
     started_at: datetime
     started_by: str
     ended_at: datetime | None = None

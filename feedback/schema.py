@@ -149,6 +149,22 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # which is faster than maintaining an ART index, and writes are serialized by the store.
         "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
     ]),
+    (6, [
+        # The canary's ramp: each share an experiment's candidate had and when it began (step 0 = the
+        # start). experiments.percent stays the current share, the one the traffic split reads.
+        """CREATE TABLE experiment_steps (
+            experiment_id VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            percent DOUBLE NOT NULL,
+            "at" TIMESTAMP NOT NULL,
+            actor VARCHAR NOT NULL,
+            reason VARCHAR,
+            numbers JSON,
+            PRIMARY KEY (experiment_id, step))""",
+        # Experiments from before the ramp had one share for their whole life.
+        """INSERT INTO experiment_steps
+           SELECT id, 0, percent, started_at, started_by, 'experiment started', '{}' FROM experiments""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

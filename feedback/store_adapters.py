@@ -25,6 +25,8 @@ class AdapterStore(StoreCore):
                            WHERE ended_at IS NULL""", [now, actor, f"superseded by experiment {exp_id}"])
             cur.execute("""INSERT INTO experiments (id, control, candidate, percent, started_at, started_by, numbers)
                            VALUES (?, ?, ?, ?, ?, ?, '{}')""", [exp_id, control, candidate, percent, now, actor])
+            cur.execute("""INSERT INTO experiment_steps VALUES (?, 0, ?, ?, ?, 'experiment started', '{}')""",
+                        [exp_id, percent, now, actor])
         return Experiment(id=exp_id, control=control, candidate=candidate, percent=percent,
                           started_at=_from_db(now), started_by=actor)
 
@@ -61,6 +63,62 @@ class AdapterStore(StoreCore):
             for arm, messages, up, down in cur.fetchall():
                 counts[arm] = {"up": up, "down": down, "messages": messages}
         return counts
+
+    def ramp_experiment(self, experiment_id: str, percent: float, actor: str, reason: str,
+                        numbers: dict | None = None) -> int | None:
+        """Record the next ramp step and make ``percent`` the share the traffic split reads, in one
+        transaction; returns the step's index, or None when the experiment is no longer running."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"percent must be within [0, 100], not {percent}")
+        with self._write() as cur:
+            running = cur.execute("SELECT 1 FROM experiments WHERE id = ? AND ended_at IS NULL",
+                                  [experiment_id]).fetchone()
+            if not running:
+                return None
+            step = cur.execute("SELECT coalesce(max(step), -1) + 1 FROM experiment_steps WHERE experiment_id = ?",
+                               [experiment_id]).fetchone()[0]
+            cur.execute("INSERT INTO experiment_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [experiment_id, step, percent, _now(), actor, reason, json.dumps(numbers or {})])
+            cur.execute("UPDATE experiments SET percent = ? WHERE id = ?", [percent, experiment_id])
+        log.info("experiment %s ramped to %.1f%% (step %d) by %s", experiment_id, percent, step, actor)
+        return step
+
+    def experiment_steps(self, experiment_id: str) -> list[dict]:
+        """The ramp steps, oldest first: step, percent, at, actor, reason, numbers."""
+        with self._read() as cur:
+            rows = _rows(cur.execute("""SELECT step, percent, "at", actor, reason, numbers FROM experiment_steps
+                                        WHERE experiment_id = ? ORDER BY step""", [experiment_id]))
+        return [{**_aware(r, "at"), "numbers": _loads(r["numbers"], {})} for r in rows]
+
+    def experiment_step_counts(self, experiment_id: str) -> list[dict]:
+        """Thumbs per arm per ramp step, oldest step first (implicit downs included).
+
+        An answer belongs to the step in force when it was stored, so the canary can compare the arms
+        within each step (see retrain/canary.py on why it never pools across steps).
+        """
+        steps = [{"step": s["step"], "percent": s["percent"], "at": s["at"],
+                  "control": {"up": 0, "down": 0}, "candidate": {"up": 0, "down": 0}}
+                 for s in self.experiment_steps(experiment_id)]
+        for row in self._experiment_ratings(experiment_id, by_hour=False):
+            if row["step"] < len(steps) and row["arm"] in ("control", "candidate"):
+                steps[row["step"]][row["arm"]] = {"up": row["up"], "down": row["down"]}
+        return steps
+
+    def experiment_timeline(self, experiment_id: str) -> list[dict]:
+        """Thumbs per arm, ramp step and hour the rating came in, oldest first: hour, step, arm, up, down."""
+        return [_aware(r, "hour") for r in self._experiment_ratings(experiment_id, by_hour=True)]
+
+    def _experiment_ratings(self, experiment_id: str, by_hour: bool) -> list[dict]:
+        hour = "date_trunc('hour', r.created_at)" if by_hour else "NULL::TIMESTAMP"
+        with self._read(settle=True) as cur:
+            # ASOF: each answer joins the latest step that began at or before it was stored.
+            return _rows(cur.execute(f"""
+                SELECT {hour} AS hour, coalesce(s.step, 0) AS step, m.arm,
+                       count(*) FILTER (r.rating = 'up') AS up, count(*) FILTER (r.rating = 'down') AS down
+                FROM messages m JOIN ratings r ON r.message_id = m.id
+                ASOF LEFT JOIN experiment_steps s ON s.experiment_id = m.experiment_id AND m.created_at >= s."at"
+                WHERE m.experiment_id = ? AND m.role = 'assistant'
+                GROUP BY ALL ORDER BY hour, step, m.arm""", [experiment_id]))
 
     # --- adapter registry ------------------------------------------------------------------------
     def register_adapter(self, rec: AdapterRecord) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from feedback import ab_stats
 from feedback.store import FeedbackStore
-from retrain.canary import decide
+from retrain.canary import CanaryPolicy, decide
 from serving.adapters import check_name
 from serving.errors import ServingError, UnknownAdapter
 from serving.types import BASE, PRODUCTION
@@ -172,22 +172,21 @@ class Promoter:
         self.store.end_experiment(exp.id, "stopped", reason, actor)
 
     def check_canary(self, now: datetime | None = None):
-        """Apply the canary policy to the running experiment; returns the decision (or None)."""
+        """Apply the canary policy to the running experiment: ramp, promote, roll back or end; returns
+        the decision (or None when no experiment runs). A ramp step is recorded and the traffic split
+        reads the new share from the store at the next request."""
         with self._lock:
             exp = self.store.active_experiment()
             if exp is None:
                 return None
-            counts = self.store.experiment_counts(exp.id)
-            zero = {"up": 0, "down": 0}
-            s = self.settings
-            decision = decide(
-                counts.get("control", zero), counts.get("candidate", zero), exp.started_at,
-                now or datetime.now(UTC), min_judgements=s.canary_min_judgements,
-                confidence=s.canary_confidence, max_hours=s.canary_max_hours,
-            )
+            decision = decide(self.store.experiment_step_counts(exp.id), exp.started_at, now or datetime.now(UTC),
+                              CanaryPolicy.from_settings(self.settings))
             if decision.action == "continue":
                 return decision
             log.info("canary %s: %s (%s)", exp.id, decision.action, decision.reason)
+            if decision.action == "ramp":
+                self.store.ramp_experiment(exp.id, decision.next_percent, "canary", decision.reason, decision.numbers)
+                return decision
             if decision.action == "promote":
                 self._switch(exp.candidate, "canary", decision.reason, action="canary-promote")
             elif decision.action == "rollback":

@@ -12,7 +12,9 @@ def assign_arm(user: str, experiment_id: str, percent: float) -> Arm:
     """The arm for ``user``: ``candidate`` for ``percent`` % of users, the same answer every time.
 
     A hash instead of a stored table, so assignment needs no state and survives restarts; the
-    experiment id is hashed in, so a new experiment reshuffles who sees the candidate.
+    experiment id is hashed in, so a new experiment reshuffles who sees the candidate. A user's
+    position is fixed, so raising ``percent`` (the canary's ramp) only moves users from control to
+    candidate, never back.
     """
     if not 0.0 <= percent <= 100.0:
         raise ValueError(f"percent must be within [0, 100], got {percent}")

@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from feedback.models import Rating
+from retrain.canary import CanaryPolicy
+from retrain.canary_report import experiment_report, pick_experiment
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web.auth import LOCAL_USER, Principal
@@ -333,6 +335,13 @@ def stop_experiment(ctx: Ctx, user: Admin):
 @admin.get("/experiments")
 def experiments(ctx: Ctx):
     return {"experiments": [asdict(e) for e in ctx.store.list_experiments()]}
+
+
+@admin.get("/experiments/current")
+def current_experiment(ctx: Ctx):
+    """The running (else the last) canary as the Adapters tab shows it: rates, evidence, ramp steps, why."""
+    exp = pick_experiment(ctx.store)
+    return {"report": experiment_report(ctx.store, CanaryPolicy.from_settings(ctx.settings), exp) if exp else None}
 
 
 @admin.post("/retrain")

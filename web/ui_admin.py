@@ -11,6 +11,7 @@ import pandas as pd
 
 from web.context import AppContext
 from web.errors import user_message
+from web.ui_canary import build_canary_panel, canary_panel
 from web.ui_common import require_admin
 
 EXPERIMENT_COLUMNS = ["id", "control", "candidate", "percent", "started_at", "started_by", "ended_at", "outcome",
@@ -167,6 +168,7 @@ def build_adapters_tab(ctx: AppContext):
         archive = gr.Button("Archive", elem_id="archive")
     result = gr.Markdown("", elem_id="adapter-action-result")
     events = gr.Dataframe(label="Switches (who and why)", interactive=False, wrap=True, elem_id="adapter-events")
+    canary = build_canary_panel(ctx)
     experiments = gr.Dataframe(label="Experiments", interactive=False, wrap=True, elem_id="experiments")
 
     def load(request: gr.Request):
@@ -186,10 +188,11 @@ def build_adapters_tab(ctx: AppContext):
             return (f"**production → `{lb['production']}`**", _frame(_leaderboard_rows(lb)),
                     daily[["day", "adapter", "up_rate"]].dropna(), daily[["day", "adapter", "win_rate"]].dropna(),
                     votes, gr.update(choices=names), _frame(ctx.store.adapter_events()),
-                    _frame([e.__dict__ for e in ctx.store.list_experiments()], EXPERIMENT_COLUMNS))
+                    _frame([e.__dict__ for e in ctx.store.list_experiments()], EXPERIMENT_COLUMNS),
+                    *canary_panel(ctx))
         return _guard(ctx, request, work)
 
-    outputs = [production, board, up_plot, win_plot, votes_plot, name, events, experiments]
+    outputs = [production, board, up_plot, win_plot, votes_plot, name, events, experiments, *canary]
 
     def act(kind):
         def handler(adapter, why, pct, request: gr.Request):
@@ -204,7 +207,8 @@ def build_adapters_tab(ctx: AppContext):
                     return f"Rolled back: production points at `{target}`."
                 if kind == "start":
                     exp = ctx.promoter.start_experiment(adapter, actor=actor, percent=pct)
-                    return f"Experiment `{exp.id}` started: {exp.percent:.0f}% of traffic to `{adapter}`."
+                    return (f"Experiment `{exp.id}` started: {exp.percent:g}% of traffic to `{adapter}`, "
+                            f"ramping up while the harm guard sees no harm.")
                 if kind == "stop":
                     ctx.promoter.stop_experiment(actor=actor, reason=why_)
                     return "Experiment stopped."

@@ -43,7 +43,7 @@ def test_better_candidate_is_promoted_with_its_numbers(promoter):
     judge(store, exp.id, "control", 60, 0.4, rng)
     judge(store, exp.id, "candidate", 60, 0.8, rng)
     decision = promoter.check_canary()
-    assert decision.action == "promote" and decision.numbers["p_candidate_better"] >= 0.95
+    assert decision.action == "promote" and decision.numbers["e_better"] >= decision.numbers["promote_at"]
     assert store.production() == "v1"
     ended = store.list_experiments()[0]
     assert ended.outcome == "promote" and ended.numbers["candidate"]["n"] >= 50
