@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     system_prompt: str = Field("You are a helpful assistant.", description="System prompt the chat UI puts first.")
     temperature: float = Field(0.7, ge=0, le=2, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
+    serve_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where the served model runs: auto (GPU 0 if there is one), cpu, cuda:N.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Compute precision on a GPU: auto = bf16 where the GPU has it natively (Ampere and newer), else fp16 (with loss scaling in training). The CPU always uses fp32.")
     max_batch_size: int = Field(8, gt=0, description="Most requests the generation worker batches together.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the worker waits to gather a batch.")
 
@@ -84,7 +87,7 @@ class Settings(BaseSettings):
     preference_learning_rate: float = Field(5e-5, gt=0, description="KTO stage learning rate.")
     early_stopping_patience: int = Field(2, ge=0, description="Evaluations without held-out improvement before stopping (0 = off).")
     seed: int = Field(42, description="Seed for training and sampling of replay data.")
-    train_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Where training runs.")
+    train_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where training and the gate's evaluation run: auto (GPU 0 if there is one), cpu, cuda:N. On a box with two GPUs, serve_device=cuda:0 and train_device=cuda:1 keep training off the serving GPU. A single training process sees exactly this one GPU.")
 
     # --- retrain: gate and promotion -------------------------------------------------------------
     promotion: Literal["auto", "ab", "manual"] = Field("auto", description="What happens to an adapter that passes the gate.")

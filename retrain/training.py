@@ -50,7 +50,8 @@ class TrainSpec:
     parent_adapter: str | None = None  # start from these LoRA weights; None = a new LoRA
     production_adapter: str | None = None  # the gate's comparison; None = the base model
     reference_path: str | None = None  # None = the reference set shipped in retrain/reference/
-    device: str = "auto"  # "auto" | "cuda" | "cpu"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (as seen by the app); the child sees only this GPU
+    precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32" (see serving.hardware.resolve_precision)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -69,7 +70,7 @@ class TrainSpec:
     def from_settings(cls, settings, **fields_: object) -> TrainSpec:
         """A spec with the hyperparameters, quantization and device of ``settings``; ``fields_`` win."""
         values = {name: getattr(settings, name) for name in HYPERPARAMETERS}
-        values.update(quantization=settings.quantization, device=settings.train_device)
+        values.update(quantization=settings.quantization, device=settings.train_device, precision=settings.precision)
         values.update(fields_)
         return cls(**values)
 
@@ -132,10 +133,14 @@ class _ProgressReader:
 
 
 def _child_env(spec: TrainSpec) -> dict:
+    from serving.hardware import resolve_device, visible_devices_for
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    if spec.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the loader picks CUDA whenever it sees one
+    # Exactly one GPU (or none): with several visible, Trainer wraps the model in nn.DataParallel and TRL's
+    # trainers refuse to start. Several training processes are accelerate's job, not an accident of
+    # what `docker run --gpus all` makes visible.
+    env["CUDA_VISIBLE_DEVICES"] = visible_devices_for(resolve_device(spec.device))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
