@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Seed for training and sampling of replay data.")
     train_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where training and the gate's evaluation run: auto (GPU 0 if there is one), cpu, cuda:N. On a box with two GPUs, serve_device=cuda:0 and train_device=cuda:1 keep training off the serving GPU. A single training process sees exactly this one GPU.")
 
+    # --- retrain: scale-out (accelerate) ----------------------------------------------------------
+    train_processes: int = Field(1, ge=1, description="Training processes in all (on all machines); above 1 the child runs under `accelerate launch` (DDP by default), one process per GPU, or gloo on CPU.")
+    train_strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description="How several training processes share the work: ddp (each holds the model; QLoRA on each GPU), fsdp (shards a base that does not fit one GPU), deepspeed (ZeRO).")
+    train_zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage, with train_strategy=deepspeed.")
+    train_num_machines: int = Field(1, ge=1, description="Machines taking part in training (each other machine runs `python app.py train-node --machine-rank N` on the shared data dir; see docs/deploy.md).")
+    train_main_process_ip: str = Field("", description="Address of the rank-0 machine, with train_num_machines > 1.")
+    train_main_process_port: int = Field(29500, gt=0, lt=65536, description="Rendezvous port on the rank-0 machine.")
+    train_accelerate_config: Path | None = Field(None, description="An accelerate config file for anything else (passed as --config_file).")
+    train_keep_effective_batch: bool = Field(True, description="Keep the effective batch (per-device batch x processes x accumulation) equal to batch_size, so results do not change with the hardware; off: batch_size per process.")
+
     # --- retrain: gate and promotion -------------------------------------------------------------
     promotion: Literal["auto", "ab", "manual"] = Field("auto", description="What happens to an adapter that passes the gate.")
     gate_max_loss_ratio: float = Field(1.02, gt=0, description="Held-out loss of the candidate must be at most this times production's (a little slack for noise).")

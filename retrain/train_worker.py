@@ -33,13 +33,24 @@ class LossNotFinite(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def rank() -> int:
+    """This process's global rank under accelerate/torchrun (0 when training alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class Progress:
-    """Appends one JSON line per event to the progress file (the parent polls it)."""
+    """Appends one JSON line per event to the progress file (the parent polls it); rank 0 only."""
 
     def __init__(self, path: str):
         self.path = Path(path)
 
     def write(self, **event) -> None:
+        if rank() != 0:
+            return
         event["time"] = time.time()
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
@@ -84,11 +95,16 @@ def _callbacks(progress: Progress, stage: str, inject_nan_at: int | None):
 def _load_base(spec: TrainSpec):
     """``(model, tokenizer, quantized)``; the same loader serving uses, so training sees the served base.
 
-    The parent made exactly the training GPU visible (or none), so "auto" is that one GPU here.
+    The parent made exactly the training GPU visible (or none), so "auto" is that one GPU here. Under
+    accelerate each rank loads its own copy (4-bit too) on its own GPU, as peft and TRL document for
+    multi-GPU QLoRA.
     """
+    import torch
+
     from serving.model_loading import load_base_model
 
-    model, tokenizer = load_base_model(spec.base_model, spec.quantization, "auto", spec.precision)
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if spec.distributed and torch.cuda.is_available() else "auto"
+    model, tokenizer = load_base_model(spec.base_model, spec.quantization, device, spec.precision)
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if quantized:
         from peft import prepare_model_for_kbit_training
@@ -139,10 +155,15 @@ def _keep_adapter_fp32(model) -> None:
 
 
 def _common_args(spec: TrainSpec, out: Path, precision: str, quantized: bool) -> dict:
+    per_device, accumulation = spec.batch_plan()
     return dict(
         output_dir=str(out),
-        per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        # LoRA leaves most parameters frozen; DDP's search for unused ones only costs a pass (and fails
+        # with gradient checkpointing).
+        ddp_find_unused_parameters=False if spec.distributed else None,
         logging_steps=1,
         logging_nan_inf_filter=False,  # a NaN must reach our callback, not be averaged away
         report_to="none",
@@ -230,6 +251,11 @@ def _kto(spec, model, tokenizer, rows, progress, precision, quantized, work: Pat
     return model, result
 
 
+def _effective_batch(spec: TrainSpec) -> int:
+    per_device, accumulation = spec.batch_plan()
+    return per_device * world_size() * accumulation
+
+
 def _model_card(spec: TrainSpec, manifest: dict, counts: dict, metrics: dict, train: dict) -> str:
     hyper = {k: getattr(spec, k) for k in (
         "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "num_epochs", "max_steps",
@@ -298,6 +324,8 @@ def train(spec: TrainSpec) -> dict:
         steps += kto_result.global_step
     if not math.isfinite(final_loss):
         raise LossNotFinite(f"final training loss is {final_loss}")
+    if rank() != 0:
+        return {}  # the ranks hold the same weights now; rank 0 evaluates and writes the adapter
 
     progress.write(stage="evaluating", step=steps)
     reference = load_reference(spec.reference_path)
@@ -313,7 +341,9 @@ def train(spec: TrainSpec) -> dict:
         with model.disable_adapter():
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
-                  "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision}
+                  "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision,
+                  "world_size": world_size(), "strategy": spec.strategy if spec.distributed else "single process",
+                  "effective_batch": _effective_batch(spec)}
     if cuda:
         import torch
 
@@ -368,9 +398,15 @@ def main(argv: list[str]) -> int:
 
 
 def _report_failure(spec: TrainSpec, error: str) -> None:
+    if rank() != 0:
+        return  # rank 0 or the launcher says why the run failed
+    remove_staging(spec)
+    Progress(spec.progress_path).write(stage="failed", error=error)
+
+
+def remove_staging(spec: TrainSpec) -> None:
     # The partial output is never used; removing it first frees the room a disk-full failure needs to say so.
     shutil.rmtree(spec.staging_dir, ignore_errors=True)
-    Progress(spec.progress_path).write(stage="failed", error=error)
 
 
 if __name__ == "__main__":
