@@ -33,7 +33,7 @@ test: install browser
 test-quick: install
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
-# On a CUDA machine: the 4-bit and QLoRA paths.
+# On a CUDA machine: 4-bit NF4 serving, mixed-adapter batches, and a whole QLoRA cycle (SFT+KTO, gate, publish, hot-swap).
 test-gpu: install
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 

@@ -5,6 +5,7 @@
     python app.py retrain [--promote auto|ab|manual] [--json]
     python app.py adapters list | rollback [--to NAME] [--reason TEXT] | promote NAME
     python app.py users add NAME [--role admin|user] | token NAME
+    python app.py train-node --machine-rank N   (another machine of a multi-machine training set-up)
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("name", nargs="?")
     a.add_argument("--to", help="rollback target (default: the previous production)")
     a.add_argument("--reason", default="")
+    t = sub.add_parser("train-node", help="on another training machine: take part in each multi-machine training run")
+    t.add_argument("--machine-rank", type=int, required=True, help="this machine's rank (1 and up; 0 is the app's)")
     u = sub.add_parser("users", help="add users and API tokens")
     u.add_argument("action", choices=["add", "token", "list"])
     u.add_argument("name", nargs="?")

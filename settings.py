@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     system_prompt: str = Field("You are a helpful assistant.", description="System prompt the chat UI puts first.")
     temperature: float = Field(0.7, ge=0, le=2, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
+    serve_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where the served model runs: auto (GPU 0 if there is one), cpu, cuda:N.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Compute precision on a GPU: auto = bf16 where the GPU has it natively (Ampere and newer), else fp16 (with loss scaling in training). The CPU always uses fp32.")
     max_batch_size: int = Field(8, gt=0, description="Most requests the generation worker batches together.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the worker waits to gather a batch.")
 
@@ -84,7 +87,17 @@ class Settings(BaseSettings):
     preference_learning_rate: float = Field(5e-5, gt=0, description="KTO stage learning rate.")
     early_stopping_patience: int = Field(2, ge=0, description="Evaluations without held-out improvement before stopping (0 = off).")
     seed: int = Field(42, description="Seed for training and sampling of replay data.")
-    train_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Where training runs.")
+    train_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where training and the gate's evaluation run: auto (GPU 0 if there is one), cpu, cuda:N. On a box with two GPUs, serve_device=cuda:0 and train_device=cuda:1 keep training off the serving GPU. A single training process sees exactly this one GPU.")
+
+    # --- retrain: scale-out (accelerate) ----------------------------------------------------------
+    train_processes: int = Field(1, ge=1, description="Training processes in all (on all machines); above 1 the child runs under `accelerate launch` (DDP by default), one process per GPU, or gloo on CPU.")
+    train_strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description="How several training processes share the work: ddp (each holds the model; QLoRA on each GPU), fsdp (shards a base that does not fit one GPU), deepspeed (ZeRO).")
+    train_zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage, with train_strategy=deepspeed.")
+    train_num_machines: int = Field(1, ge=1, description="Machines taking part in training (each other machine runs `python app.py train-node --machine-rank N` on the shared data dir; see docs/deploy.md).")
+    train_main_process_ip: str = Field("", description="Address of the rank-0 machine, with train_num_machines > 1.")
+    train_main_process_port: int = Field(29500, gt=0, lt=65536, description="Rendezvous port on the rank-0 machine.")
+    train_accelerate_config: Path | None = Field(None, description="An accelerate config file for anything else (passed as --config_file).")
+    train_keep_effective_batch: bool = Field(True, description="Keep the effective batch (per-device batch x processes x accumulation) equal to batch_size, so results do not change with the hardware; off: batch_size per process.")
 
     # --- retrain: gate and promotion -------------------------------------------------------------
     promotion: Literal["auto", "ab", "manual"] = Field("auto", description="What happens to an adapter that passes the gate.")

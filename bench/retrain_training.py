@@ -1,17 +1,21 @@
 """Retrain training bench: wall time with 10x more history at the same new data, and QLoRA throughput.
 
-    python bench/retrain_training.py [--new 40] [--history 40] [--model ID_OR_PATH] [--write-results]
+    python bench/retrain_training.py [--new 40] [--history 40] [--model ID_OR_PATH] [--processes 2] [--write-results]
 
 The replay sample is sized by the new data (``replay_ratio x new``, drawn from history by
 ``retrain.dataset.sample_replay``), so a 10x longer history should cost at most 1.3x the training time.
 Runs on the offline demo model on CPU; with CUDA it also trains ``--model`` (default
 Qwen/Qwen2.5-0.5B-Instruct, must be available locally) with QLoRA and prints tokens/s and peak GPU memory.
+``--processes N`` also trains the same snapshot with one and with N processes under accelerate (gloo on
+the CPU; one GPU each where there are N GPUs) and prints the wall-time ratio: on a CPU box with few cores
+N processes share the same cores, so the ratio shows the distributed overhead, not a speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,6 +83,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=40, help="history size H (the second run uses 10H)")
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="model for the CUDA QLoRA measurement")
+    ap.add_argument("--processes", type=int, default=2, help="also compare 1 vs this many training processes (1: skip)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     settings = Settings()
@@ -100,6 +105,21 @@ def main() -> None:
         print(f"10x history / 1x history training wall time: {ratio:.2f}x (target <= 1.3x)")
         line = (f"demo model CPU, new={args.new}, history {args.history} vs {10 * args.history}: "
                 f"train wall {walls[args.history]:.1f}s vs {walls[10 * args.history]:.1f}s = {ratio:.2f}x (target <= 1.3x)")
+
+        if args.processes > 1:
+            snap = build_snapshot(tmp / "dist", new, args.history, settings.replay_ratio, settings.seed)
+            gpus = torch.cuda.device_count() >= args.processes
+            device = "cuda:0" if gpus else "cpu"
+            runs = {n: time_training(tmp / f"dist{n}", base, snap, device=device, num_epochs=args.epochs,
+                                     early_stopping_patience=0, preference_min_pairs=10**9, processes=n)
+                    for n in (1, args.processes)}
+            ratio_p = runs[args.processes]["outer_wall_s"] / runs[1]["outer_wall_s"]
+            where = f"{args.processes} GPUs" if gpus else f"CPU, {os.cpu_count()} cores (overhead, not speed-up)"
+            for n, r in runs.items():
+                print(f"{n} process(es): wall {r['outer_wall_s']:.1f}s incl. start-up, steps {r['steps']}, "
+                      f"effective batch {r['effective_batch']}")
+            print(f"{args.processes} processes / 1 process wall time: {ratio_p:.2f}x ({where})")
+            line += f"; {args.processes} vs 1 training processes on {where}: {ratio_p:.2f}x wall"
 
         if torch.cuda.is_available():
             snap = build_snapshot(tmp / "qlora", new * 5, args.history, settings.replay_ratio, settings.seed)

@@ -33,13 +33,24 @@ class LossNotFinite(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def rank() -> int:
+    """This process's global rank under accelerate/torchrun (0 when training alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class Progress:
-    """Appends one JSON line per event to the progress file (the parent polls it)."""
+    """Appends one JSON line per event to the progress file (the parent polls it); rank 0 only."""
 
     def __init__(self, path: str):
         self.path = Path(path)
 
     def write(self, **event) -> None:
+        if rank() != 0:
+            return
         event["time"] = time.time()
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
@@ -82,10 +93,18 @@ def _callbacks(progress: Progress, stage: str, inject_nan_at: int | None):
 
 
 def _load_base(spec: TrainSpec):
-    """``(model, tokenizer, quantized)``; the same loader serving uses, so training sees the served base."""
+    """``(model, tokenizer, quantized)``; the same loader serving uses, so training sees the served base.
+
+    The parent made exactly the training GPU visible (or none), so "auto" is that one GPU here. Under
+    accelerate each rank loads its own copy (4-bit too) on its own GPU, as peft and TRL document for
+    multi-GPU QLoRA.
+    """
+    import torch
+
     from serving.model_loading import load_base_model
 
-    model, tokenizer = load_base_model(spec.base_model, spec.quantization)
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if spec.distributed and torch.cuda.is_available() else "auto"
+    model, tokenizer = load_base_model(spec.base_model, spec.quantization, device, spec.precision)
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if quantized:
         from peft import prepare_model_for_kbit_training
@@ -120,18 +139,39 @@ def _rendered(tokenizer, rows: list[dict], label: bool = False) -> list[dict]:
     return out
 
 
-def _common_args(spec: TrainSpec, out: Path, cuda: bool, quantized: bool) -> dict:
+def _keep_adapter_fp32(model) -> None:
+    """Cast the trainable (LoRA) weights back to fp32 after a TRL trainer is built.
+
+    For a quantized base TRL casts them to bf16 (the QLoRA paper's recipe), even on hardware without
+    bf16; KTO's small updates (lr 5e-5) then sit below bf16's resolution for typical LoRA weights and
+    are lost, and fp16 loss scaling needs fp32 master weights anyway. The base stays 4-bit and the
+    matmuls still run in the compute dtype under autocast; only the few LoRA weights are fp32.
+    """
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def _common_args(spec: TrainSpec, out: Path, precision: str, quantized: bool) -> dict:
+    per_device, accumulation = spec.batch_plan()
     return dict(
         output_dir=str(out),
-        per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        # LoRA leaves most parameters frozen; DDP's search for unused ones only costs a pass (and fails
+        # with gradient checkpointing).
+        ddp_find_unused_parameters=False if spec.distributed else None,
         logging_steps=1,
         logging_nan_inf_filter=False,  # a NaN must reach our callback, not be averaged away
         report_to="none",
         seed=spec.seed,
         data_seed=spec.seed,
-        use_cpu=not cuda,
-        bf16=cuda,
+        use_cpu=precision == "fp32",  # fp32 is the CPU's (resolve_precision); a GPU run is bf16 or fp16
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",  # with the Trainer's loss scaling
         gradient_checkpointing=quantized,
         save_only_model=True,
         disable_tqdm=True,
@@ -141,14 +181,14 @@ def _common_args(spec: TrainSpec, out: Path, cuda: bool, quantized: bool) -> dic
     )
 
 
-def _sft(spec, model, tokenizer, train, heldout, progress, cuda, quantized, work: Path):
+def _sft(spec, model, tokenizer, train, heldout, progress, precision, quantized, work: Path):
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
     evaluating = bool(heldout)
     args = SFTConfig(
-        **_common_args(spec, work / "sft", cuda, quantized),
+        **_common_args(spec, work / "sft", precision, quantized),
         learning_rate=spec.learning_rate,
         num_train_epochs=spec.num_epochs,
         max_steps=spec.max_steps,
@@ -168,6 +208,7 @@ def _sft(spec, model, tokenizer, train, heldout, progress, cuda, quantized, work
         train_dataset=Dataset.from_list(_rendered(tokenizer, train)),
         eval_dataset=Dataset.from_list(_rendered(tokenizer, heldout)) if evaluating else None,
     )
+    _keep_adapter_fp32(trainer.model)
     result = trainer.train()
     return trainer.model, result, trainer.state
 
@@ -177,7 +218,7 @@ def _kto_ready(spec: TrainSpec, rows: list[dict]) -> bool:
     return len(rows) >= max(spec.preference_min_pairs, 2) and labels == {True, False}
 
 
-def _kto(spec, model, tokenizer, rows, progress, cuda, quantized, work: Path):
+def _kto(spec, model, tokenizer, rows, progress, precision, quantized, work: Path):
     # KTO rather than DPO: ratings arrive as unpaired thumbs up/down (every rated answer is usable),
     # while DPO needs chosen/rejected pairs, which only corrections and arena votes give.
     from datasets import Dataset
@@ -188,7 +229,7 @@ def _kto(spec, model, tokenizer, rows, progress, cuda, quantized, work: Path):
     n_good = sum(bool(r["label"]) for r in rows)
     n_bad = len(rows) - n_good
     args = KTOConfig(
-        **_common_args(spec, work / "kto", cuda, quantized),
+        **_common_args(spec, work / "kto", precision, quantized),
         learning_rate=spec.preference_learning_rate,
         num_train_epochs=1,
         save_strategy="no",
@@ -201,12 +242,18 @@ def _kto(spec, model, tokenizer, rows, progress, cuda, quantized, work: Path):
         train_dataset=Dataset.from_list(_rendered(tokenizer, rows, label=True)),
         callbacks=_callbacks(progress, "kto", None),
     )
+    _keep_adapter_fp32(trainer.model)
     result = trainer.train()
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # TRL's frozen copy of the SFT adapter; not part of the result
     model.set_adapter("default")
     return model, result
+
+
+def _effective_batch(spec: TrainSpec) -> int:
+    per_device, accumulation = spec.batch_plan()
+    return per_device * world_size() * accumulation
 
 
 def _model_card(spec: TrainSpec, manifest: dict, counts: dict, metrics: dict, train: dict) -> str:
@@ -260,20 +307,25 @@ def train(spec: TrainSpec) -> dict:
 
     progress.write(stage="loading", step=0)
     base, tokenizer, quantized = _load_base(spec)
+    from serving.hardware import resolve_precision
+
     cuda = base.device.type == "cuda"
+    precision = resolve_precision(spec.precision, str(base.device))
     model = _peft_model(spec, base)
     log.info("run %s: training on %s, examples %s", spec.run_id, base.device, counts)
 
     model, sft_result, sft_state = _sft(
-        spec, model, tokenizer, data["sft_train"], data["sft_heldout"], progress, cuda, quantized, work)
+        spec, model, tokenizer, data["sft_train"], data["sft_heldout"], progress, precision, quantized, work)
     steps, final_loss = sft_state.global_step, sft_result.training_loss
     tokens = int(getattr(sft_state, "num_input_tokens_seen", 0) or 0)
     if _kto_ready(spec, data["kto_train"]):
         progress.write(stage="kto", step=steps)
-        model, kto_result = _kto(spec, model, tokenizer, data["kto_train"], progress, cuda, quantized, work)
+        model, kto_result = _kto(spec, model, tokenizer, data["kto_train"], progress, precision, quantized, work)
         steps += kto_result.global_step
     if not math.isfinite(final_loss):
         raise LossNotFinite(f"final training loss is {final_loss}")
+    if rank() != 0:
+        return {}  # the ranks hold the same weights now; rank 0 evaluates and writes the adapter
 
     progress.write(stage="evaluating", step=steps)
     reference = load_reference(spec.reference_path)
@@ -289,7 +341,9 @@ def train(spec: TrainSpec) -> dict:
         with model.disable_adapter():
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
-                  "tokens": tokens, "device": str(base.device), "quantized": quantized}
+                  "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision,
+                  "world_size": world_size(), "strategy": spec.strategy if spec.distributed else "single process",
+                  "effective_batch": _effective_batch(spec)}
     if cuda:
         import torch
 
@@ -344,9 +398,15 @@ def main(argv: list[str]) -> int:
 
 
 def _report_failure(spec: TrainSpec, error: str) -> None:
+    if rank() != 0:
+        return  # rank 0 or the launcher says why the run failed
+    remove_staging(spec)
+    Progress(spec.progress_path).write(stage="failed", error=error)
+
+
+def remove_staging(spec: TrainSpec) -> None:
     # The partial output is never used; removing it first frees the room a disk-full failure needs to say so.
     shutil.rmtree(spec.staging_dir, ignore_errors=True)
-    Progress(spec.progress_path).write(stage="failed", error=error)
 
 
 if __name__ == "__main__":

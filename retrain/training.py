@@ -50,7 +50,8 @@ class TrainSpec:
     parent_adapter: str | None = None  # start from these LoRA weights; None = a new LoRA
     production_adapter: str | None = None  # the gate's comparison; None = the base model
     reference_path: str | None = None  # None = the reference set shipped in retrain/reference/
-    device: str = "auto"  # "auto" | "cuda" | "cpu"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (as seen by the app); the child sees only this GPU
+    precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32" (see serving.hardware.resolve_precision)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -63,13 +64,29 @@ class TrainSpec:
     preference_learning_rate: float = 5e-5
     early_stopping_patience: int = 2
     seed: int = 42
+    # Scale-out (retrain.launch): processes in all, machines, strategy; 1 process = a plain child as before.
+    processes: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str = ""
+    main_process_port: int = 29500
+    strategy: str = "ddp"  # "ddp" | "fsdp" | "deepspeed"
+    zero_stage: int = 2
+    accelerate_config: str | None = None
+    keep_effective_batch: bool = True
     debug_inject_nan_at_step: int | None = None  # tests: poison the LoRA weights at this SFT step
 
     @classmethod
     def from_settings(cls, settings, **fields_: object) -> TrainSpec:
         """A spec with the hyperparameters, quantization and device of ``settings``; ``fields_`` win."""
         values = {name: getattr(settings, name) for name in HYPERPARAMETERS}
-        values.update(quantization=settings.quantization, device=settings.train_device)
+        values.update(quantization=settings.quantization, device=settings.train_device, precision=settings.precision,
+                      processes=settings.train_processes, num_machines=settings.train_num_machines,
+                      main_process_ip=settings.train_main_process_ip,
+                      main_process_port=settings.train_main_process_port, strategy=settings.train_strategy,
+                      zero_stage=settings.train_zero_stage, keep_effective_batch=settings.train_keep_effective_batch,
+                      accelerate_config=str(settings.train_accelerate_config) if settings.train_accelerate_config
+                      else None)
         values.update(fields_)
         return cls(**values)
 
@@ -84,6 +101,23 @@ class TrainSpec:
         if unknown:
             raise ValueError(f"unknown TrainSpec fields: {sorted(unknown)}")
         return cls(**data)
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes > 1 or self.num_machines > 1
+
+    def batch_plan(self) -> tuple[int, int]:
+        """``(per-device batch, gradient accumulation)`` for ``processes`` processes.
+
+        The single-process recipe's effective batch (``batch_size``) is kept, so a run's result does not
+        depend on how many GPUs the box has; where it does not divide, the nearest effective batch is used
+        (the model card records it). With ``keep_effective_batch`` off, ``batch_size`` is per process.
+        """
+        if not self.keep_effective_batch or self.processes == 1:
+            return self.batch_size, 1
+        per_device = max(1, self.batch_size // self.processes)
+        accumulation = max(1, round(self.batch_size / (per_device * self.processes)))
+        return per_device, accumulation
 
     @property
     def staging_dir(self) -> Path:
@@ -132,12 +166,30 @@ class _ProgressReader:
 
 
 def _child_env(spec: TrainSpec) -> dict:
+    from serving.hardware import resolve_device, visible_devices_for
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    if spec.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the loader picks CUDA whenever it sees one
+    # Exactly the GPUs asked for: with several visible to one process, Trainer wraps the model in
+    # nn.DataParallel and TRL's trainers refuse to start. Several training processes are accelerate's
+    # job (one GPU each, from the training device on), not an accident of what `--gpus all` makes visible.
+    first = resolve_device(spec.device)
+    if spec.distributed and first != "cpu":
+        local = max(1, spec.processes // spec.num_machines)
+        index = int(first.partition(":")[2])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_devices_for(resolve_device(f"cuda:{index + i}"))
+                                               for i in range(local))
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices_for(first)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
+
+
+def _command(spec: TrainSpec) -> list[str]:
+    """One process as a plain child; several through ``retrain.launch`` (accelerate's launcher)."""
+    if spec.distributed:
+        return [sys.executable, "-m", "retrain.launch", spec.to_json()]
+    return [sys.executable, "-m", "retrain.train_worker", spec.to_json()]
 
 
 def _stderr_tail(path: Path, lines: int = 5) -> str:
@@ -177,9 +229,13 @@ def run_training(
     staging.parent.mkdir(parents=True, exist_ok=True)
     reader = _ProgressReader(progress)
 
+    if spec.num_machines > 1:
+        from retrain.launch import announce
+
+        announce(spec)
     with spec.log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "retrain.train_worker", spec.to_json()],
+            _command(spec),
             stdout=log_file, stderr=subprocess.STDOUT, cwd=_PROJECT_ROOT, env=_child_env(spec),
         )
     log.info("run %s: training child started, pid %d", spec.run_id, proc.pid)

@@ -53,6 +53,8 @@ class LocalBackend:
         model: str,
         *,
         quantization: str = "auto",
+        device: str = "auto",
+        precision: str = "auto",
         adapters_dir: Path,
         max_prompt_tokens: int = 2048,
         max_new_tokens: int = 512,
@@ -61,7 +63,7 @@ class LocalBackend:
     ):
         from serving.model_loading import load_base_model, resolve_quantization
 
-        lm, tokenizer = load_base_model(model, quantization)
+        lm, tokenizer = load_base_model(model, quantization, device, precision)
         self.base_model = model
         self.model_path = str(getattr(lm, "name_or_path", "") or model)  # resolved base, for retraining
         self.tokenizer = tokenizer
@@ -91,6 +93,8 @@ class LocalBackend:
         return cls(
             model,
             quantization=settings.quantization,
+            device=settings.serve_device,
+            precision=settings.precision,
             adapters_dir=settings.adapters_dir,
             max_prompt_tokens=settings.max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens,

@@ -33,41 +33,49 @@ def resolve_quantization(quantization: str, cuda: bool) -> str:
     return quantization
 
 
-def _model_kwargs(quantization: str, cuda: bool) -> dict:
+def _model_kwargs(quantization: str, device: str, precision: str) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
 
+    from serving.hardware import device_index, torch_dtype
+
+    index = device_index(device)
+    placement = {"device_map": {"": index}} if index is not None else {}
+    dtype = torch_dtype(precision)
     if quantization == "4bit":
         config = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            # The compute dtype follows the hardware: bf16 emulated on a T4/V100 is slow or fails in kernels.
+            bnb_4bit_compute_dtype=dtype if index is not None else torch.float32,
             bnb_4bit_use_double_quant=True,
         )
-        return {"quantization_config": config, "device_map": {"": 0} if cuda else None}
+        return {"quantization_config": config, **placement}
     if quantization == "8bit":
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0} if cuda else None}
-    if cuda:
-        return {"dtype": torch.bfloat16, "device_map": {"": 0}}
-    return {"dtype": torch.float32}
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), **placement}
+    return {"dtype": dtype, **placement}
 
 
-def load_base_model(model: str, quantization: str = "auto"):
+def load_base_model(model: str, quantization: str = "auto", device: str = "auto", precision: str = "auto"):
     """Load ``(model, tokenizer)`` for generation; raises ``ModelUnavailable`` when it cannot be had.
 
-    The tokenizer pads on the left (batched generation appends on the right) and always has a pad token.
+    ``device`` and ``precision`` are settings (``serving.hardware`` resolves them: one GPU, never
+    whatever happens to be visible; bf16 only where the GPU has it natively). The tokenizer pads on the
+    left (batched generation appends on the right) and always has a pad token.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.hardware import resolve_device, resolve_precision
 
     if _looks_like_path(model) and not Path(model).expanduser().is_dir():
         raise _unavailable(model, "no such directory")
-    cuda = torch.cuda.is_available()
-    quant = resolve_quantization(quantization, cuda)
+    device = resolve_device(device)
+    dtype = resolve_precision(precision, device)
+    quant = resolve_quantization(quantization, device != "cpu")
     source = str(Path(model).expanduser()) if _looks_like_path(model) else model
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(quant, cuda))
+        lm = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(quant, device, dtype))
     except (OSError, ValueError) as exc:
         # OSError covers hub-offline, not-cached, missing files and HTTP errors (HfHubHTTPError is one);
         # ValueError covers malformed repo ids (HFValidationError). Both mean "no model here" to a user.
@@ -78,5 +86,5 @@ def load_base_model(model: str, quantization: str = "auto"):
         # Padding only fills masked positions, so reusing eos is harmless and needs no new embedding row.
         tokenizer.pad_token = tokenizer.eos_token
     lm.eval()
-    log.info("base model loaded: %s quantization=%s device=%s", model, quant, lm.device)
+    log.info("base model loaded: %s quantization=%s device=%s precision=%s", model, quant, lm.device, dtype)
     return lm, tokenizer

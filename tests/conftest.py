@@ -20,8 +20,13 @@ def demo_model_dir(tmp_path_factory) -> DemoModel:
 
     Shared and read-only: tests that write adapters copy what they need into their own directory.
     """
+    import os
+
     from serving.demo_model import ensure_demo_model
 
-    root = tmp_path_factory.mktemp("demo")
+    # TUNELOOP_TEST_DEMO_DIR: a directory kept between sessions (ensure_demo_model rebuilds it only when
+    # the builder changed), so repeated local runs skip the build. CI leaves it unset.
+    cached = os.environ.get("TUNELOOP_TEST_DEMO_DIR")
+    root = Path(cached) if cached else tmp_path_factory.mktemp("demo")
     model = ensure_demo_model(root / "model", root / "adapters")
     return DemoModel(model=model, adapters=root / "adapters")

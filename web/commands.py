@@ -19,7 +19,8 @@ class CommandError(Exception):
 
 
 def run(args, settings) -> int:
-    handler = {"export": export_cmd, "retrain": retrain_cmd, "adapters": adapters_cmd, "users": users_cmd}
+    handler = {"export": export_cmd, "retrain": retrain_cmd, "adapters": adapters_cmd, "users": users_cmd,
+               "train-node": train_node_cmd}
     return handler[args.command](args, settings)
 
 
@@ -157,4 +158,17 @@ def users_cmd(args, settings) -> int:
         print(f"user {args.name} ({args.role}) saved in {settings.users_path}")
     else:
         print(users.create_token(args.name))
+    return 0
+
+
+def train_node_cmd(args, settings) -> int:
+    """Another machine of a multi-machine training set-up: run its ranks of each run the app starts."""
+    from retrain.launch import join
+
+    try:
+        join(settings.runs_dir, args.machine_rank)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
     return 0

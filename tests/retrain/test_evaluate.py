@@ -81,3 +81,56 @@ def test_pref_accuracy_and_reference_ppl(demo):
     # Pre-training makes general text far likelier than uniform over the vocabulary.
     assert 1.0 < metrics["reference_ppl"] < len(tok)
     assert math.isfinite(metrics["reference_ppl"])
+
+
+def _full_logits_nll(model, tok, prompts, answers):
+    """The straightforward computation (full logits of each row), to check the chunked one against."""
+    import torch
+
+    from serving.chat_format import render_prompt
+
+    out = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        p = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+        c = tok(completion_text(tok, prompt, answer), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, -1)[torch.arange(len(p) - 1, len(p) + len(c) - 1), torch.tensor(c)]
+        out.append((-float(lp.sum()), len(c)))
+    return out
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["decoder+chunked-head", "model-forward-per-row"])
+def test_chunked_nll_equals_full_logits(demo, monkeypatch, per_row):
+    import retrain.evaluate as ev
+
+    model, tok = demo
+    monkeypatch.setattr(ev, "_has_logit_transform", lambda m: per_row)
+    prompts = [[{"role": "user", "content": q}] for q, _ in _CHATS[:5]]
+    answers = [a for _, a in _CHATS[:5]]
+    answers[1] = answers[1] * 3  # rows of different lengths share a padded batch
+    got = ev.completion_nll(model, tok, prompts, answers, batch_size=3, chunk_tokens=7)
+    want = _full_logits_nll(model, tok, prompts, answers)
+    assert [n for _, n in got] == [n for _, n in want]
+    for (g, _), (w, _) in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-4)
+
+
+def test_chunked_nll_sees_the_active_adapter(demo_model_dir, demo):
+    from peft import PeftModel
+
+    from retrain.evaluate import completion_nll
+
+    base, tok = demo
+    prompts, answers = [[{"role": "user", "content": _CHATS[0][0]}]], [_CHATS[0][1]]
+    base_full = _full_logits_nll(base, tok, prompts, answers)[0][0]  # before peft injects LoRA layers into base
+    model = PeftModel.from_pretrained(base, str(demo_model_dir.adapters / "demo-a"))
+    try:
+        with_adapter = completion_nll(model, tok, prompts, answers)
+        assert with_adapter[0][0] == pytest.approx(_full_logits_nll(model, tok, prompts, answers)[0][0], rel=1e-4)
+        with model.disable_adapter():
+            without = completion_nll(model, tok, prompts, answers)
+        assert without[0][0] == pytest.approx(base_full, rel=1e-4)
+        assert with_adapter[0][0] != pytest.approx(without[0][0], rel=1e-4)
+    finally:
+        model.unload()
