@@ -52,7 +52,7 @@ def test_four_concurrent_oversize_bodies_keep_memory_flat(app_process):
     host = url.removeprefix("http://")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['bob']}"}, timeout=120) as c:
         assert c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
-    body = json.dumps({"messages": [{"role": "user", "content": "é" * 95_000}] * 110}).encode()
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * 95_000}] * 110}).encode()
     assert len(body) > 10_000_000
     chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)]
     heads = [

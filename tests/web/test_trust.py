@@ -244,3 +244,17 @@ def test_a_lost_users_file_refuses_every_request(trust, damage, caplog):
         anon.close()
     assert trust.clients["bob"].get("/v1/models").status_code == 200
     assert httpx.get(f"{trust.url}/v1/models", timeout=30).status_code == 401
+
+
+def test_single_user_mode_answers_loopback_only_at_run_time(tmp_path, demo_model_dir):
+    """With no users the app is open to whoever reaches it, so the loopback rule is checked per request
+    too: here the settings say the server listens beyond loopback (as after a config change)."""
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    app = start_app(data_dir, host="0.0.0.0", max_new_tokens=2)  # uvicorn binds loopback; the guard reads settings
+    try:
+        r = httpx.get(f"{app.url}/v1/models", timeout=30)
+        assert r.status_code == 503 and error(r)["code"] == "single_user_loopback_only"
+        assert httpx.get(f"{app.url}/", timeout=30).status_code == 503  # the UI too
+    finally:
+        app.stop()
