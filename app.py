@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 
@@ -69,8 +70,8 @@ def build_context(settings: Settings):
     from retrain.runner import RetrainRunner
     from serving.factory import create_backend
     from web.arena import ArenaService
-    from web.auth import UserDirectory
-    from web.chat import ChatService
+    from web.auth import users_directory
+    from web.chat import ChatService, RequestLimits
     from web.context import AppContext
     from web.metrics import Metrics
 
@@ -83,23 +84,35 @@ def build_context(settings: Settings):
     promoter.sync()
     runner = RetrainRunner(store, settings, promoter,
                            on_finished=lambda run: metrics.training_runs.labels(run["status"]).inc())
+    limits = RequestLimits(settings.max_messages, settings.max_request_chars)
     return AppContext(
-        settings=settings, store=store, backend=backend, users=UserDirectory(settings.users_path),
-        chat=ChatService(backend, store, on_turn=metrics.observe_turn),
-        arena=ArenaService(backend, store, settings.system_prompt), promoter=promoter, retrain=runner,
+        settings=settings, store=store, backend=backend, users=users_directory(settings),
+        chat=ChatService(backend, store, on_turn=metrics.observe_turn, limits=limits),
+        arena=ArenaService(backend, store, settings.system_prompt, limits), promoter=promoter, retrain=runner,
         metrics=metrics, control_token=secrets.token_urlsafe(32),
     )
 
 
+def _exit_on_sigterm(signum, frame):
+    # uvicorn re-raises the SIGTERM it caught after its graceful shutdown; with the default handler the
+    # process would die there, skipping the clean-up below (running-app.json stayed behind).
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> int:
+    import signal
+
     import uvicorn
 
     from retrain.scheduler import start_scheduler
-    from web.auth import UserDirectory
+    from web.auth import users_directory
     from web.control import running_app_file
+    from web.private import make_private
     from web.server import create_app, refuse_open_bind
 
-    refuse_open_bind(settings, UserDirectory(settings.users_path))
+    make_private(settings.data_dir)
+    refuse_open_bind(settings, users_directory(settings))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx = build_context(settings)
     scheduler = start_scheduler(settings, ctx.retrain, ctx.promoter)
     app = create_app(ctx)
@@ -124,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from web.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
+    os.umask(0o077)  # every file this process (and its training child) makes is private; see web/private.py
     from web import commands
     from web.errors import user_message
 

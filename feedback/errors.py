@@ -33,3 +33,7 @@ class SchemaTooNew(FeedbackError):
 
 class UnknownRun(FeedbackError):
     """No training run with that id."""
+
+
+class UnknownConversation(FeedbackError):
+    """No conversation with that id that the asking user may continue (HTTP 404)."""

@@ -149,6 +149,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # which is faster than maintaining an ART index, and writes are serialized by the store.
         "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
     ]),
+    (5, [
+        # Adapters an admin opened to every user (the others are admin-only; see docs/security.md). A
+        # table of its own, not a column: inserts into `adapters` list their values by position.
+        """CREATE TABLE public_adapters (
+            name VARCHAR PRIMARY KEY,
+            marked_by VARCHAR NOT NULL,
+            marked_at TIMESTAMP NOT NULL)""",
+    ]),
     (6, [
         # The canary's ramp: each share an experiment's candidate had and when it began (step 0 = the
         # start). experiments.percent stays the current share, the one the traffic split reads.

@@ -177,6 +177,22 @@ class AdapterStore(StoreCore):
                            FROM adapter_events ORDER BY "at" DESC, id LIMIT ?""", [limit])
             return [_aware(r, "at") for r in _rows(cur)]
 
+    def set_adapter_public(self, name: str, public: bool, actor: str) -> None:
+        """Open an adapter to every user (``public``) or make it admin-only again."""
+        with self._write() as cur:
+            if public:
+                cur.execute("""INSERT INTO public_adapters VALUES (?, ?, ?)
+                               ON CONFLICT (name) DO UPDATE SET marked_by = excluded.marked_by,
+                               marked_at = excluded.marked_at""", [name, actor, _now()])
+            else:
+                cur.execute("DELETE FROM public_adapters WHERE name = ?", [name])
+        log.info("adapter %s public=%s by %s", name, public, actor)
+
+    def public_adapters(self) -> set[str]:
+        """Names of the adapters any user may chat with by name (besides ``production`` and ``base``)."""
+        with self._read() as cur:
+            return {r[0] for r in cur.execute("SELECT name FROM public_adapters").fetchall()}
+
     def next_adapter_version(self) -> str:
         """The next free name of the form v<N>."""
         with self._read() as cur:

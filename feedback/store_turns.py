@@ -206,6 +206,14 @@ class TurnStore(StoreCore):
             row = self._message_row(cur, message_id)
         return None if row is None else self._stored_message(row)
 
+    def conversation_owner(self, conversation_id: str) -> str | None:
+        """Who started the conversation (a branch ``<id>.<n>`` belongs to its root's owner); None if unknown."""
+        with self._read(settle=True) as cur:
+            row = cur.execute("""SELECT coalesce(p."user", c."user") FROM conversations c
+                                 LEFT JOIN conversations p ON p.id = c.parent_id WHERE c.id = ?""",
+                              [conversation_id]).fetchone()
+        return row[0] if row else None
+
     def conversation(self, conversation_id: str, include_superseded: bool = False) -> list[StoredMessage]:
         """The conversation's messages in order; superseded (regenerated) answers only when asked."""
         with self._read(settle=True) as cur:

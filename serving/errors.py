@@ -13,6 +13,10 @@ class PromptTooLong(BadRequest):
     """The rendered prompt is over ``max_prompt_tokens``."""
 
 
+class RequestTooLarge(BadRequest):
+    """Too many messages, or too many characters in all, to be worth tokenizing (checked before rendering)."""
+
+
 class MaxTokensTooLarge(BadRequest):
     """``max_tokens`` asks for more than ``max_new_tokens``."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict
 from datetime import date
@@ -18,12 +19,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from feedback.models import Rating
 from retrain.canary import CanaryPolicy
 from retrain.canary_report import experiment_report, pick_experiment
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
+from web.access import chat_choices, owned_message
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
 from web.errors import ApiError, classify, error_body, install_handlers
@@ -31,6 +34,9 @@ from web.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 100_000  # characters in one message; longer input is refused before tokenizing
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # every id this server issues fits
+# Control characters (C0, DEL, C1) and Unicode line breaks: never part of a name, and each could forge a log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 # --- request shapes ----------------------------------------------------------------------------
@@ -43,7 +49,35 @@ def _encodable(v: str) -> str:
     return v
 
 
-Text = Annotated[str, AfterValidator(_encodable)]
+def _no_nul(v: str) -> str:
+    """Free text may hold tabs and newlines, but a NUL cuts strings short in C code (tokenizers, DuckDB)."""
+    if "\x00" in v:
+        raise PydanticCustomError("nul_character", "text must not contain NUL characters")
+    return v
+
+
+def _no_control(v: str) -> str:
+    if _CONTROL.search(v):
+        raise PydanticCustomError("control_characters", "names must not contain control characters or line breaks")
+    return v
+
+
+def _safe_id(v: str) -> str:
+    if not ID_RE.fullmatch(v):
+        raise PydanticCustomError("invalid_id", "ids are 1 to 128 letters, digits, '.', '_' or '-'")
+    return v
+
+
+def check_id(value: str, what: str) -> str:
+    """An id taken from a URL path: the same alphabet as in bodies, 400 otherwise."""
+    if not ID_RE.fullmatch(value):
+        raise ApiError(400, f"invalid {what} id: ids are 1 to 128 letters, digits, '.', '_' or '-'", code="invalid_id")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable), AfterValidator(_no_nul)]  # free text
+Name = Annotated[str, AfterValidator(_encodable), AfterValidator(_no_control)]  # adapter names, paths, enums
+Id = Annotated[str, AfterValidator(_safe_id)]  # message, conversation, battle and run ids
 
 
 class ChatMessageIn(BaseModel):
@@ -63,12 +97,12 @@ class ChatMessageIn(BaseModel):
             v = "".join(texts)
         if len(v) > MAX_TEXT:
             raise ValueError(f"message longer than {MAX_TEXT} characters")
-        return _encodable(v)
+        return _no_nul(_encodable(v))
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
-    model: Text = PRODUCTION
+    model: Name = PRODUCTION
     messages: list[ChatMessageIn]
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
@@ -76,26 +110,27 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    conversation_id: Text | None = Field(None, max_length=64, description="Tuneloop: continue a stored conversation")
-    replaces: Text | None = Field(None, max_length=64, description="Tuneloop: id of the answer this regenerates")
+    conversation_id: Id | None = Field(None, description=(
+        "Tuneloop: continue a conversation; only an id this server returned to you (unknown ids: 404)"))
+    replaces: Id | None = Field(None, description="Tuneloop: id of your answer this regenerates")
 
 
 class FeedbackRequest(BaseModel):
-    message_id: Text = Field(..., max_length=64)
-    rating: Text
+    message_id: Id
+    rating: Name
     comment: Text | None = None
     correction: Text | None = None
 
 
 class BattleRequest(BaseModel):
     prompt: Text | list[ChatMessageIn]
-    adapters: tuple[Text, Text] | None = Field(None, description="admin only: the two adapters to compare")
+    adapters: tuple[Name, Name] | None = Field(None, description="admin only: the two adapters to compare")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
 
 
 class VoteRequest(BaseModel):
-    winner: Text
+    winner: Name
 
 
 class PromoteRequest(BaseModel):
@@ -103,12 +138,12 @@ class PromoteRequest(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    to: Text | None = Field(None, description="adapter version or 'base'; default: the previous production")
+    to: Name | None = Field(None, description="adapter version or 'base'; default: the previous production")
     reason: Text = Field("", max_length=2000)
 
 
 class ExperimentRequest(BaseModel):
-    candidate: Text
+    candidate: Name
     percent: float | None = Field(None, ge=0, le=100)
 
 
@@ -116,16 +151,20 @@ class LoadLoraRequest(BaseModel):
     """vLLM's ``LoadLoRAAdapterRequest``; missing fields are answered 400 as vLLM does, not 422."""
 
     model_config = ConfigDict(extra="ignore")  # vLLM ignores fields it does not know (e.g. load_inplace)
-    lora_name: Text | None = Field(None, max_length=64)
-    lora_path: Text | None = Field(None, max_length=4096)
+    lora_name: Name | None = Field(None, max_length=64)
+    lora_path: Name | None = Field(None, max_length=4096)
 
 
 class UnloadLoraRequest(BaseModel):
     """vLLM's ``UnloadLoRAAdapterRequest``; Tuneloop names adapters, so ``lora_int_id`` alone is refused."""
 
     model_config = ConfigDict(extra="ignore")
-    lora_name: Text | None = Field(None, max_length=64)
+    lora_name: Name | None = Field(None, max_length=64)
     lora_int_id: int | None = None
+
+
+class PublicRequest(BaseModel):
+    public: bool = Field(True, description="true: every user may chat with this adapter by name")
 
 
 class RetrainRequest(BaseModel):
@@ -199,12 +238,13 @@ def metrics(ctx: Ctx):
 
 
 @users.get("/v1/models")
-def list_models(ctx: Ctx):
+def list_models(ctx: Ctx, user: User):
     created = int(time.time())
+    visible = set(chat_choices(ctx.store, ctx.backend, user))
     data = [
         {"id": a.name, "object": "model", "created": created, "owned_by": "tuneloop",
          "root": ctx.backend.base_model, "aliases": list(a.aliases)}
-        for a in ctx.backend.list_adapters()
+        for a in ctx.backend.list_adapters() if a.name in visible
     ]
     return {"object": "list", "data": data}
 
@@ -219,7 +259,7 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
         raise BadRequest("give max_tokens or max_completion_tokens, not both")
     params = _params(ctx, body.max_tokens or body.max_completion_tokens, body.temperature, body.top_p)
     messages = [m.model_dump() for m in body.messages]
-    turn = ctx.chat.start(user.name, messages, body.model, params,
+    turn = ctx.chat.start(user, messages, body.model, params,
                           conversation_id=body.conversation_id, replaces=body.replaces)
     created = int(time.time())
     base = {"id": turn.message_id, "created": created, "model": body.model,
@@ -259,10 +299,10 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 
 @users.post("/v1/feedback")
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
+    message = owned_message(ctx.store, user, body.message_id)  # someone else's answer: 404, as if unknown
     stored = ctx.store.rate(Rating(message_id=body.message_id, user=user.name, rating=body.rating,
                                    comment=body.comment, correction=body.correction))
-    message = ctx.store.get_message(body.message_id)
-    ctx.metrics.ratings.labels(message.adapter if message else "", stored.rating).inc()
+    ctx.metrics.ratings.labels(message.adapter or "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
             "comment": stored.comment, "correction": stored.correction,
             "created_at": stored.created_at.isoformat() if stored.created_at else None}
@@ -286,6 +326,7 @@ def create_battle(body: BattleRequest, ctx: Ctx, user: User):
 
 @users.post("/v1/arena/battles/{battle_id}/vote")
 def vote_battle(battle_id: str, body: VoteRequest, ctx: Ctx, user: User):
+    check_id(battle_id, "battle")
     vote = ctx.store.vote(battle_id, user.name, body.winner)
     ctx.metrics.arena_votes.labels(vote.winner).inc()
     return {"ok": True, "id": battle_id, "winner": vote.winner, "a": vote.adapter_a, "b": vote.adapter_b}
@@ -307,6 +348,14 @@ def promote(name: str, body: PromoteRequest, ctx: Ctx, user: Admin):
 def rollback(body: RollbackRequest, ctx: Ctx, user: Admin):
     target = ctx.promoter.rollback(to=body.to, actor=user.name, reason=body.reason or "rollback by admin")
     return {"ok": True, "production": target}
+
+
+@admin.post("/adapters/{name}/public")
+def set_public(name: str, body: PublicRequest, ctx: Ctx, user: Admin):
+    if ctx.store.get_adapter(name) is None and name not in {a.name for a in ctx.backend.list_adapters()}:
+        raise ApiError(404, f"no adapter named {name!r}", code="model_not_found")
+    ctx.store.set_adapter_public(name, body.public, actor=user.name)
+    return {"ok": True, "name": name, "public": body.public}
 
 
 @admin.post("/adapters/{name}/archive")
@@ -358,6 +407,7 @@ def runs(ctx: Ctx):
 
 @admin.get("/runs/{run_id}")
 def run_detail(run_id: str, ctx: Ctx):
+    check_id(run_id, "run")
     run = ctx.store.get_run(run_id)
     if run is None:
         raise ApiError(404, f"unknown run {run_id!r}", code="run_not_found")

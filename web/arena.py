@@ -10,7 +10,7 @@ from feedback.store import FeedbackStore
 from serving.backend import Backend
 from serving.errors import BadRequest
 from serving.types import BASE, PRODUCTION, Message, SamplingParams
-from web.chat import new_id
+from web.chat import RequestLimits, new_id
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,12 @@ class Matchup:
 
 
 class ArenaService:
-    def __init__(self, backend: Backend, store: FeedbackStore, system_prompt: str = ""):
+    def __init__(self, backend: Backend, store: FeedbackStore, system_prompt: str = "",
+                 limits: RequestLimits | None = None):
         self.backend = backend
         self.store = store
         self.system_prompt = system_prompt
+        self.limits = limits or RequestLimits()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="arena")
 
     def default_pair(self) -> tuple[str, str]:
@@ -52,12 +54,16 @@ class ArenaService:
         return Matchup(new_id(), first, second)
 
     def messages_for(self, prompt: str | list[Message]) -> list[Message]:
+        """The battle's messages, bounded like a chat request before anything is tokenized."""
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise BadRequest("prompt is empty")
             messages = [{"role": "user", "content": prompt}]
-            return ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + messages
-        return list(prompt)
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + messages
+        else:
+            messages = list(prompt)
+        self.limits.check(messages)
+        return messages
 
     def fight(self, user: str, prompt, params: SamplingParams, adapters: tuple[str, str] | None = None):
         """Generate both answers (concurrently, so they batch together) and store the battle."""

@@ -7,18 +7,26 @@ With no users configured the app runs in single-user local mode as one admin nam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
+import time
 import tomllib
+from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+log = logging.getLogger(__name__)
+
 Role = Literal["user", "admin"]
 LOCAL_USER = "local"
+MARKER_NAME = "users.required"  # beside the users file: once users existed, never fall back to single-user
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
@@ -53,6 +61,11 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(expected.hex(), digest_hex)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_hex(16))
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -70,25 +83,131 @@ def _dump_toml(users: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-class UserDirectory:
-    """The users file, read at start and re-read when it changes (so CLI edits apply without a restart)."""
+class UsersUnavailable(Exception):
+    """Users have existed here, but the users file is missing, unreadable or empty: refuse, never open up."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+
+class LoginThrottle:
+    """Failed logins per user name and per client address in a sliding window; over the limit, refused.
+
+    Bounded memory: at most ``max_keys`` names and addresses are tracked (the oldest are dropped), so a
+    flood of made-up names cannot grow it without end.
+    """
+
+    def __init__(self, per_user: int = 5, per_address: int = 20, window_s: float = 300.0, max_keys: int = 10_000,
+                 clock=time.monotonic):
+        self.per_user, self.per_address, self.window_s = per_user, per_address, window_s
+        self.max_keys, self.clock = max_keys, clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
-        self._mtime: float | None = None
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        q = self._failures.get(key)
+        if q is None:
+            return deque()
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        if not q:
+            del self._failures[key]
+        return q
+
+    def blocked(self, name: str, address: str | None) -> str | None:
+        """Why a login is refused now without checking the password (None: it may be checked)."""
+        now = self.clock()
+        with self._lock:
+            if len(self._recent(("user", name), now)) >= self.per_user:
+                return "user"
+            if address and len(self._recent(("address", address), now)) >= self.per_address:
+                return "address"
+        return None
+
+    def record_failure(self, name: str, address: str | None) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in (("user", name), ("address", address or "")):
+                self._failures.setdefault(key, deque()).append(now)
+            while len(self._failures) > self.max_keys:
+                self._failures.pop(next(iter(self._failures)))
+
+
+# The address of the client whose request is being handled, set by web.guard for the login check
+# (Gradio hands the auth function only a name and a password).
+client_address: ContextVar[str | None] = ContextVar("tuneloop_client_address", default=None)
+
+
+class UserDirectory:
+    """The users file, read at start and re-read when it changes (so CLI edits apply without a restart).
+
+    The mode is decided by the data dir, not by whether the file happens to be readable: the first time
+    users exist a marker file is left beside it (``marker``), and from then on a missing, unreadable or
+    empty users file raises ``UsersUnavailable`` (the web edge answers 503) instead of falling back to
+    single-user mode, where everyone is admin.
+    """
+
+    def __init__(self, path: Path, marker: Path | None = None, throttle: LoginThrottle | None = None):
+        self.path = Path(path)
+        self.marker = Path(marker) if marker is not None else self.path.parent / MARKER_NAME
+        self.throttle = throttle or LoginThrottle()
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
         self._users: dict[str, dict] = {}
-        self._reload()
+        self._error: str | None = None
+        self._unreadable = False
+        self._logged: str | None = None
+
+    def _fail(self, why: str, unreadable: bool = False) -> None:
+        self._unreadable = unreadable
+        self._error = (f"users file {self.path} {why}, and users are configured for this data dir: refusing "
+                       "requests until it is restored (`python app.py users add ...`)")
+        if self._logged != self._error:  # one log line per distinct failure, not one per request
+            log.error("%s", self._error)
+            self._logged = self._error
+        raise UsersUnavailable(self._error)
 
     def _reload(self) -> None:
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
-            self._users, self._mtime = {}, None
+            self._key, self._users = None, {}
+            if self.marker.exists():
+                self._fail("is missing")
+            self._error = None
             return
-        if mtime != self._mtime:
+        except OSError as exc:
+            self._fail(f"cannot be read ({exc.strerror})", unreadable=True)
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key == self._key:
+            if self._error:
+                raise UsersUnavailable(self._error)
+            return
+        self._key = key
+        try:
             data = tomllib.loads(self.path.read_text())
-            self._users, self._mtime = dict(data.get("users", {})), mtime
+            users = {str(n): dict(u) for n, u in data.get("users", {}).items()}
+            if any(u.get("role") not in ("user", "admin") for u in users.values()):
+                raise ValueError("a user without a valid role")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, TypeError, AttributeError) as exc:
+            self._users = {}
+            self._fail(f"cannot be read ({type(exc).__name__})", unreadable=True)
+        if not users and self.marker.exists():
+            self._users = {}
+            self._fail("lists no users")
+        if users:
+            self._mark()
+        self._users, self._error, self._logged = users, None, None
+
+    def _mark(self) -> None:
+        """Leave the durable "users have existed" marker (best effort: failing to write it is logged)."""
+        if self.marker.exists():
+            return
+        try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("Users have been configured for this data dir, so Tuneloop refuses requests when the "
+                        "users file is missing instead of running as an open single-user app.\n")
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.marker, exc)
 
     def _current(self) -> dict[str, dict]:
         with self._lock:
@@ -97,14 +216,27 @@ class UserDirectory:
 
     @property
     def single_user(self) -> bool:
+        """True only while no users exist and none ever did; raises ``UsersUnavailable`` (fail closed)."""
         return not self._current()
 
     def names(self) -> list[str]:
         return sorted(self._current())
 
     def check_password(self, name: str, password: str) -> bool:
+        """The login check: throttled per name and per client address, and as slow for unknown names."""
+        address = client_address.get()
+        blocked = self.throttle.blocked(name, address)
+        if blocked is not None:
+            log.warning("login refused for user %r from %s: too many failed attempts (per %s)", name, address,
+                        blocked)
+            return False
         user = self._current().get(name)
-        return bool(user) and verify_password(password, user.get("password_hash", ""))
+        # An unknown name still costs one scrypt, so timing does not tell which names exist.
+        ok = verify_password(password, user.get("password_hash", "") if user else _dummy_hash()) and user is not None
+        if not ok:
+            self.throttle.record_failure(name, address)
+            log.info("login failed for user %r from %s", name, address)
+        return ok
 
     def principal(self, name: str) -> Principal | None:
         if self.single_user and name == LOCAL_USER:
@@ -126,7 +258,19 @@ class UserDirectory:
         tmp.write_text(_dump_toml(users))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
-        self._mtime = None
+        self._key = None
+        if users:
+            self._mark()
+
+    def _editable(self) -> dict[str, dict]:
+        """The users to edit; a missing or empty file (even after users existed) starts afresh, a corrupt one not."""
+        try:
+            self._reload()
+        except UsersUnavailable as exc:
+            if self._unreadable:
+                raise AuthError(f"{exc}; fix or move the file first") from None
+            return {}
+        return dict(self._users)
 
     def add_user(self, name: str, password: str, role: Role = "user") -> None:
         if not name or set(name) - _NAME_OK or name == LOCAL_USER:
@@ -136,8 +280,7 @@ class UserDirectory:
         if len(password) < 8:
             raise AuthError("password must have at least 8 characters")
         with self._lock:
-            self._reload()
-            users = dict(self._users)
+            users = self._editable()
             old = users.get(name, {})
             users[name] = {"role": role, "password_hash": hash_password(password), "tokens": old.get("tokens", [])}
             self._write(users)
@@ -146,10 +289,16 @@ class UserDirectory:
         """A new API token for ``name``; only its hash is stored, so it is shown once."""
         token = "tl-" + secrets.token_urlsafe(32)
         with self._lock:
-            self._reload()
-            users = dict(self._users)
+            users = self._editable()
             if name not in users:
                 raise AuthError(f"unknown user {name!r}")
             users[name] = {**users[name], "tokens": [*users[name].get("tokens", []), _token_hash(token)]}
             self._write(users)
         return token
+
+
+def users_directory(settings) -> UserDirectory:
+    """The users of this data dir, with the marker in the data dir and the login limits from settings."""
+    return UserDirectory(settings.users_path, marker=settings.data_dir / MARKER_NAME,
+                         throttle=LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
+                                                settings.login_window_s))

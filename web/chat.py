@@ -15,14 +15,34 @@ from dataclasses import asdict, dataclass, field
 from feedback.models import TurnRecord
 from feedback.store import FeedbackStore
 from serving.backend import Backend
+from serving.errors import BadRequest, RequestTooLarge
 from serving.traffic import assign_arm
 from serving.types import PRODUCTION, ChatStream, Completion, Message, SamplingParams
+from web.access import check_conversation, check_model, owned_message
+from web.auth import Principal
 
 log = logging.getLogger(__name__)
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds checked before a prompt is rendered or tokenized (settings max_messages, max_request_chars)."""
+
+    max_messages: int = 256
+    max_chars: int = 400_000
+
+    def check(self, messages: list[Message]) -> None:
+        if any("\x00" in (m.get("content") or "") for m in messages):
+            raise BadRequest("text must not contain NUL characters")
+        if len(messages) > self.max_messages:
+            raise RequestTooLarge(f"{len(messages)} messages; at most {self.max_messages} per request")
+        total = sum(len(m.get("content") or "") for m in messages)
+        if total > self.max_chars:
+            raise RequestTooLarge(f"{total} characters in all messages; at most {self.max_chars} per request")
 
 
 @dataclass
@@ -48,9 +68,13 @@ class ChatTurn:
 
 
 class ChatService:
-    def __init__(self, backend: Backend, store: FeedbackStore, on_turn=None):
+    # Conversation ids are issued here, never taken from a client (a test may swap this for fixed ids).
+    new_conversation_id = staticmethod(new_id)
+
+    def __init__(self, backend: Backend, store: FeedbackStore, on_turn=None, limits: RequestLimits | None = None):
         self.backend = backend
         self.store = store
+        self.limits = limits or RequestLimits()
         self._on_turn = on_turn  # metrics hook: called with (requested, TurnRecord)
 
     def route(self, user: str, requested: str) -> tuple[str, str | None, str | None]:
@@ -68,7 +92,7 @@ class ChatService:
 
     def start(
         self,
-        user: str,
+        principal: Principal,
         messages: list[Message],
         model: str,
         params: SamplingParams,
@@ -76,11 +100,22 @@ class ChatService:
         conversation_id: str | None = None,
         replaces: str | None = None,
     ) -> ChatTurn:
-        """Validate and start a turn; raises serving errors (4xx) before anything is stored."""
+        """Validate and start a turn; raises serving errors (4xx) before anything is stored.
+
+        ``conversation_id`` continues a conversation this server issued to ``principal`` (admins: any);
+        ``replaces`` names one of their answers. Bounds are checked before anything is tokenized.
+        """
+        self.limits.check(messages)
+        check_model(self.store, principal, model)
+        if conversation_id is not None:
+            check_conversation(self.store, principal, conversation_id)
+        if replaces is not None:
+            owned_message(self.store, principal, replaces)
+        user = principal.name
         adapter, experiment_id, arm = self.route(user, model)
         stream = self.backend.stream_chat(messages, adapter, params)
         message_id = new_id()
-        conversation_id = conversation_id or new_id()
+        conversation_id = conversation_id or self.new_conversation_id()
         stored = False
 
         def finish() -> None:
@@ -115,9 +150,10 @@ class ChatService:
 
         return ChatTurn(message_id, conversation_id, model, stream, finish)
 
-    def complete(self, user: str, messages: list[Message], model: str, params: SamplingParams, **kw) -> ChatTurn:
+    def complete(self, principal: Principal, messages: list[Message], model: str, params: SamplingParams,
+                 **kw) -> ChatTurn:
         """Run a turn to the end (non-streaming callers)."""
-        turn = self.start(user, messages, model, params, **kw)
+        turn = self.start(principal, messages, model, params, **kw)
         for _ in turn.deltas():
             pass
         return turn

@@ -143,9 +143,9 @@ def adapters_cmd(args, settings) -> int:
 
 
 def users_cmd(args, settings) -> int:
-    from web.auth import UserDirectory
+    from web.auth import users_directory
 
-    users = UserDirectory(settings.users_path)
+    users = users_directory(settings)
     if args.action == "list":
         for name in users.names():
             print(f"{name}\t{users.principal(name).role}")

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from feedback import errors as fe
 from retrain.promotion import PromotionError
 from serving import errors as se
-from web.auth import AuthError
+from web.auth import AuthError, UsersUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class ApiError(Exception):
 # Most specific first: the first matching class decides the status.
 _STATUS: list[tuple[type[Exception], int, str]] = [
     (se.PromptTooLong, 400, "context_length_exceeded"),
+    (se.RequestTooLarge, 400, "request_too_large"),
     (se.MaxTokensTooLarge, 400, "max_tokens_exceeded"),
     (se.BadRequest, 400, "invalid_request"),
     (se.UnknownAdapter, 404, "model_not_found"),
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (se.BackendUnavailable, 503, "backend_unavailable"),
     (se.ModelUnavailable, 503, "model_unavailable"),
     (fe.UnknownMessage, 404, "message_not_found"),
+    (fe.UnknownConversation, 404, "conversation_not_found"),
     (fe.UnknownBattle, 404, "battle_not_found"),
     (fe.UnknownRun, 404, "run_not_found"),
     (fe.SchemaTooNew, 500, "schema_too_new"),
@@ -44,7 +46,10 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (fe.InvalidRating, 422, "invalid_feedback"),
     (PromotionError, 409, "conflict"),
     (AuthError, 400, "invalid_user"),
+    (UsersUnavailable, 503, "users_unavailable"),
 ]
+# Validation errors of these kinds (web.api's Text, Name and Id) answer 400 (bad characters), not 422.
+BAD_CHARACTERS = ("nul_character", "control_characters", "invalid_id")
 
 
 def classify(exc: Exception) -> tuple[int, str, str]:
@@ -83,6 +88,8 @@ def install_handlers(app) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
+        if first.get("type") in BAD_CHARACTERS:
+            return JSONResponse(error_body(400, first["type"], message, loc or None), status_code=400)
         return JSONResponse(error_body(422, "invalid_request", message, loc or None), status_code=422)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -93,5 +100,5 @@ def install_handlers(app) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, Exception):
+    for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, UsersUnavailable, Exception):
         app.add_exception_handler(cls, core_error)

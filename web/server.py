@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import gradio as gr
 from fastapi import FastAPI
 
 from web.api import create_api
 from web.context import AppContext
+from web.guard import RequestGuard
+from web.net import is_loopback
 from web.ui import build_ui
 
 UI_PATH = "/"
@@ -16,15 +16,6 @@ UI_PATH = "/"
 
 class OpenBindRefused(SystemExit):
     pass
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def refuse_open_bind(settings, users) -> None:
@@ -40,5 +31,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     api = create_api(ctx)
     users = ctx.users
     auth = None if users.single_user else users.check_password
-    return gr.mount_gradio_app(api, build_ui(ctx), path=UI_PATH, auth=auth,
-                               auth_message="Sign in to Tuneloop", show_error=True, footer_links=[])
+    # A full URL as root_path is used verbatim, so the page's links never come from the Host header.
+    app = gr.mount_gradio_app(api, build_ui(ctx), path=UI_PATH, auth=auth, root_path=ctx.settings.public_url or None,
+                              auth_message="Sign in to Tuneloop", show_error=True, footer_links=[])
+    # Outermost: host check, fail-closed auth mode and the body limit run before routing, parsing and auth.
+    app.add_middleware(RequestGuard, settings=ctx.settings, users=users, metrics=ctx.metrics)
+    return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from web.access import chat_choices
 from web.context import AppContext
 from web.ui_admin import build_adapters_tab, build_data_tab, build_training_tab
 from web.ui_arena import build_arena_tab
@@ -31,9 +32,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def on_load(request: gr.Request):
             p = principal_of(ctx, request)
-            choices = adapter_choices(ctx.backend)
+            choices = adapter_choices(ctx.backend)  # the arena pickers: admins only
             admin = gr.update(visible=p.is_admin)
-            return (f"Signed in as **{p.name}** ({p.role})", gr.update(choices=choices), admin, admin, admin,
+            return (f"Signed in as **{p.name}** ({p.role})",
+                    gr.update(choices=chat_choices(ctx.store, ctx.backend, p)), admin, admin, admin,
                     gr.update(visible=p.is_admin), gr.update(choices=choices), gr.update(choices=choices))
 
         ui.load(on_load, None, [who, adapter, data_tab, training_tab, adapters_tab, picker, pick_a, pick_b])

@@ -166,6 +166,8 @@ def build_adapters_tab(ctx: AppContext):
         start_exp = gr.Button("Start experiment", elem_id="start-experiment")
         stop_exp = gr.Button("Stop experiment", elem_id="stop-experiment")
         archive = gr.Button("Archive", elem_id="archive")
+        make_public = gr.Button("Open to users", elem_id="make-public")  # users may then chat with it by name
+        make_private = gr.Button("Admins only", elem_id="make-private")
     result = gr.Markdown("", elem_id="adapter-action-result")
     events = gr.Dataframe(label="Switches (who and why)", interactive=False, wrap=True, elem_id="adapter-events")
     canary = build_canary_panel(ctx)
@@ -212,12 +214,18 @@ def build_adapters_tab(ctx: AppContext):
                 if kind == "stop":
                     ctx.promoter.stop_experiment(actor=actor, reason=why_)
                     return "Experiment stopped."
+                if kind in ("public", "private"):
+                    if ctx.store.get_adapter(adapter) is None and adapter not in {
+                            a.name for a in ctx.backend.list_adapters()}:
+                        raise gr.Error(f"no adapter named {adapter!r}")
+                    ctx.store.set_adapter_public(adapter, kind == "public", actor=actor)
+                    return f"`{adapter}` is {'open to every user' if kind == 'public' else 'for admins only'}."
                 ctx.promoter.archive(adapter, actor=actor)
                 return f"`{adapter}` archived."
             return _guard(ctx, request, work)
         return handler
 
     for button, kind in ((promote, "promote"), (rollback, "rollback"), (start_exp, "start"), (stop_exp, "stop"),
-                         (archive, "archive")):
+                         (archive, "archive"), (make_public, "public"), (make_private, "private")):
         button.click(act(kind), [name, reason, percent], [result]).then(load, None, outputs)
     return load, [], outputs

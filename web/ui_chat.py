@@ -13,9 +13,10 @@ import gradio as gr
 
 from feedback.models import Rating
 from serving.types import PRODUCTION, SamplingParams
+from web.access import chat_choices, owned_message
 from web.context import AppContext
 from web.errors import user_message
-from web.ui_common import adapter_choices, principal_of
+from web.ui_common import principal_of
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def build_chat_tab(ctx: AppContext) -> None:
     status = gr.Markdown("", elem_id="feedback-status")
     last_rated = gr.State(None)  # (message id, rating) the comment box refers to
 
-    def refresh_adapters():
-        return gr.update(choices=adapter_choices(ctx.backend))
+    def refresh_adapters(request: gr.Request):
+        return gr.update(choices=chat_choices(ctx.store, ctx.backend, principal_of(ctx, request)))
 
     def user_turn(text: str, st: dict):
         if not text.strip():
@@ -78,7 +79,7 @@ def build_chat_tab(ctx: AppContext) -> None:
         return "", st, display(st["messages"])
 
     def bot_turn(st: dict, adapter_name: str, request: gr.Request, replaces: str | None = None):
-        user = principal_of(ctx, request).name
+        user = principal_of(ctx, request)  # ChatService checks the adapter, conversation and replaced answer
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
         try:
             turn = ctx.chat.start(user, st["messages"], adapter_name or PRODUCTION, params,
@@ -114,7 +115,9 @@ def build_chat_tab(ctx: AppContext) -> None:
             return gr.update(), None
         value = "up" if data.liked else "down"
         try:
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=principal_of(ctx, request).name, rating=value))
+            user = principal_of(ctx, request)
+            owned_message(ctx.store, user, st["ids"][i])  # the state is the server's, but check as the API does
+            ctx.store.rate(Rating(message_id=st["ids"][i], user=user.name, rating=value))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return f"Saved your {'👍' if value == 'up' else '👎'}.", (st["ids"][i], value)
@@ -124,8 +127,9 @@ def build_chat_tab(ctx: AppContext) -> None:
             raise gr.Error("Rate an answer first, then add a comment to it.")
         message_id, value = rated
         try:
-            ctx.store.rate(Rating(message_id=message_id, user=principal_of(ctx, request).name, rating=value,
-                                  comment=text.strip() or None))
+            user = principal_of(ctx, request)
+            owned_message(ctx.store, user, message_id)
+            ctx.store.rate(Rating(message_id=message_id, user=user.name, rating=value, comment=text.strip() or None))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return "", "Comment saved."
@@ -135,9 +139,12 @@ def build_chat_tab(ctx: AppContext) -> None:
         if i >= len(st["messages"]) or st["messages"][i]["role"] != "assistant" or st["ids"][i] is None:
             return st, display(st["messages"]), "Only answers can be edited: write the answer you wanted."
         new_text = data.value if isinstance(data.value, str) else str(data.value)
+        if "\x00" in new_text:
+            return st, display(st["messages"]), "The correction holds a NUL character; remove it."
         try:
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=principal_of(ctx, request).name, rating="down",
-                                  correction=new_text))
+            user = principal_of(ctx, request)
+            owned_message(ctx.store, user, st["ids"][i])
+            ctx.store.rate(Rating(message_id=st["ids"][i], user=user.name, rating="down", correction=new_text))
         except Exception as exc:
             return st, display(st["messages"]), user_message(exc)
         messages = list(st["messages"])

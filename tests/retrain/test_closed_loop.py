@@ -22,14 +22,22 @@ def teach(app, tokens, questions, users=("ann", "ben")) -> int:
     Every other user chats through the UI's system prompt, the others through the bare API; cat also
     asks everyday questions and likes the answers, as real users would.
     """
+    try:
+        return _teach(app, tokens, questions, users)
+    finally:
+        vars(app.ctx.chat).pop("new_conversation_id", None)  # back to random ids
+
+
+def _teach(app, tokens, questions, users) -> int:
     n = 0
     for i, user in enumerate(users):
         client = app.client(tokens[user])
         for q in questions:
             messages = ([SYSTEM] if i % 2 else []) + [{"role": "user", "content": q}]
-            # Fixed conversation ids make the hash-chosen held-out split the same on every run.
-            r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 24,
-                                                          "conversation_id": f"{user}-{q}"})
+            # Fixed conversation ids make the hash-chosen held-out split the same on every run. The server
+            # issues the ids (clients may not choose them), so the in-process app is told which one to issue.
+            app.ctx.chat.new_conversation_id = lambda cid=f"{user}-{q}": cid
+            r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 24})
             assert r.status_code == 200, r.text
             body = r.json()
             answer = body["choices"][0]["message"]["content"]
@@ -41,8 +49,8 @@ def teach(app, tokens, questions, users=("ann", "ben")) -> int:
             n += 1
     client = app.client(tokens["cat"])
     for q in EVERYDAY_QUESTIONS:
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 64,
-                                                      "conversation_id": f"cat-{q}"})
+        app.ctx.chat.new_conversation_id = lambda cid=f"cat-{q}": cid
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 64})
         assert client.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "up"}).status_code == 200
     return n
 

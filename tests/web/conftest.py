@@ -141,3 +141,32 @@ def _proc_stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command name: state, ppid, ..."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
+
+
+def raw_request(url: str, head: str, body_chunks=(), chunked: bool = False) -> tuple[int, bytes]:
+    """Send a request by hand (an attacker's client) and return (status, body): reads the answer as soon
+    as one comes, even while the body is still being sent."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head.encode())
+        try:
+            for chunk in body_chunks:
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                s.settimeout(0.0)
+                try:
+                    if s.recv(1, socket.MSG_PEEK):
+                        break  # answered already
+                except BlockingIOError:
+                    pass
+                finally:
+                    s.settimeout(30)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
