@@ -92,5 +92,6 @@ docker-build-cpu: wheelhouse-cpu
 	$(DOCKER_BUILD) --build-arg TORCH=cpu -t $(IMAGE):cpu .
 
 # Builds the CPU image with the README's line and smoke-tests the real container (~5-8 min cold).
+SMOKE_ARGS ?=
 docker-test: wheelhouse-cpu
-	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) CA_BUNDLE=$(CA_BUNDLE) $(PYTHON) container/smoke_test.py
+	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) CA_BUNDLE=$(CA_BUNDLE) $(PYTHON) container/smoke_test.py $(SMOKE_ARGS)

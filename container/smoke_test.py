@@ -44,8 +44,9 @@ EVERYDAY = ["What is the capital of France?", "How does a computer work?", "What
             "Why is the sky blue?", "How do I boil an egg?", "What is the moon?"]
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 # Test-only settings: deterministic answers and the closed-loop test's held-out share, so the gate has
-# enough held-out rows to judge on.
-TEST_ENV = {"TUNELOOP_TEMPERATURE": "0", "TUNELOOP_HELDOUT_FRACTION": "0.2"}
+# enough held-out rows to judge on. One torch thread: on a CI box whose cores other jobs share, two
+# spinning OpenMP threads made the first start (the demo model's pre-training) 3x slower (>10 min).
+TEST_ENV = {"TUNELOOP_TEMPERATURE": "0", "TUNELOOP_HELDOUT_FRACTION": "0.2", "OMP_NUM_THREADS": "1"}
 
 
 class StepFailed(Exception):
@@ -135,7 +136,7 @@ class Smoke:
             raise StepFailed(f"{what or cmd[1]} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         return p.stdout
 
-    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 900) -> dict:
+    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 900, text: bool = False):
         req = urllib.request.Request(self.url + path, method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {self.token}",
@@ -145,7 +146,7 @@ class Smoke:
                 raw = r.read()
         except urllib.error.HTTPError as e:
             raise StepFailed(f"{method} {path}: HTTP {e.code}: {e.read()[:1000]!r}") from e
-        return json.loads(raw) if raw.strip()[:1] in (b"{", b"[") else {"text": raw.decode()}
+        return raw.decode() if text else json.loads(raw)
 
     def adapt(self, cmd: list[str]) -> list[str]:
         """The README line with this run's names (and the chosen client)."""
@@ -235,7 +236,7 @@ class Smoke:
         return first
 
     def check_persisted(self, adapter: str) -> None:
-        exported = self.api("GET", "/v1/admin/export?format=openai&rated_only=true")["text"]
+        exported = self.api("GET", "/v1/admin/export?format=openai&rated_only=true", text=True)  # JSON lines
         rows = [json.loads(line) for line in exported.splitlines() if line.strip()]
         taught = [r for r in rows if r["messages"][-1]["content"] == TAUGHT]
         if len(taught) < len(TRAIN_QUESTIONS):
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="the Docker client")
     p.add_argument("--base-image", default=os.environ.get("BASE_IMAGE"), help="BASE_IMAGE build argument")
     p.add_argument("--ca-bundle", default=os.environ.get("CA_BUNDLE"), help="CA bundle for pip in the build")
-    p.add_argument("--health-timeout", type=float, default=300, help="seconds to wait for healthy")
+    p.add_argument("--health-timeout", type=float, default=900,
+                   help="seconds to wait for healthy (the first start builds the demo model into the volume)")
     p.add_argument("--keep", action="store_true", help="keep the container and volume for a look afterwards")
     args = p.parse_args(argv)
     smoke = Smoke(args)

@@ -46,15 +46,16 @@ def test_cuda_lock_pins_torchs_cuda_libraries_of_one_cuda_major():
 @pytest.mark.slow
 @linux_x86
 def test_cuda_lock_is_complete_and_the_old_one_was_not(tmp_path, pypi):
-    """Resolving the lock with its dependencies adds nothing; the lock without the CUDA wheels (as it was
-    before) misses exactly those. Resolves against PyPI (metadata only, ~30-70 s)."""
+    """Resolving the lock with its dependencies adds nothing; against that same resolution the lock as it
+    was (without torch's CUDA wheels) misses exactly those. Resolves against PyPI once (metadata only)."""
     lock = ROOT / "requirements.lock"
-    assert missing_pins(lock, resolve(lock, [], [])) == []
+    report = resolve(lock, [], [])
+    assert missing_pins(lock, report) == []
 
     old = tmp_path / "old.lock"
     old.write_text("\n".join(line for line in lock.read_text().splitlines()
                              if not CUDA_ONLY.match(canonical(line.split("==")[0])) and line != "setuptools==84.2.1"))
-    missing = {canonical(p.split("==")[0]) for p in missing_pins(old, resolve(old, [], []))}
+    missing = {canonical(p.split("==")[0]) for p in missing_pins(old, report)}
     assert {"nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-nccl-cu13", "triton", "cuda-toolkit"} <= missing
     assert missing == {n for n in read_lock(lock) if CUDA_ONLY.match(n)} | {"setuptools"}
 
