@@ -76,8 +76,7 @@ def resolve(lock: Path, find_links: list[str], extra_index_urls: list[str], inde
                *_cert_args(), "-r", str(lock)]
         if index_url:
             cmd += ["--index-url", index_url]
-        for url in extra_index_urls:
-            cmd += ["--extra-index-url", url]
+        cmd += _reachable_extra_indexes(extra_index_urls)
         for folder in find_links:
             cmd += ["--find-links", folder]
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,6 +104,17 @@ def reachable(url: str, timeout: float = 5) -> bool:
         return False
 
 
+def _reachable_extra_indexes(urls: list[str]) -> list[str]:
+    out = []
+    for url in urls:
+        if reachable(url):
+            out += ["--extra-index-url", url]
+        else:  # an unreachable extra index costs pip minutes of retries per package
+            print(f"{url} is unreachable: left out (pip's configuration or --find-links must serve what it would)",
+                  file=sys.stderr)
+    return out
+
+
 def check(args) -> int:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         print("the check evaluates environment markers on this machine: run it on Linux x86_64", file=sys.stderr)
@@ -124,11 +134,7 @@ def download(args) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest), *platform_args(),
            "-r", str(lock)]
-    for url in args.extra_index_url:
-        if reachable(url):
-            cmd += ["--extra-index-url", url]
-        else:  # an unreachable extra index costs pip minutes of retries per package
-            print(f"{url} is unreachable: relying on the pip configuration for what it would serve", file=sys.stderr)
+    cmd += _reachable_extra_indexes(args.extra_index_url)
     subprocess.run(cmd, check=True)
     wanted = read_lock(lock)
     have = {}
