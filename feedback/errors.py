@@ -33,3 +33,7 @@ class SchemaTooNew(FeedbackError):
 
 class UnknownRun(FeedbackError):
     """No training run with that id."""
+
+
+class InvalidReview(FeedbackError):
+    """A review request that is not acceptable: bad state, bad or too many ids (HTTP 400)."""

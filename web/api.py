@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from feedback.models import Rating
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
+from web import review
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
 from web.errors import ApiError, classify, error_body, install_handlers
@@ -257,8 +258,8 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 
 @users.post("/v1/feedback")
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
-    stored = ctx.store.rate(Rating(message_id=body.message_id, user=user.name, rating=body.rating,
-                                   comment=body.comment, correction=body.correction))
+    stored = review.rate(ctx, user, Rating(message_id=body.message_id, user=user.name, rating=body.rating,
+                                           comment=body.comment, correction=body.correction))
     message = ctx.store.get_message(body.message_id)
     ctx.metrics.ratings.labels(message.adapter if message else "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
@@ -426,6 +427,8 @@ def create_api(ctx: AppContext) -> FastAPI:
             ctx.metrics.http_errors.labels(str(response.status_code)).inc()
         return response
 
-    for router in (public, users, admin, engine):
+    from web.api_review import router as review_router  # imports this module's auth dependencies
+
+    for router in (public, users, admin, engine, review_router):
         app.include_router(router)
     return app

@@ -13,6 +13,7 @@ import gradio as gr
 
 from feedback.models import Rating
 from serving.types import PRODUCTION, SamplingParams
+from web import review
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_common import adapter_choices, principal_of
@@ -114,7 +115,8 @@ def build_chat_tab(ctx: AppContext) -> None:
             return gr.update(), None
         value = "up" if data.liked else "down"
         try:
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=principal_of(ctx, request).name, rating=value))
+            who = principal_of(ctx, request)
+            review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating=value))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return f"Saved your {'👍' if value == 'up' else '👎'}.", (st["ids"][i], value)
@@ -124,8 +126,9 @@ def build_chat_tab(ctx: AppContext) -> None:
             raise gr.Error("Rate an answer first, then add a comment to it.")
         message_id, value = rated
         try:
-            ctx.store.rate(Rating(message_id=message_id, user=principal_of(ctx, request).name, rating=value,
-                                  comment=text.strip() or None))
+            who = principal_of(ctx, request)
+            review.rate(ctx, who, Rating(message_id=message_id, user=who.name, rating=value,
+                                         comment=text.strip() or None))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return "", "Comment saved."
@@ -136,8 +139,9 @@ def build_chat_tab(ctx: AppContext) -> None:
             return st, display(st["messages"]), "Only answers can be edited: write the answer you wanted."
         new_text = data.value if isinstance(data.value, str) else str(data.value)
         try:
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=principal_of(ctx, request).name, rating="down",
-                                  correction=new_text))
+            who = principal_of(ctx, request)
+            review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating="down",
+                                         correction=new_text))
         except Exception as exc:
             return st, display(st["messages"]), user_message(exc)
         messages = list(st["messages"])

@@ -1,0 +1,28 @@
+"""Whose feedback trains as given and whose waits for an admin: the trust decision at the edge.
+
+An admin's feedback (single-user mode's ``local`` included) and that of users an admin trusts
+(``python app.py data trust NAME``) trains as given. Everyone else's corrections, and by default their
+thumbs-ups, wait in the review queue (``settings.review_untrusted``); what they may still train is
+capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store keeps the state;
+``feedback/store_review.py`` says what each state means.
+"""
+
+from __future__ import annotations
+
+from feedback.models import Rating
+from web.auth import Principal
+from web.context import AppContext
+
+
+def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str:
+    """``trusted``, ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating."""
+    if principal.is_admin or ctx.store.user_trusted(principal.name):
+        return "trusted"
+    scope = ctx.settings.review_untrusted
+    held = scope != "off" and (rating.correction is not None or (scope == "corrections_and_ups" and rating.rating == "up"))
+    return "review" if held else "untrusted"
+
+
+def rate(ctx: AppContext, principal: Principal, rating: Rating) -> Rating:
+    """Store a rating with its review state (the one way the API and the UI store a user's rating)."""
+    return ctx.store.rate(rating, trust=feedback_trust(ctx, principal, rating))
