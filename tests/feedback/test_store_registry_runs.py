@@ -65,7 +65,7 @@ def test_runs_metrics_cutoff_and_stale_runs(store):
     store.update_run(r3, status="running")
     assert store.mark_stale_runs_failed("app restarted") == 1
     assert (store.get_run(r3)["status"], store.get_run(r3)["error"]) == ("failed", "app restarted")
-    assert [r["id"] for r in store.list_runs()] == [r3, r2, r1] and len(store.list_runs(limit=1)) == 1
+    assert [r["id"] for r in store.list_runs()] == [r3, r2, r1b, r1] and len(store.list_runs(limit=1)) == 1
     assert store.get_run("nope") is None
     with pytest.raises(UnknownRun):
         store.update_run("nope", status="running")
