@@ -258,12 +258,12 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 
 @users.post("/v1/feedback")
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
-    stored = review.rate(ctx, user, Rating(message_id=body.message_id, user=user.name, rating=body.rating,
+    stored, state = review.rate(ctx, user, Rating(message_id=body.message_id, user=user.name, rating=body.rating,
                                            comment=body.comment, correction=body.correction))
     message = ctx.store.get_message(body.message_id)
     ctx.metrics.ratings.labels(message.adapter if message else "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
-            "comment": stored.comment, "correction": stored.correction,
+            "comment": stored.comment, "correction": stored.correction, "review": state,
             "created_at": stored.created_at.isoformat() if stored.created_at else None}
 
 

@@ -23,6 +23,14 @@ def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str
     return "review" if held else "untrusted"
 
 
-def rate(ctx: AppContext, principal: Principal, rating: Rating) -> Rating:
-    """Store a rating with its review state (the one way the API and the UI store a user's rating)."""
-    return ctx.store.rate(rating, trust=feedback_trust(ctx, principal, rating))
+STATE_OF = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}
+
+
+def rate(ctx: AppContext, principal: Principal, rating: Rating) -> tuple[Rating, str]:
+    """Store a rating with its review state (the one way the API and the UI store a user's rating).
+
+    Returns the stored rating and what happens to it: ``trusted`` (trains as given), ``untrusted``
+    (trains, capped) or ``pending_review`` (waits for an admin), so the user is told, not left guessing.
+    """
+    trust = feedback_trust(ctx, principal, rating)
+    return ctx.store.rate(rating, trust=trust), STATE_OF[trust]

@@ -116,10 +116,11 @@ def build_chat_tab(ctx: AppContext) -> None:
         value = "up" if data.liked else "down"
         try:
             who = principal_of(ctx, request)
-            review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating=value))
+            _, state = review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating=value))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
-        return f"Saved your {'👍' if value == 'up' else '👎'}.", (st["ids"][i], value)
+        waits = " It waits for an admin's review before it can teach the model." if state == "pending_review" else ""
+        return f"Saved your {'👍' if value == 'up' else '👎'}.{waits}", (st["ids"][i], value)
 
     def add_comment(text: str, rated, request: gr.Request):
         if not rated:
@@ -140,13 +141,15 @@ def build_chat_tab(ctx: AppContext) -> None:
         new_text = data.value if isinstance(data.value, str) else str(data.value)
         try:
             who = principal_of(ctx, request)
-            review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating="down",
-                                         correction=new_text))
+            _, state = review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating="down",
+                                                    correction=new_text))
         except Exception as exc:
             return st, display(st["messages"]), user_message(exc)
         messages = list(st["messages"])
         messages[i] = {"role": "assistant", "content": new_text}
         st = {**st, "messages": messages}
+        if state == "pending_review":
+            return st, display(messages), "Correction saved: it waits for an admin's review before it teaches the model."
         return st, display(messages), "Correction saved: it will be used to teach the model."
 
     def reset():

@@ -52,8 +52,8 @@ def test_untrusted_feedback_waits_and_an_admin_decides(team):
         fixed = answer(ann, "Capital of Australia?")
         liked = answer(ann, "Say hello.")
         disliked = answer(ann, "Say goodbye.")
-        assert ann.post("/v1/feedback", json={"message_id": fixed, "rating": "down",
-                                              "correction": "Canberra."}).status_code == 200
+        r = ann.post("/v1/feedback", json={"message_id": fixed, "rating": "down", "correction": "Canberra."})
+        assert r.status_code == 200 and r.json()["review"] == "pending_review"  # she is told it waits
         ann.post("/v1/feedback", json={"message_id": liked, "rating": "up"})
         ann.post("/v1/feedback", json={"message_id": disliked, "rating": "down"})
         assert states(root, "ann") == {fixed: "pending_review", liked: "pending_review", disliked: "untrusted"}
