@@ -4,6 +4,7 @@ gets from the new admin routes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,60 @@ def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_appro
             assert snapshot_answers(data_dir, run).count(FALSE_FACT) > 5 * app.ctx.settings.max_untrusted_answer_rows
     finally:
         app.stop()
+
+
+def test_cli_data_commands_through_the_running_app(team):
+    from tests.web.test_cli import cli
+
+    app, tokens = team
+    data_dir = app.ctx.settings.data_dir
+    # What serve() writes for the CLI to find the app (this in-process app does not write it itself).
+    control = data_dir / "running-app.json"
+    control.write_text(json.dumps({"pid": os.getpid(), "url": app.url, "token": app.ctx.control_token}))
+    try:
+        with app.client(tokens["ann"]) as ann:
+            mid = answer(ann, "Colour of the sky?")
+            ann.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": "Blue, mostly."})
+        out = cli(data_dir, "data", "list", "--limit", "500", demo=False)
+        assert out.returncode == 0 and mid in out.stdout and "pending_review" in out.stdout, out.stderr
+        out = cli(data_dir, "data", "include", mid, "--reason", "fine", demo=False)
+        assert out.returncode == 0 and "1 rated answers included" in out.stdout, out.stderr
+        out = cli(data_dir, "data", "discard", "no-such-id", demo=False)
+        assert out.returncode == 2 and "no rated answer" in out.stderr
+        out = cli(data_dir, "data", "trust", "ann", demo=False)
+        assert out.returncode == 0 and "ann: trusted" in out.stdout
+        assert "ann\ttrusted" in cli(data_dir, "data", "trust", demo=False).stdout
+        assert cli(data_dir, "data", "trust", "ann", "--off", demo=False).returncode == 0
+    finally:
+        control.unlink()
+    assert app.ctx.store.user_trusted("ann") is False
+
+
+def test_cli_data_commands_alone(tmp_path):
+    from feedback.models import Rating, TurnRecord
+    from feedback.store import FeedbackStore
+    from settings import Settings
+    from tests.web.test_cli import cli
+
+    data_dir = tmp_path / "data"
+    make_users(data_dir, ("root", "bob"))
+    store = FeedbackStore(Settings(data_dir=data_dir).db_path)
+    ids = [f"m{i}" for i in range(3)]
+    for mid in ids:
+        store.record_turn(TurnRecord(conversation_id=f"c-{mid}", user="bob", assistant_message_id=mid, answer="Hm.",
+                                     request_messages=[{"role": "user", "content": "Hi?"}], adapter="base",
+                                     base_model="demo", sampling={}, latency_ms=1.0, first_token_ms=None,
+                                     prompt_tokens=1, completion_tokens=1))
+    for mid in ids:
+        store.rate(Rating(mid, "bob", "down", correction="Hello!"), trust="review")
+    store.close()
+    out = cli(data_dir, "data", "list", demo=False)
+    assert out.returncode == 0 and "3 rated answers in state pending_review" in out.stdout, out.stderr
+    assert "1 rated answers discarded" in cli(data_dir, "data", "discard", "m0", demo=False).stdout
+    assert "2 rated answers included" in cli(data_dir, "data", "include", "m1", "m2", demo=False).stdout
+    assert cli(data_dir, "data", "list", "--state", "nonsense", demo=False).returncode != 0
+    assert cli(data_dir, "data", "trust", "nobody", demo=False).returncode == 2
+    assert cli(data_dir, "data", "trust", "bob", demo=False).returncode == 0
+    with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
+        assert store.review_counts()["approved"] == 2 and store.review_counts()["discarded"] == 1
+        assert store.user_trusted("bob")
