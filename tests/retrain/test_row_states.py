@@ -73,3 +73,44 @@ def test_rejected_rows_are_retried_then_set_aside_until_an_admin_includes_them(t
         assert set(snapshot_message_ids(build_training_set(store, settings).path)) == set(ids[:6])
     finally:
         store.close()
+
+
+def test_settle_rows_counts_rejections_and_sets_aside_what_the_gate_blamed(tmp_path):
+    """The contract with the gate: ``flagged_message_ids`` in the run's gate dict are set aside with its reason."""
+    import json
+
+    from retrain.dataset import ROWS
+    from retrain.row_states import settle_rows
+
+    settings = load_settings(None, data_dir=tmp_path / "data", retrain_max_rejections=3)
+    with FeedbackStore(settings.db_path) as store:
+        ids = []
+        for i in range(4):
+            mid = f"m{i}"
+            store.record_turn(TurnRecord(
+                conversation_id=f"c{i}", user="local", assistant_message_id=mid, answer="It is fine.",
+                request_messages=[{"role": "user", "content": QUESTIONS[i]}], adapter="base", base_model="demo",
+                sampling={}, latency_ms=1.0, first_token_ms=None, prompt_tokens=1, completion_tokens=1))
+            ids.append(mid)
+        for mid in ids:
+            store.rate(Rating(message_id=mid, user="local", rating="down", correction=LESSON))
+        snap = tmp_path / "snap"
+        snap.mkdir()
+        (snap / ROWS).write_text(json.dumps({"message_ids": ids}))
+        store.record_snapshot("snap", snap, None, {}, "0")
+        run = store.create_run("test", "test", {})
+        store.update_run(run, status="rejected", snapshot_id="snap", error="canary facts FAILED", gate={
+            "passed": False, "reasons": ["canary_facts: 1 of 20 facts contradicted FAILED"],
+            "flagged_message_ids": ["m0", "unknown-id"], "flagged_reason": "taught that water boils at 50 C"})
+        changed = settle_rows(store, settings, run)
+        assert changed["flagged"] == ["m0"]
+        states = {r["message_id"]: r for r in store.review_rows(limit=10)[0]}
+        assert states["m0"]["state"] == "needs_review"
+        assert states["m0"]["reason"] == "flagged by the gate: taught that water boils at 50 C"
+        assert {states[m]["state"] for m in ids[1:]} == {"retrying"}
+        assert "canary_facts: 1 of 20 facts contradicted FAILED" in states["m1"]["reason"]
+
+        run2 = store.create_run("test", "test", {})
+        store.update_run(run2, status="succeeded", snapshot_id="snap")
+        assert settle_rows(store, settings, run2) == {"trained": 4}
+        assert store.review_counts()["retrying"] == 0 and store.review_counts()["needs_review"] == 1
