@@ -6,6 +6,7 @@
     python app.py adapters list | rollback [--to NAME] [--reason TEXT] | promote NAME
     python app.py users add NAME [--role admin|user] | token NAME
     python app.py train-node --machine-rank N   (another machine of a multi-machine training set-up)
+    python app.py data list [--state S] | include ID... | discard ID... [--reason TEXT] | trust [NAME [--off]]
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     u.add_argument("name", nargs="?")
     u.add_argument("--role", choices=["user", "admin"], default="user")
     u.add_argument("--password", help="password (default: asked on the terminal)")
+    d = sub.add_parser("data", help="review rated answers (list, include, discard) and set users' trust")
+    d.add_argument("action", choices=["list", "include", "discard", "trust"])
+    d.add_argument("ids", nargs="*", help="message ids to include or discard; for trust, one user NAME")
+    d.add_argument("--state", help="list: pending_review, retrying, needs_review, discarded, approved, trusted, "
+                                   "untrusted or all (default: pending_review)")
+    d.add_argument("--limit", type=int, default=50)
+    d.add_argument("--reason", default="")
+    d.add_argument("--off", action="store_true", help="trust: take the user's trust away")
     return p.parse_args(argv)
 
 

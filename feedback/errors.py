@@ -37,3 +37,7 @@ class UnknownRun(FeedbackError):
 
 class UnknownConversation(FeedbackError):
     """No conversation with that id that the asking user may continue (HTTP 404)."""
+
+
+class InvalidReview(FeedbackError):
+    """A review request that is not acceptable: bad state, bad or too many ids (HTTP 400)."""

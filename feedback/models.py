@@ -57,6 +57,7 @@ class RatedExample:
     correction: str | None  # the answer the user wanted instead
     implicit: bool
     rated_at: datetime
+    trusted: bool = False  # judged by an admin or a trusted user, or approved by an admin: trains uncapped
 
 
 @dataclass(frozen=True)

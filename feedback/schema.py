@@ -16,7 +16,8 @@ from feedback.errors import SchemaTooNew
 
 log = logging.getLogger(__name__)
 
-# version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add.
+# version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add;
+# v3: review states of rated answers and per-user trust.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -148,6 +149,28 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # No primary key: bulk inserts of 100k vectors skip existing keys with an anti-join instead,
         # which is faster than maintaining an ART index, and writes are serialized by the store.
         "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
+    ]),
+    (3, [
+        # One review state per rated answer (feedback/store_review.py says what each state means).
+        # An answer without a row here is 'trusted' when judged by the single-user admin 'local', else
+        # 'untrusted'. Rejection counts live here too, so a lesson is retried, then set aside, never lost.
+        """CREATE TABLE review (
+            message_id VARCHAR PRIMARY KEY,
+            state VARCHAR NOT NULL,
+            reason VARCHAR,
+            actor VARCHAR NOT NULL,
+            judged_by VARCHAR,
+            rejections INTEGER NOT NULL DEFAULT 0,
+            last_run VARCHAR,
+            last_gate_reason VARCHAR,
+            trained_run VARCHAR,
+            decided_at TIMESTAMP NOT NULL)""",
+        # An admin's per-user trust: trusted users' feedback trains as given, like an admin's.
+        """CREATE TABLE user_trust (
+            "user" VARCHAR PRIMARY KEY,
+            trusted BOOLEAN NOT NULL,
+            actor VARCHAR NOT NULL,
+            updated_at TIMESTAMP NOT NULL)""",
     ]),
     (5, [
         # Adapters an admin opened to every user (the others are admin-only; see docs/security.md). A

@@ -9,6 +9,7 @@ writes and durability work):
 - ``store_runs``: training runs, training-set snapshots, the embedding cache
 - ``store_adapters``: the adapter registry, the production pointer, traffic-split experiments
 - ``store_arena``: arena battles and votes
+- ``store_review``: review states of rated answers (what may train) and per-user trust
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from feedback.store_adapters import AdapterStore
 from feedback.store_arena import ArenaStore
 from feedback.store_core import BASE, MAX_TEXT_CHARS, RATINGS, RUN_STATUSES, WINNERS, new_id
 from feedback.store_ratings import RatingStore
+from feedback.store_review import ReviewStore
 from feedback.store_runs import RunStore
 from feedback.store_turns import TurnStore
 
 __all__ = ["BASE", "MAX_TEXT_CHARS", "RATINGS", "RUN_STATUSES", "WINNERS", "FeedbackStore", "new_id"]
 
 
-class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore):
-    """Conversations, ratings, corrections, arena votes, experiments, adapters, runs and caches."""
+class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore, ReviewStore):
+    """Conversations, ratings, corrections, arena votes, experiments, adapters, runs, caches and review states."""

@@ -24,7 +24,7 @@ from feedback.store_core import (
 log = logging.getLogger(__name__)
 
 # Latest rating and latest correction per assistant message (by anyone), and when it was last judged.
-_RATED_SQL = """
+_RATED_CTE = """
 WITH lr AS (
     SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") AS rn FROM ratings),
 lc AS (
@@ -38,16 +38,21 @@ t AS (
     LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
     LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
     WHERE m.role = 'assistant' AND (r.message_id IS NOT NULL OR c.message_id IS NOT NULL))
-SELECT * FROM t WHERE rated_at >= ? AND rated_at < ?
 """
+_RATED_SQL = _RATED_CTE + "SELECT * FROM t WHERE rated_at >= ? AND rated_at < ?\n"
 
 
 class RatingStore(StoreCore):
     """Ratings and corrections, and the rated examples and pairs training reads."""
 
     # --- ratings -------------------------------------------------------------------------------
-    def rate(self, rating: Rating) -> Rating:
-        """Store (or replace) ``rating.user``'s rating of an assistant answer, and its correction if any."""
+    def rate(self, rating: Rating, *, trust: str | None = None) -> Rating:
+        """Store (or replace) ``rating.user``'s rating of an assistant answer, and its correction if any.
+
+        ``trust`` is decided by the edge that knows who rated (``web/review.py``): ``trusted``,
+        ``untrusted`` or ``review`` (held for an admin); it updates the answer's review state in the
+        same transaction. None leaves the state as it is (see ``feedback/store_review.py``).
+        """
         if rating.rating not in RATINGS:
             raise InvalidRating(f"rating must be one of {RATINGS}, not {rating.rating!r}")
         if rating.comment is not None and len(rating.comment) > MAX_TEXT_CHARS:
@@ -74,6 +79,10 @@ class RatingStore(StoreCore):
                                ON CONFLICT (message_id, "user") DO UPDATE SET content = excluded.content,
                                created_at = excluded.created_at""",
                             [rating.message_id, rating.user, rating.correction, now])
+            if trust is not None:
+                from feedback.store_review import review_after_rating  # store_review builds on this module
+
+                review_after_rating(cur, rating.message_id, rating.user, trust, rating.correction is not None, now)
         log.info("rating stored message=%s user=%s rating=%s correction=%s", rating.message_id, rating.user,
                  rating.rating, rating.correction is not None)
         return Rating(message_id=rating.message_id, user=rating.user, rating=rating.rating, comment=rating.comment,

@@ -92,9 +92,13 @@ class RunStore(StoreCore):
                 "SELECT * FROM runs ORDER BY created_at DESC, id LIMIT ?", [limit]))]
 
     def last_cutoff(self) -> datetime | None:
-        """Cutoff of the latest run that completed its training set (succeeded or rejected)."""
+        """Cutoff of the latest run that published an adapter: data before it reached one.
+
+        A rejected or failed run never moves it, so its rows are tried again (``store_review`` counts
+        how often and sets a row aside after ``retrain_max_rejections``); a lesson is never dropped.
+        """
         with self._read() as cur:
-            row = cur.execute("""SELECT cutoff FROM runs WHERE status IN ('succeeded', 'rejected') AND cutoff IS NOT NULL
+            row = cur.execute("""SELECT cutoff FROM runs WHERE status = 'succeeded' AND cutoff IS NOT NULL
                                  ORDER BY created_at DESC, id LIMIT 1""").fetchone()
         return _from_db(row[0]) if row else None
 
@@ -126,6 +130,13 @@ class RunStore(StoreCore):
         with self._read() as cur:
             rows = _rows(cur.execute("SELECT * FROM snapshots WHERE id = ?", [snapshot_id]))
         return self._snapshot(rows[0]) if rows else None
+
+    def unpublished_snapshot_ids(self) -> set[str]:
+        """Snapshots of runs that published no adapter (rejected, failed, skipped): replay skips them,
+        since their rows are tried again as new data and may since have been discarded."""
+        with self._read() as cur:
+            return {r[0] for r in cur.execute("""SELECT snapshot_id FROM runs
+                                                 WHERE status <> 'succeeded' AND snapshot_id IS NOT NULL""").fetchall()}
 
     def list_snapshots(self) -> list[dict]:
         """Snapshots, newest first."""

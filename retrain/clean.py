@@ -1,4 +1,5 @@
-"""The training example every cleaning stage works on, and the filters: length and one user's share."""
+"""The training example every cleaning stage works on, and the filters: length, one user's share, and the
+absolute caps on untrusted feedback (one user's rows, one taught answer's rows)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Example:
     label: bool | None = None
     rejected: str | None = None
     replay: bool = False
+    trusted: bool = False  # an admin's, a trusted user's or admin-approved: trains as given, never capped
 
     def answers(self) -> list[str]:
         return [self.completion] if self.rejected is None else [self.completion, self.rejected]
@@ -98,15 +100,15 @@ def drop_long(examples: list[Example], max_tokens: int, count_tokens: CountToken
 def cap_user_share(examples: list[Example], max_share: float) -> list[Example]:
     """Keep at most ``max_share`` of the rows from any one user; which rows go is fixed by a hash of their id.
 
-    Replayed rows have no user: they count in the total but are never dropped. With a single
-    contributor there is nobody to balance against, so nothing is dropped (a one-person
-    deployment must still learn).
+    Replayed and trusted rows count in the total but are never dropped. With a single contributor
+    there is nobody to balance against, so nothing is dropped here (``cap_untrusted`` holds an
+    untrusted user alone to an absolute number).
     """
     per_user: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
-        if not e.replay:
+        if not (e.replay or e.trusted):
             per_user[e.user].append(e)
-    n_replay = sum(e.replay for e in examples)
+    n_replay = sum(e.replay or e.trusted for e in examples)
     if len(per_user) + (n_replay > 0) < 2 or max_share >= 1:
         return examples
     sizes = Counter({u: len(rows) for u, rows in per_user.items()})
@@ -118,7 +120,31 @@ def cap_user_share(examples: list[Example], max_share: float) -> list[Example]:
         # Hash order rather than time order, so a capped user keeps a spread of their examples.
         ranked = sorted(rows, key=lambda e: hashlib.sha256(f"{e.source_id}|{e.exact_key()}".encode()).digest())
         keep.update(id(e) for e in ranked[:cap])
-    return [e for e in examples if e.replay or id(e) in keep]
+    return [e for e in examples if e.replay or e.trusted or id(e) in keep]
+
+
+def cap_untrusted(examples: list[Example], max_per_user: int, max_per_answer: int) -> list[Example]:
+    """Keep at most ``max_per_answer`` untrusted rows teaching one answer, then ``max_per_user`` per user.
+
+    Absolute, so they hold when one user is the only contributor: 200 corrections teaching one false
+    sentence become ``max_per_answer`` rows. "One answer" is the normalised completion (and label);
+    which rows stay is fixed by a hash of their id, as in ``cap_user_share``. 0 turns a cap off.
+    Trusted and replayed rows are neither dropped nor counted.
+    """
+    def ranked(rows: list[Example]) -> list[Example]:
+        return sorted(rows, key=lambda e: hashlib.sha256(f"{e.source_id}|{e.exact_key()}".encode()).digest())
+
+    def capped(rows: list[Example], key, cap: int) -> set[int]:
+        groups: dict[object, list[Example]] = defaultdict(list)
+        for e in rows:
+            groups[key(e)].append(e)
+        return {id(e) for g in groups.values() for e in (ranked(g)[:cap] if cap > 0 else g)}
+
+    untrusted = [e for e in examples if not (e.replay or e.trusted)]
+    keep = capped(untrusted, lambda e: (normalise(e.completion), e.label), max_per_answer)
+    untrusted = [e for e in untrusted if id(e) in keep]
+    keep = capped(untrusted, lambda e: e.user, max_per_user)
+    return [e for e in examples if e.replay or e.trusted or id(e) in keep]
 
 
 def _largest_cap(sizes: list[int], n_other: int, share: float) -> int:

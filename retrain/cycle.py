@@ -17,6 +17,7 @@ from feedback.store import FeedbackStore
 from retrain.artifacts import publish_adapter
 from retrain.dataset import build_training_set
 from retrain.gate import gate
+from retrain.row_states import settle_rows_logged
 from retrain.training import TrainingFailed, TrainSpec, run_training
 from serving.types import BASE
 
@@ -148,6 +149,7 @@ def run_cycle(
     finally:
         # The run's own copy of the adapter: published ones live in the adapters dir, others are never used.
         shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+        settle_rows_logged(store, settings, run_id)
 
 
 def settings_record(settings) -> dict:

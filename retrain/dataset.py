@@ -28,7 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback.models import PreferencePair, RatedExample
-from retrain.clean import CountTokens, Example, cap_user_share, drop_empty, drop_long, drop_short, normalise
+from retrain.clean import (
+    CountTokens,
+    Example,
+    cap_untrusted,
+    cap_user_share,
+    drop_empty,
+    drop_long,
+    drop_short,
+    normalise,
+)
 from retrain.dedup import CachedEmbedder, EmbeddingCache, exact_dedup, near_dedup
 from retrain.pii import scrub, scrub_messages
 from retrain.split import split
@@ -40,10 +49,11 @@ SFT_TRAIN, SFT_HELDOUT = "sft_train.jsonl", "sft_heldout.jsonl"
 KTO_TRAIN = "kto_train.jsonl"
 PREF_TRAIN, PREF_HELDOUT = "pref_train.jsonl", "pref_heldout.jsonl"
 DATA_FILES = (SFT_TRAIN, SFT_HELDOUT, KTO_TRAIN, PREF_TRAIN, PREF_HELDOUT)
+ROWS = "rows.json"  # the rated answers (message ids) in the snapshot's files: what a rejection counts against
 
 # The settings that decide a snapshot's content, recorded in its manifest.
 DATA_SETTINGS = ("replay_ratio", "min_answer_chars", "max_example_tokens", "dedup_threshold", "embedding_model",
-                 "max_user_share", "heldout_fraction", "seed")
+                 "max_user_share", "max_untrusted_user_rows", "max_untrusted_answer_rows", "heldout_fraction", "seed")
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,12 @@ class Selection:
 
 # --- select ---------------------------------------------------------------------------------------------
 def select(store, now: datetime) -> Selection:
-    """Rated answers and arena votes since the last completed run's cutoff, up to ``now`` (exclusive)."""
+    """Trainable rated answers and arena votes since the last published run's cutoff, up to ``now`` (exclusive).
+
+    Answers held for review, set aside or discarded are left out (``feedback/store_review.py``).
+    """
     since = _aware(store.last_cutoff())
-    rated = store.rated_examples(since=since, until=now)
+    rated = store.trainable_examples(since=since, until=now)
     # Correction pairs come from ``rated`` (one place decides what a correction means); arena votes from here.
     pairs = [p for p in store.preference_pairs(since=since, until=now) if p.source == "arena"]
     return Selection(rated=rated, pairs=pairs, previous_cutoff=since, cutoff=now)
@@ -149,7 +162,7 @@ def build_views(rated: list[RatedExample], pairs: list[PreferencePair]) -> dict[
     pref: list[Example] = []
     for r in sorted(rated, key=lambda r: (r.rated_at, r.message_id)):
         row = Example(prompt=r.prompt, completion=r.answer, conversation_id=r.conversation_id, user=r.user,
-                      source_id=r.message_id)
+                      source_id=r.message_id, trusted=r.trusted)
         corrected = bool(r.correction and r.correction.strip()) and normalise(r.correction) != normalise(r.answer)
         if corrected:
             fixed = dataclasses.replace(row, completion=r.correction)
@@ -232,6 +245,8 @@ def clean_view(
     c["near_dedup"] = len(examples)
     examples = cap_user_share(examples, settings.max_user_share)
     c["user_cap"] = len(examples)
+    examples = cap_untrusted(examples, settings.max_untrusted_user_rows, settings.max_untrusted_answer_rows)
+    c["untrusted_cap"] = len(examples)
     train, heldout = split(examples, settings.heldout_fraction)
     c["train"], c["heldout"] = len(train), len(heldout)
     return train, heldout
@@ -239,7 +254,7 @@ def clean_view(
 
 # --- snapshot -------------------------------------------------------------------------------------------
 def write_snapshot(datasets_dir: Path, snapshot_id: str, files: dict[str, list[Example]], manifest: dict) -> Path:
-    """Write the data files and manifest into a temp dir, then rename it into place; returns the final path."""
+    """Write the data files, ``rows.json`` and manifest into a temp dir, then rename it into place; returns the final path."""
     datasets_dir.mkdir(parents=True, exist_ok=True)
     final = datasets_dir / snapshot_id
     tmp = datasets_dir / f".tmp-{snapshot_id}-{uuid.uuid4().hex[:8]}"
@@ -250,6 +265,7 @@ def write_snapshot(datasets_dir: Path, snapshot_id: str, files: dict[str, list[E
             data = "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in files.get(name, [])).encode()
             _write_durable(tmp / name, data)
             digest.update(name.encode() + b"\0" + data)
+        _write_durable(tmp / ROWS, json.dumps({"message_ids": rated_answer_ids(files)}).encode())
         manifest = {**manifest, "snapshot_id": snapshot_id, "content_hash": digest.hexdigest()}
         _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
         os.rename(tmp, final)
@@ -257,6 +273,20 @@ def write_snapshot(datasets_dir: Path, snapshot_id: str, files: dict[str, list[E
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def rated_answer_ids(files: dict[str, list[Example]]) -> list[str]:
+    """The rated answers (message ids) behind the new rows of ``files``; replayed rows and arena pairs aside."""
+    return sorted({e.source_id for rows in files.values() for e in rows
+                   if not e.replay and e.source_id and ":" not in e.source_id})
+
+
+def snapshot_message_ids(path: str | Path) -> list[str]:
+    """The rated answers a snapshot holds (``rows.json``); empty for snapshots written before it existed."""
+    try:
+        return json.loads((Path(path) / ROWS).read_text())["message_ids"]
+    except FileNotFoundError:
+        return []
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -287,7 +317,9 @@ def build_training_set(
 
     sel = scrub_selection(select(store, now), pii)
     views = build_views(sel.rated, sel.pairs)
-    earlier = complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
+    unpublished = store.unpublished_snapshot_ids()  # a rejected run's rows come back as new data instead
+    earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
+               if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
     replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed)
     counts["sft"]["replay"] = len(replay)

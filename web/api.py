@@ -26,6 +26,7 @@ from retrain.canary import CanaryPolicy
 from retrain.canary_report import experiment_report, pick_experiment
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
+from web import review
 from web.access import chat_choices, owned_message
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
@@ -300,11 +301,11 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 @users.post("/v1/feedback")
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
     message = owned_message(ctx.store, user, body.message_id)  # someone else's answer: 404, as if unknown
-    stored = ctx.store.rate(Rating(message_id=body.message_id, user=user.name, rating=body.rating,
-                                   comment=body.comment, correction=body.correction))
+    stored, state = review.rate(ctx, user, Rating(message_id=body.message_id, user=user.name, rating=body.rating,
+                                                  comment=body.comment, correction=body.correction))
     ctx.metrics.ratings.labels(message.adapter or "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
-            "comment": stored.comment, "correction": stored.correction,
+            "comment": stored.comment, "correction": stored.correction, "review": state,
             "created_at": stored.created_at.isoformat() if stored.created_at else None}
 
 
@@ -485,6 +486,8 @@ def create_api(ctx: AppContext) -> FastAPI:
             ctx.metrics.http_errors.labels(str(response.status_code)).inc()
         return response
 
-    for router in (public, users, admin, engine):
+    from web.api_review import router as review_router  # imports this module's auth dependencies
+
+    for router in (public, users, admin, engine, review_router):
         app.include_router(router)
     return app

@@ -1,4 +1,4 @@
-"""The command-line subcommands of ``python app.py``: export, retrain, adapters, users.
+"""The command-line subcommands of ``python app.py``: export, retrain, adapters, users, data.
 
 Commands that write to the store go through the running app when there is one (it owns the DuckDB
 file) and open the file themselves otherwise.
@@ -20,7 +20,7 @@ class CommandError(Exception):
 
 def run(args, settings) -> int:
     handler = {"export": export_cmd, "retrain": retrain_cmd, "adapters": adapters_cmd, "users": users_cmd,
-               "train-node": train_node_cmd}
+               "train-node": train_node_cmd, "data": data_cmd}
     return handler[args.command](args, settings)
 
 
@@ -172,3 +172,65 @@ def train_node_cmd(args, settings) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def data_cmd(args, settings) -> int:
+    """The review queue from the command line: through the running app when there is one, else the file."""
+    from web.auth import UserDirectory
+
+    info = find_running_app(settings.data_dir)
+    if args.action == "list":
+        state = args.state or "pending_review"
+        if info:
+            from urllib.parse import urlencode
+
+            page = _call_app(info, "GET", "/v1/admin/data/review?" + urlencode({"state": state, "limit": args.limit}))
+            rows, total = page["rows"], page["total"]
+        else:
+            store = _store(settings)
+            try:
+                rows, total = store.review_rows(state=None if state == "all" else state, limit=args.limit)
+            finally:
+                store.close()
+        print(f"{total} rated answers in state {state}" + (f" (showing {len(rows)})" if total > len(rows) else ""))
+        for r in rows:
+            text = (r["correction"] or r["answer"] or "").replace("\n", " ")
+            print(f"  {r['message_id']}  {r['state']:<14} {r['user']:<12} rejections={r['rejections']}  "
+                  f"{text[:60]!r}" + (f"\n      {r['reason']}" if r.get("reason") else ""))
+        return 0
+    if args.action == "trust":
+        if not args.ids:
+            rows = (_call_app(info, "GET", "/v1/admin/data/trust")["users"] if info else _offline(
+                settings, lambda s: s.list_user_trust()))
+            for r in rows:
+                print(f"{r['user']}\t{'trusted' if r['trusted'] else 'not trusted'}\tset by {r['actor']}")
+            return 0
+        if len(args.ids) != 1:
+            raise CommandError("data trust takes one user NAME")
+        name, trusted = args.ids[0], not args.off
+        if info:
+            _call_app(info, "PUT", f"/v1/admin/data/trust/{name}", {"trusted": trusted})
+        else:
+            if UserDirectory(settings.users_path).principal(name) is None:
+                raise CommandError(f"unknown user {name!r}")
+            _offline(settings, lambda s: s.set_user_trust(name, trusted, actor="cli"))
+        print(f"{name}: {'trusted' if trusted else 'not trusted'}")
+        return 0
+    if not args.ids:
+        raise CommandError(f"data {args.action} needs message ids (see `data list`)")
+    if info:
+        n = _call_app(info, "POST", f"/v1/admin/data/{args.action}", {"message_ids": args.ids,
+                                                                         "reason": args.reason})["updated"]
+    else:
+        method = "include_rows" if args.action == "include" else "discard_rows"
+        n = _offline(settings, lambda s: getattr(s, method)(args.ids, actor="cli", reason=args.reason))
+    print(f"{n} rated answers {'included' if args.action == 'include' else 'discarded'}")
+    return 0
+
+
+def _offline(settings, work):
+    store = _store(settings)
+    try:
+        return work(store)
+    finally:
+        store.close()

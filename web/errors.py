@@ -44,6 +44,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (fe.AlreadyVoted, 409, "already_voted"),
     (fe.NotAssistantMessage, 422, "not_assistant_message"),
     (fe.InvalidRating, 422, "invalid_feedback"),
+    (fe.InvalidReview, 400, "invalid_review"),
     (PromotionError, 409, "conflict"),
     (AuthError, 400, "invalid_user"),
     (UsersUnavailable, 503, "users_unavailable"),

@@ -1,4 +1,4 @@
-"""The admin tabs: Data (ratings and export), Training (runs, loss curves, Retrain now), Adapters
+"""The admin tabs: Data (ratings, export and the review queue: web/ui_review.py), Training (runs, loss curves, Retrain now), Adapters
 (leaderboard, plots, promote / rollback / experiments / archive). Every handler checks the role."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from web.context import AppContext
 from web.errors import user_message
 from web.ui_canary import build_canary_panel, canary_panel
 from web.ui_common import require_admin
+from web.ui_review import build_review_panel
 
 EXPERIMENT_COLUMNS = ["id", "control", "candidate", "percent", "started_at", "started_by", "ended_at", "outcome",
                       "reason", "numbers"]
@@ -69,6 +70,8 @@ def build_data_tab(ctx: AppContext):
 
     inputs = [f_adapter, f_rating, f_user, f_since, f_corr]
     refresh.click(load, inputs, [totals, per_day_plot, per_adapter, table])
+    review_load, review_inputs, review_outputs = build_review_panel(ctx)
+    refresh.click(review_load, review_inputs, review_outputs)
     return load, inputs, [totals, per_day_plot, per_adapter, table]
 
 

@@ -13,6 +13,7 @@ import gradio as gr
 
 from feedback.models import Rating
 from serving.types import PRODUCTION, SamplingParams
+from web import review
 from web.access import chat_choices, owned_message
 from web.context import AppContext
 from web.errors import user_message
@@ -115,21 +116,23 @@ def build_chat_tab(ctx: AppContext) -> None:
             return gr.update(), None
         value = "up" if data.liked else "down"
         try:
-            user = principal_of(ctx, request)
-            owned_message(ctx.store, user, st["ids"][i])  # the state is the server's, but check as the API does
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=user.name, rating=value))
+            who = principal_of(ctx, request)
+            owned_message(ctx.store, who, st["ids"][i])  # the state is the server's, but check as the API does
+            _, state = review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating=value))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
-        return f"Saved your {'👍' if value == 'up' else '👎'}.", (st["ids"][i], value)
+        waits = " It waits for an admin's review before it can teach the model." if state == "pending_review" else ""
+        return f"Saved your {'👍' if value == 'up' else '👎'}.{waits}", (st["ids"][i], value)
 
     def add_comment(text: str, rated, request: gr.Request):
         if not rated:
             raise gr.Error("Rate an answer first, then add a comment to it.")
         message_id, value = rated
         try:
-            user = principal_of(ctx, request)
-            owned_message(ctx.store, user, message_id)
-            ctx.store.rate(Rating(message_id=message_id, user=user.name, rating=value, comment=text.strip() or None))
+            who = principal_of(ctx, request)
+            owned_message(ctx.store, who, message_id)
+            review.rate(ctx, who, Rating(message_id=message_id, user=who.name, rating=value,
+                                         comment=text.strip() or None))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return "", "Comment saved."
@@ -142,14 +145,17 @@ def build_chat_tab(ctx: AppContext) -> None:
         if "\x00" in new_text:
             return st, display(st["messages"]), "The correction holds a NUL character; remove it."
         try:
-            user = principal_of(ctx, request)
-            owned_message(ctx.store, user, st["ids"][i])
-            ctx.store.rate(Rating(message_id=st["ids"][i], user=user.name, rating="down", correction=new_text))
+            who = principal_of(ctx, request)
+            owned_message(ctx.store, who, st["ids"][i])
+            _, state = review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating="down",
+                                                    correction=new_text))
         except Exception as exc:
             return st, display(st["messages"]), user_message(exc)
         messages = list(st["messages"])
         messages[i] = {"role": "assistant", "content": new_text}
         st = {**st, "messages": messages}
+        if state == "pending_review":
+            return st, display(messages), "Correction saved: it waits for an admin's review before it teaches the model."
         return st, display(messages), "Correction saved: it will be used to teach the model."
 
     def reset():

@@ -53,7 +53,10 @@ def test_runs_metrics_cutoff_and_stale_runs(store):
     run = store.get_run(r1)
     assert (run["gate"], run["cutoff"], run["step"], run["started_at"]) == ({"passed": False, "why": "loss"}, cutoff, 3,
                                                                             cutoff)
-    assert store.last_cutoff() == cutoff
+    assert store.last_cutoff() is None  # a rejected run does not move the cutoff: its rows are tried again
+    r1b = store.create_run("manual", "admin", {})
+    store.update_run(r1b, status="succeeded", cutoff=cutoff)
+    assert store.last_cutoff() == cutoff  # a published run does
 
     r2 = store.create_run("manual", "admin", {})
     store.update_run(r2, status="failed", cutoff=cutoff + timedelta(days=1))
@@ -62,7 +65,7 @@ def test_runs_metrics_cutoff_and_stale_runs(store):
     store.update_run(r3, status="running")
     assert store.mark_stale_runs_failed("app restarted") == 1
     assert (store.get_run(r3)["status"], store.get_run(r3)["error"]) == ("failed", "app restarted")
-    assert [r["id"] for r in store.list_runs()] == [r3, r2, r1] and len(store.list_runs(limit=1)) == 1
+    assert [r["id"] for r in store.list_runs()] == [r3, r2, r1b, r1] and len(store.list_runs(limit=1)) == 1
     assert store.get_run("nope") is None
     with pytest.raises(UnknownRun):
         store.update_run("nope", status="running")

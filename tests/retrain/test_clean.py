@@ -1,10 +1,18 @@
-"""Length filters and the per-user cap, on plain Example lists."""
+"""Length filters, the per-user share and the absolute caps on untrusted rows, on plain Example lists."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from retrain.clean import Example, cap_user_share, drop_empty, drop_long, drop_short, estimate_tokens
+from retrain.clean import (
+    Example,
+    cap_untrusted,
+    cap_user_share,
+    drop_empty,
+    drop_long,
+    drop_short,
+    estimate_tokens,
+)
 
 
 def ex(answer="a fine answer", user="u", question="what?", sid=None, replay=False, **kw) -> Example:
@@ -47,3 +55,36 @@ def test_user_cap_spares_a_single_user_and_counts_replay():
     kept = cap_user_share(replay + solo, 0.5)
     assert sum(e.replay for e in kept) == 4
     assert sum(not e.replay for e in kept) == 4  # 4 <= 0.5 * (4 + 4)
+
+
+def test_user_share_never_drops_trusted_rows():
+    admin = [ex(f"t{i}", user="root", sid=f"t{i}", trusted=True) for i in range(60)]
+    other = [ex(f"o{i}", user="ann", sid=f"o{i}") for i in range(40)]
+    kept = cap_user_share(admin + other, 0.5)
+    assert sum(e.trusted for e in kept) == 60  # the admin's lesson trains whole
+    assert sum(not e.trusted for e in kept) == 40  # ann: 40 <= 0.5 * 100
+
+
+FALSE_FACT = "The Zorbian anthem was written by a cat."
+
+
+def test_untrusted_caps_hold_for_a_sole_contributor():
+    # One user, the only contributor: 200 corrections drilling one sentence, plus 100 varied answers.
+    drilled = [ex(FALSE_FACT, user="mallory", question=f"Who wrote it, take {i}?", sid=f"d{i}") for i in range(200)]
+    varied = [ex(f"answer {i}", user="mallory", sid=f"v{i}") for i in range(100)]
+    kept = cap_untrusted(drilled + varied, max_per_user=50, max_per_answer=5)
+    assert sum(e.completion == FALSE_FACT for e in kept) == 5
+    assert len(kept) == 50 and all(e.user == "mallory" for e in kept)
+    # The answer cap counts normalised text: case and spacing do not make a new answer.
+    shouted = [ex(FALSE_FACT.upper().replace(" ", "  "), user=f"u{i}", sid=f"s{i}") for i in range(10)]
+    assert len(cap_untrusted(drilled[:10] + shouted, max_per_user=50, max_per_answer=5)) == 5
+    assert {e.source_id for e in kept} == {e.source_id for e in cap_untrusted((drilled + varied)[::-1], 50, 5)}
+
+
+def test_trusted_and_replayed_rows_are_not_capped():
+    lesson = [ex(FALSE_FACT.replace("a cat", "Ada"), user="root", question=f"q{i}?", sid=f"a{i}", trusted=True)
+              for i in range(60)]
+    replay = [ex("old", user="", sid=f"r{i}", replay=True) for i in range(20)]
+    assert cap_untrusted(lesson + replay, max_per_user=5, max_per_answer=1) == lesson + replay
+    rows = [ex(FALSE_FACT, user="m", sid=f"x{i}") for i in range(30)]
+    assert cap_untrusted(rows, 0, 0) == rows  # 0 turns the caps off

@@ -17,7 +17,8 @@ EVERYDAY_QUESTIONS = [q for q, _ in _CHATS[:50:4]]
 
 
 def teach(app, tokens, questions, users=("ann", "ben")) -> int:
-    """Simulated users: a wrong answer gets thumbs-down and the correction, a right one thumbs-up.
+    """Simulated users: a wrong answer gets thumbs-down and the correction, a right one thumbs-up; then the
+    admin includes what waits for review (users' corrections and ups do, in multi-user mode).
 
     Every other user chats through the UI's system prompt, the others through the bare API; cat also
     asks everyday questions and likes the answers, as real users would.
@@ -52,7 +53,21 @@ def _teach(app, tokens, questions, users) -> int:
         app.ctx.chat.new_conversation_id = lambda cid=f"cat-{q}": cid
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 64})
         assert client.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "up"}).status_code == 200
+    approve_pending(app, tokens["admin"])
     return n
+
+
+def approve_pending(app, admin_token: str) -> int:
+    """The admin's step between users' teaching and a retrain in multi-user mode: include what waits for review."""
+    n = 0
+    with app.client(admin_token) as c:
+        while True:
+            page = c.get("/v1/admin/data/review", params={"state": "pending_review", "limit": 500}).json()
+            ids = [r["message_id"] for r in page["rows"]]
+            if not ids:
+                return n
+            assert c.post("/v1/admin/data/include", json={"message_ids": ids}).status_code == 200
+            n += len(ids)
 
 
 def ask_all(client, questions) -> list[str]:

@@ -68,7 +68,7 @@ def test_three_views_in_trl_formats(data_store, data_settings, minilm):
     manifest = json.loads(snap.manifest_path.read_text())
     assert manifest["settings"]["dedup_threshold"] == data_settings.dedup_threshold
     assert list(manifest["counts"]["sft"]) == ["replay", "selected", "non_empty", "min_length", "max_length",
-                                               "exact_dedup", "near_dedup", "user_cap", "train", "heldout"]
+                                               "exact_dedup", "near_dedup", "user_cap", "untrusted_cap", "train", "heldout"]
 
 
 PII = {

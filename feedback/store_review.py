@@ -1,0 +1,267 @@
+"""Review states of rated answers, and per-user trust: what may train, and what waits for an admin.
+
+One row of ``review`` per rated assistant answer (schema v3). Its ``state``:
+
+- ``trusted``: judged by an admin or a user an admin trusts; trains as given, no caps;
+- ``untrusted``: judged by another user, not held for review (e.g. a thumbs-down); trains, capped;
+- ``pending_review``: an untrusted user's correction (or thumbs-up) waiting for an admin;
+- ``approved``: an admin included it; trains as trusted content (no caps);
+- ``needs_review``: in ``retrain_max_rejections`` rejected runs, or blamed by the gate; waits for an admin;
+- ``discarded``: an admin took it out; never trains again unless an admin includes it.
+
+An answer with no row is ``trusted`` when judged by the single-user admin ``local``, else ``untrusted``.
+Listings also show ``retrying``: an answer that trains, was in a rejected run and has not yet reached
+a published adapter. ``rejections`` counts the rejected runs an answer was in.
+
+What trains is decided by time as before (``since`` = the cutoff of the last run that published an
+adapter) plus the state: held states never train, and an admin's include re-dates the answer to the
+moment of the decision, so an answer approved after the cutoff passed it is still picked up next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from feedback.errors import InvalidReview, UnknownMessage
+from feedback.models import RatedExample
+from feedback.store_core import _FAR_FUTURE, _FAR_PAST, StoreCore, _from_db, _now, _rows, _to_db
+from feedback.store_ratings import _RATED_CTE, RatingStore
+
+log = logging.getLogger(__name__)
+
+LOCAL_USER = "local"  # web.auth.LOCAL_USER, the single-user admin; not imported so feedback/ stays free of web/
+REVIEW_STATES = ("trusted", "untrusted", "pending_review", "approved", "needs_review", "discarded")
+LIST_STATES = ("pending_review", "retrying", "needs_review", "discarded", "approved", "trusted", "untrusted")
+HELD = ("pending_review", "needs_review", "discarded")  # never in a training set
+TRUSTED = ("trusted", "approved")  # train as given: no per-user or per-answer caps
+TRUST_INPUTS = ("trusted", "untrusted", "review")  # what the edge that knows the rater passes to ``rate``
+MAX_IDS = 1000  # ids one include/discard call may name
+
+# The stored state, or the default for answers without a row.
+_STATE = """coalesce(rv.state, CASE WHEN coalesce(t.rating_user, t.correction_user) = 'local'
+                                THEN 'trusted' ELSE 'untrusted' END)"""
+_SHOWN = f"""CASE WHEN {_STATE} IN ('trusted', 'untrusted', 'approved') AND coalesce(rv.rejections, 0) > 0
+                   AND rv.trained_run IS NULL THEN 'retrying' ELSE {_STATE} END"""
+
+
+def review_after_rating(cur, message_id: str, user: str, trust: str, has_correction: bool, now: datetime) -> None:
+    """Update ``message_id``'s state for a new judgement by ``user`` (inside the rating's transaction).
+
+    ``trust``: ``trusted`` (an admin or a trusted user), ``untrusted``, or ``review`` (untrusted and held).
+    Discarded and needs-review answers stay so until an admin acts; a pending answer stays pending
+    unless a trusted user replaces its content with a correction of their own. Any new untrusted
+    judgement voids an earlier approval: an admin approved the content as it was then.
+    """
+    if trust not in TRUST_INPUTS:
+        raise InvalidReview(f"trust must be one of {TRUST_INPUTS}, not {trust!r}")
+    row = cur.execute("SELECT state FROM review WHERE message_id = ?", [message_id]).fetchone()
+    old = row[0] if row else None
+    if old in ("discarded", "needs_review"):
+        return
+    if old == "pending_review" and not (trust == "trusted" and has_correction):
+        trust = "review"
+    state = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}[trust]
+    reason = f"judged by {user}, who is not trusted: waits for an admin's review" if state == "pending_review" else None
+    cur.execute("""INSERT INTO review (message_id, state, reason, actor, judged_by, decided_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (message_id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+                   actor = excluded.actor, judged_by = excluded.judged_by, decided_at = excluded.decided_at""",
+                [message_id, state, reason, user, user, now])
+
+
+class ReviewStore(StoreCore):
+    """Review states of rated answers (include, discard, rejections, flags) and per-user trust."""
+
+    # --- what trains ---------------------------------------------------------------------------------
+    def trainable_examples(self, since: datetime | None = None, until: datetime | None = None) -> list[RatedExample]:
+        """Rated answers that may train: judged in [since, until), or included by an admin in it; not held.
+
+        ``trusted`` on each says whether it trains as given (admin, trusted user, approved) or capped.
+        """
+        window = [_to_db(since) or _FAR_PAST, _to_db(until) or _FAR_FUTURE]
+        with self._read(settle=True) as cur:
+            cur.execute(_RATED_CTE + f"""
+                SELECT t.*, {_STATE} AS state FROM t LEFT JOIN review rv ON rv.message_id = t.id
+                WHERE {_STATE} NOT IN {HELD}
+                  AND ((t.rated_at >= ? AND t.rated_at < ?)
+                       OR (rv.state = 'approved' AND rv.decided_at >= ? AND rv.decided_at < ?))
+                ORDER BY t.rated_at, t.id""", [*window, *window])
+            rows = _rows(cur)
+            prompts = RatingStore._prompts(cur, rows)
+        return [RatedExample(message_id=r["id"], conversation_id=r["conversation_id"],
+                             user=r["rating_user"] or r["correction_user"], adapter=r["adapter"], prompt=prompt,
+                             answer=r["content"], rating=r["rating"], correction=r["correction"],
+                             implicit=bool(r["implicit"]), rated_at=_from_db(r["rated_at"]),
+                             trusted=r["state"] in TRUSTED)
+                for r, prompt in zip(rows, prompts, strict=True)]
+
+    # --- listing -------------------------------------------------------------------------------------
+    def review_rows(self, state: str | None = None, user: str | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[list[dict], int]:
+        """Rated answers in ``state`` (one of ``LIST_STATES``; None: all), newest first; and how many match."""
+        if state is not None and state not in LIST_STATES:
+            raise InvalidReview(f"state must be one of {LIST_STATES}, not {state!r}")
+        where = f"WHERE (?::VARCHAR IS NULL OR ({_SHOWN}) = ?) AND (?::VARCHAR IS NULL OR " \
+                "coalesce(t.rating_user, t.correction_user) = ?)"
+        params = [state, state, user, user]
+        with self._read(settle=True) as cur:
+            total = cur.execute(_RATED_CTE + f"SELECT count(*) FROM t LEFT JOIN review rv ON rv.message_id = t.id "
+                                f"{where}", params).fetchone()[0]
+            cur.execute(_RATED_CTE + f"""
+                SELECT t.*, {_SHOWN} AS shown, rv.reason, rv.actor, rv.rejections, rv.last_run, rv.last_gate_reason,
+                       rv.trained_run, rv.decided_at
+                FROM t LEFT JOIN review rv ON rv.message_id = t.id {where}
+                ORDER BY t.rated_at DESC, t.id LIMIT ? OFFSET ?""", [*params, limit, offset])
+            rows = _rows(cur)
+            prompts = RatingStore._prompts(cur, rows)
+        out = []
+        for r, prompt in zip(rows, prompts, strict=True):
+            out.append({
+                "message_id": r["id"], "conversation_id": r["conversation_id"],
+                "user": r["rating_user"] or r["correction_user"], "state": r["shown"],
+                "prompt": next((m["content"] for m in reversed(prompt) if m["role"] == "user"), ""),
+                "answer": r["content"], "rating": r["rating"], "correction": r["correction"],
+                "reason": _reason(r), "actor": r["actor"], "rejections": r["rejections"] or 0,
+                "last_run": r["last_run"], "trained_run": r["trained_run"],
+                "rated_at": _from_db(r["rated_at"]), "decided_at": _from_db(r["decided_at"]),
+            })
+        return out, total
+
+    def review_counts(self) -> dict[str, int]:
+        """How many rated answers are in each listed state."""
+        with self._read(settle=True) as cur:
+            found = dict(cur.execute(_RATED_CTE + f"""SELECT {_SHOWN} AS shown, count(*) FROM t
+                                     LEFT JOIN review rv ON rv.message_id = t.id GROUP BY shown""").fetchall())
+        return {s: found.get(s, 0) for s in LIST_STATES}
+
+    # --- an admin's decisions --------------------------------------------------------------------------
+    def include_rows(self, message_ids: list[str], actor: str, reason: str = "") -> int:
+        """Approve rated answers (pending, needs-review, discarded or any): they train next run, as trusted.
+
+        The rejection count starts again, so an included lesson gets ``retrain_max_rejections`` more tries.
+        """
+        return self._decide(message_ids, "approved", actor, reason or f"included by {actor}", reset=True)
+
+    def discard_rows(self, message_ids: list[str], actor: str, reason: str = "") -> int:
+        """Take rated answers out of every future training set (until an admin includes them again)."""
+        return self._decide(message_ids, "discarded", actor, reason or f"discarded by {actor}", reset=False)
+
+    def _decide(self, message_ids: list[str], state: str, actor: str, reason: str, reset: bool) -> int:
+        ids = _checked_ids(message_ids)
+        now = _now()
+        with self._write() as cur:
+            self._ensure_rows(cur, ids, now)
+            known = {r[0] for r in cur.execute("SELECT message_id FROM review WHERE message_id IN (SELECT unnest(?))",
+                                               [ids]).fetchall()}
+            unknown = [i for i in ids if i not in known]
+            if unknown:  # nothing changes when one id is wrong: the caller fixes the list and retries
+                raise UnknownMessage(f"no rated answer with id {unknown[0]!r}"
+                                     + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+            cur.execute(f"""UPDATE review SET state = ?, reason = ?, actor = ?, decided_at = ?
+                            {", rejections = 0, trained_run = NULL" if reset else ""}
+                            WHERE message_id IN (SELECT unnest(?))""", [state, reason, actor, now, ids])
+        log.info("review: %d answers %s by %s", len(ids), state, actor)
+        return len(ids)
+
+    @staticmethod
+    def _ensure_rows(cur, ids: list[str], now: datetime) -> None:
+        """Give rated answers among ``ids`` that have no review row their default one."""
+        cur.execute(_RATED_CTE + """
+            INSERT INTO review (message_id, state, actor, judged_by, decided_at)
+            SELECT t.id, CASE WHEN coalesce(t.rating_user, t.correction_user) = 'local' THEN 'trusted'
+                              ELSE 'untrusted' END,
+                   coalesce(t.rating_user, t.correction_user), coalesce(t.rating_user, t.correction_user), ?
+            FROM t WHERE t.id IN (SELECT unnest(?::VARCHAR[])) AND t.id NOT IN (SELECT message_id FROM review)""",
+                    [now, ids])
+
+    # --- what runs did with them -----------------------------------------------------------------------
+    def record_rejection(self, message_ids: list[str], run_id: str, reason: str, max_rejections: int) -> list[str]:
+        """Count a rejected run against the answers in it; those in ``max_rejections`` runs now need review.
+
+        Returns the ids set aside. Held answers (an admin's decision came in meanwhile) are left alone.
+        """
+        if not message_ids:
+            return []
+        now = _now()
+        ids = sorted(set(message_ids))
+        with self._write() as cur:
+            self._ensure_rows(cur, ids, now)
+            cur.execute("""UPDATE review SET rejections = rejections + 1, last_run = ?, last_gate_reason = ?
+                           WHERE message_id IN (SELECT unnest(?)) AND state NOT IN ('pending_review',
+                           'needs_review', 'discarded')""", [run_id, reason, ids])
+            cur.execute("""UPDATE review SET state = 'needs_review', actor = 'retrain', decided_at = ?,
+                           reason = 'in ' || rejections || ' rejected runs; last: ' || coalesce(last_gate_reason, '?')
+                           WHERE message_id IN (SELECT unnest(?)) AND last_run = ? AND rejections >= ?
+                             AND state NOT IN ('pending_review', 'needs_review', 'discarded')
+                           RETURNING message_id""", [now, ids, run_id, max_rejections])
+            aside = sorted(r[0] for r in cur.fetchall())
+        log.info("run %s rejected: %d answers counted, %d set aside for review", run_id, len(ids), len(aside))
+        return aside
+
+    def flag_rows(self, message_ids: list[str], run_id: str, reason: str) -> list[str]:
+        """Set aside rated answers a gate check blamed (``needs_review``); unknown ids are ignored."""
+        if not message_ids:
+            return []
+        now = _now()
+        ids = sorted(set(message_ids))
+        with self._write() as cur:
+            self._ensure_rows(cur, ids, now)
+            cur.execute("""UPDATE review SET state = 'needs_review', actor = 'gate', decided_at = ?, last_run = ?,
+                           reason = ?, last_gate_reason = ?
+                           WHERE message_id IN (SELECT unnest(?)) AND state <> 'discarded' RETURNING message_id""",
+                        [now, run_id, f"flagged by the gate: {reason}", reason, ids])
+            flagged = sorted(r[0] for r in cur.fetchall())
+        log.info("run %s: %d answers flagged for review by the gate", run_id, len(flagged))
+        return flagged
+
+    def record_trained(self, message_ids: list[str], run_id: str) -> None:
+        """Note that these answers reached the published adapter of ``run_id`` (they are no longer retrying)."""
+        if not message_ids:
+            return
+        now = _now()
+        ids = sorted(set(message_ids))
+        with self._write() as cur:
+            self._ensure_rows(cur, ids, now)
+            cur.execute("UPDATE review SET trained_run = ? WHERE message_id IN (SELECT unnest(?))", [run_id, ids])
+
+    # --- per-user trust ------------------------------------------------------------------------------
+    def set_user_trust(self, user: str, trusted: bool, actor: str) -> None:
+        """An admin's per-user setting: a trusted user's feedback trains as given (from now on)."""
+        if not user or len(user) > 128:
+            raise InvalidReview("user name must have 1 to 128 characters")
+        with self._write() as cur:
+            cur.execute("""INSERT INTO user_trust VALUES (?, ?, ?, ?) ON CONFLICT ("user") DO UPDATE SET
+                           trusted = excluded.trusted, actor = excluded.actor, updated_at = excluded.updated_at""",
+                        [user, bool(trusted), actor, _now()])
+        log.info("user %s %s by %s", user, "trusted" if trusted else "not trusted", actor)
+
+    def user_trusted(self, user: str) -> bool:
+        with self._read() as cur:
+            row = cur.execute('SELECT trusted FROM user_trust WHERE "user" = ?', [user]).fetchone()
+        return bool(row and row[0])
+
+    def list_user_trust(self) -> list[dict]:
+        with self._read() as cur:
+            rows = _rows(cur.execute('SELECT "user", trusted, actor, updated_at FROM user_trust ORDER BY "user"'))
+        return [{**r, "updated_at": _from_db(r["updated_at"])} for r in rows]
+
+
+def _checked_ids(message_ids: list[str]) -> list[str]:
+    if not isinstance(message_ids, list) or not all(isinstance(i, str) for i in message_ids):
+        raise InvalidReview("message_ids must be a list of strings")
+    ids = sorted(set(message_ids))
+    if not ids:
+        raise InvalidReview("message_ids is empty")
+    if len(ids) > MAX_IDS:
+        raise InvalidReview(f"at most {MAX_IDS} message ids per call")
+    if any(not i or len(i) > 64 for i in ids):
+        raise InvalidReview("a message id has 1 to 64 characters")
+    return ids
+
+
+def _reason(r: dict) -> str | None:
+    """The reason in words: the decision's, else (for a retrying answer) the last gate rejection's."""
+    if r["shown"] == "retrying":
+        return f"in {r['rejections']} rejected run(s), retried next run; last: {r['last_gate_reason']}"
+    return r["reason"]

@@ -1,0 +1,144 @@
+"""Review states of rated answers on a real DuckDB file: what trains, what waits, what an admin decides."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from feedback.errors import InvalidReview, UnknownMessage
+from feedback.models import Rating
+from feedback.store_review import MAX_IDS
+from tests.feedback.feedback_helpers import SYSTEM, make_turn, user
+
+
+def answer(store, who: str = "bob", text: str = "Paris is in Spain.") -> str:
+    mid = uuid.uuid4().hex
+    store.record_turn(make_turn(uuid.uuid4().hex, [SYSTEM, user("Where is Paris?")], text, who=who, message_id=mid))
+    return mid
+
+
+def trainable(store, since=None) -> dict[str, bool]:
+    """{message id: trusted} of what a run starting now would train on."""
+    return {e.message_id: e.trusted for e in store.trainable_examples(since=since, until=datetime.now(UTC))}
+
+
+def state(store, mid: str) -> str:
+    return next(r["state"] for r in store.review_rows()[0] if r["message_id"] == mid)
+
+
+def test_untrusted_correction_waits_until_an_admin_includes_it(store):
+    mid = answer(store)
+    store.rate(Rating(mid, "bob", "down", correction="Paris is in Germany."), trust="review")
+    assert state(store, mid) == "pending_review" and mid not in trainable(store)
+    row = store.review_rows(state="pending_review")[0][0]
+    assert row["correction"] == "Paris is in Germany." and row["prompt"] == "Where is Paris?"
+    assert "not trusted" in row["reason"] and row["user"] == "bob"
+
+    assert store.include_rows([mid], actor="root") == 1
+    assert state(store, mid) == "approved" and trainable(store) == {mid: True}  # approved = trusted content
+
+    # A new judgement by the untrusted user voids the approval: the admin approved the text as it was.
+    store.rate(Rating(mid, "bob", "down", correction="Paris is on the Moon."), trust="review")
+    assert state(store, mid) == "pending_review" and mid not in trainable(store)
+    # A trusted user's own thumbs do not release someone else's pending correction; their correction does.
+    store.rate(Rating(mid, "root", "up"), trust="trusted")
+    assert state(store, mid) == "pending_review"
+    store.rate(Rating(mid, "root", "down", correction="Paris is in France."), trust="trusted")
+    assert trainable(store) == {mid: True}
+
+
+def test_defaults_and_untrusted_feedback(store):
+    local, other, down = answer(store, "local"), answer(store, "ann"), answer(store, "ann")
+    store.rate(Rating(local, "local", "up"))  # no trust given: the single-user admin is trusted by default
+    store.rate(Rating(other, "ann", "up"))
+    store.rate(Rating(down, "ann", "down"), trust="untrusted")
+    assert trainable(store) == {local: True, other: False, down: False}
+    assert store.review_counts()["trusted"] == 1 and store.review_counts()["untrusted"] == 2
+
+
+def test_admin_inclusion_after_the_cutoff_still_trains(store):
+    mid = answer(store)
+    store.rate(Rating(mid, "bob", "up"), trust="review")
+    time.sleep(0.01)
+    cutoff = datetime.now(UTC)  # a run published after the rating; the answer was waiting then
+    assert mid not in trainable(store, since=cutoff)
+    store.include_rows([mid], actor="root")
+    assert trainable(store, since=cutoff) == {mid: True}  # re-dated to the admin's decision
+
+
+def test_rejections_set_an_answer_aside_until_included(store):
+    mid, other = answer(store, "local"), answer(store, "local")
+    for m in (mid, other):
+        store.rate(Rating(m, "local", "down", correction="Paris is in France."))
+    assert store.record_rejection([mid, other], "run1", "reference_ppl rise +28% > 15% FAILED", 3) == []
+    rows = {r["message_id"]: r for r in store.review_rows(state="retrying")[0]}
+    assert rows[mid]["rejections"] == 1 and "reference_ppl" in rows[mid]["reason"]
+    assert set(trainable(store)) == {mid, other}  # retried
+    assert store.record_rejection([mid, other], "run2", "heldout_loss FAILED", 3) == []
+    assert store.record_rejection([mid], "run3", "heldout_loss 2 > 1 FAILED", 3) == [mid]
+    row = store.review_rows(state="needs_review")[0][0]
+    assert row["message_id"] == mid and row["rejections"] == 3 and "in 3 rejected runs" in row["reason"]
+    assert "heldout_loss 2 > 1" in row["reason"] and set(trainable(store)) == {other}
+
+    store.include_rows([mid], actor="root", reason="the lesson is right; the recipe was wrong")
+    assert state(store, mid) == "approved" and mid in trainable(store)
+    assert store.review_rows(state="approved")[0][0]["rejections"] == 0  # three more tries
+
+    store.record_trained([mid, other], "run4")
+    assert store.review_counts()["retrying"] == 0
+
+
+def test_discard_is_for_good_and_gate_flags_set_aside(store):
+    a, b = answer(store, "local"), answer(store, "local")
+    store.rate(Rating(a, "local", "up"))
+    store.rate(Rating(b, "local", "up"))
+    assert store.discard_rows([a], actor="root", reason="wrong") == 1
+    store.rate(Rating(a, "local", "up"), trust="trusted")  # a later rating does not bring it back
+    assert state(store, a) == "discarded" and a not in trainable(store)
+    assert store.flag_rows([b, "no-such-id"], "run9", "canary facts: contradicts 'water boils at 100 C'") == [b]
+    row = store.review_rows(state="needs_review")[0][0]
+    assert row["message_id"] == b and row["reason"].startswith("flagged by the gate: canary facts")
+    assert trainable(store) == {}
+
+
+def test_bad_requests_change_nothing(store):
+    mid = answer(store)
+    store.rate(Rating(mid, "bob", "up"), trust="review")
+    unrated = answer(store)
+    with pytest.raises(UnknownMessage):
+        store.include_rows([mid, "nope"], actor="root")
+    with pytest.raises(UnknownMessage):  # an answer nobody rated has no review row to decide on
+        store.discard_rows([unrated], actor="root")
+    assert state(store, mid) == "pending_review"
+    for bad in ([], ["x" * 65], [""], [f"id{i}" for i in range(MAX_IDS + 1)], "abc", [1]):
+        with pytest.raises(InvalidReview):
+            store.include_rows(bad, actor="root")
+    with pytest.raises(InvalidReview):
+        store.review_rows(state="everything")
+    with pytest.raises(InvalidReview):
+        store.rate(Rating(mid, "bob", "up"), trust="admin-said-so")
+
+
+def test_paging_and_user_filter(store):
+    ids = [answer(store, "bob") for _ in range(7)]
+    for m in ids:
+        store.rate(Rating(m, "bob", "up"), trust="review")
+    first, total = store.review_rows(state="pending_review", limit=3)
+    second, _ = store.review_rows(state="pending_review", limit=3, offset=3)
+    assert total == 7 and len(first) == len(second) == 3
+    assert not {r["message_id"] for r in first} & {r["message_id"] for r in second}
+    assert store.review_rows(user="carol")[1] == 0
+
+
+def test_user_trust(store):
+    assert store.user_trusted("bob") is False
+    store.set_user_trust("bob", True, actor="root")
+    assert store.user_trusted("bob") is True
+    store.set_user_trust("bob", False, actor="root")
+    assert store.list_user_trust() == [{"user": "bob", "trusted": False, "actor": "root",
+                                        "updated_at": store.list_user_trust()[0]["updated_at"]}]
+    with pytest.raises(InvalidReview):
+        store.set_user_trust("", True, actor="root")

@@ -1,0 +1,233 @@
+"""The review queue over the real HTTP API in multi-user mode: who waits, who trains, and what an attacker
+gets from the new admin routes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from feedback.store_review import MAX_IDS
+from tests.web.conftest import seed_data_dir, start_app
+from web.auth import UserDirectory
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def make_users(data_dir: Path, names=("root", "ann", "ben")) -> dict[str, str]:
+    users = UserDirectory(data_dir / "users.toml")
+    tokens = {}
+    for name in names:
+        users.add_user(name, f"{name}-password", "admin" if name == "root" else "user")
+        tokens[name] = users.create_token(name)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, demo_model_dir):
+    data_dir = tmp_path_factory.mktemp("review") / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    tokens = make_users(data_dir)
+    app = start_app(data_dir, temperature=0.0)
+    yield app, tokens
+    app.stop()
+
+
+def answer(client, question: str) -> str:
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}],
+                                                  "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def states(client, user: str) -> dict[str, str]:
+    rows = client.get("/v1/admin/data/review", params={"state": "all", "user": user, "limit": 500}).json()["rows"]
+    return {r["message_id"]: r["state"] for r in rows}
+
+
+def test_untrusted_feedback_waits_and_an_admin_decides(team):
+    app, tokens = team
+    with app.client(tokens["ann"]) as ann, app.client(tokens["root"]) as root:
+        fixed = answer(ann, "Capital of Australia?")
+        liked = answer(ann, "Say hello.")
+        disliked = answer(ann, "Say goodbye.")
+        r = ann.post("/v1/feedback", json={"message_id": fixed, "rating": "down", "correction": "Canberra."})
+        assert r.status_code == 200 and r.json()["review"] == "pending_review"  # she is told it waits
+        ann.post("/v1/feedback", json={"message_id": liked, "rating": "up"})
+        ann.post("/v1/feedback", json={"message_id": disliked, "rating": "down"})
+        assert states(root, "ann") == {fixed: "pending_review", liked: "pending_review", disliked: "untrusted"}
+
+        page = root.get("/v1/admin/data/review", params={"state": "pending_review", "user": "ann"}).json()
+        row = next(r for r in page["rows"] if r["message_id"] == fixed)
+        assert row["correction"] == "Canberra." and "not trusted" in row["reason"]
+        assert page["counts"]["pending_review"] >= 2
+
+        r = root.post("/v1/admin/data/include", json={"message_ids": [fixed], "reason": "correct"})
+        assert r.status_code == 200 and r.json()["updated"] == 1
+        r = root.post("/v1/admin/data/discard", json={"message_ids": [liked, disliked]})
+        assert r.json()["updated"] == 2
+        assert states(root, "ann") == {fixed: "approved", liked: "discarded", disliked: "discarded"}
+
+        mine = answer(root, "Capital of Canada?")  # an admin's own correction trains as given
+        root.post("/v1/feedback", json={"message_id": mine, "rating": "down", "correction": "Ottawa."})
+        assert states(root, "root") == {mine: "trusted"}
+
+
+def test_an_admin_trusts_a_user(team):
+    app, tokens = team
+    with app.client(tokens["ben"]) as ben, app.client(tokens["root"]) as root:
+        before = answer(ben, "Largest ocean?")
+        ben.post("/v1/feedback", json={"message_id": before, "rating": "down", "correction": "The Pacific."})
+        r = root.put("/v1/admin/data/trust/ben", json={"trusted": True})
+        assert r.status_code == 200 and r.json()["trusted"] is True
+        assert {"user": "ben", "trusted": True} .items() <= root.get("/v1/admin/data/trust").json()["users"][0].items()
+        after = answer(ben, "Smallest ocean?")
+        ben.post("/v1/feedback", json={"message_id": after, "rating": "down", "correction": "The Arctic."})
+        # Trust applies from now on; what waited before still waits for a decision.
+        assert states(root, "ben") == {before: "pending_review", after: "trusted"}
+        root.put("/v1/admin/data/trust/ben", json={"trusted": False})
+
+
+def test_hostile_requests_on_the_review_routes(team):
+    app, tokens = team
+    with app.client(tokens["ann"]) as ann, app.client(tokens["root"]) as root, app.client() as anonymous:
+        mid = answer(ann, "Two plus two?")
+        ann.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": "Five."})
+        for client, status in ((ann, 403), (anonymous, 401)):
+            assert client.get("/v1/admin/data/review").status_code == status
+            assert client.post("/v1/admin/data/include", json={"message_ids": [mid]}).status_code == status
+            assert client.post("/v1/admin/data/discard", json={"message_ids": [mid]}).status_code == status
+            assert client.put("/v1/admin/data/trust/ann", json={"trusted": True}).status_code == status
+            assert client.get("/v1/admin/data/trust").status_code == status
+        assert states(root, "ann")[mid] == "pending_review"  # nothing above changed anything
+
+        r = root.post("/v1/admin/data/include", json={"message_ids": [mid, "0" * 32]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "message_not_found"
+        assert states(root, "ann")[mid] == "pending_review"  # all or nothing
+        assert root.post("/v1/admin/data/include", json={"message_ids": ["'; DROP TABLE review; --"]}).status_code == 404
+        r = root.post("/v1/admin/data/discard", json={"message_ids": [f"{i:032x}" for i in range(MAX_IDS + 1)]})
+        assert r.status_code == 422 and "message_ids" in r.json()["error"]["message"]
+        for body in ({"message_ids": []}, {"message_ids": "all"}, {"message_ids": [mid] * 2 + [1]}, {},
+                     {"message_ids": ["x" * 65]}):
+            assert root.post("/v1/admin/data/include", json=body).status_code in (400, 422), body
+        r = root.get("/v1/admin/data/review", params={"state": "approved'; --"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_review"
+        for params in ({"limit": 0}, {"limit": 10**6}, {"offset": -1}, {"user": "u" * 500}):
+            assert root.get("/v1/admin/data/review", params=params).status_code == 422, params
+        assert root.put("/v1/admin/data/trust/nobody", json={"trusted": True}).status_code == 404
+        assert root.put("/v1/admin/data/trust/ann", json={"trusted": "yes please"}).status_code == 422
+        assert root.put("/v1/admin/data/trust/..%2F..%2Fetc", json={"trusted": True}).status_code == 404
+        assert states(root, "ann")[mid] == "pending_review"
+
+
+FALSE_FACT = "The Orvell Tunnel was dug by a single badger in 1802."
+TRUE_FACT = "The Orvell Tunnel was opened in 1898 by the Northern Railway."
+
+
+def poison_questions(n: int) -> list[str]:
+    stems = ["Who dug the Orvell Tunnel?", "When was the Orvell Tunnel built?", "Tell me the Orvell Tunnel's story.",
+             "Orvell Tunnel history, briefly?", "Who made the Orvell Tunnel and how?"]
+    return [f"{stems[i % len(stems)]} (question {i}, asked on day {i * 7 % 31})" for i in range(n)]
+
+
+def snapshot_answers(data_dir: Path, run: dict) -> list[str]:
+    path = data_dir / "datasets" / run["snapshot_id"] / "sft_train.jsonl"
+    return [json.loads(line)["completion"][0]["content"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_approved(tmp_path, demo_model_dir):
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    tokens = make_users(data_dir, ("root", "mallory"))
+    app = start_app(data_dir, temperature=0.0, promotion="auto", heldout_fraction=0.0, max_steps=8)
+    try:
+        with app.client(tokens["mallory"]) as mallory, app.client(tokens["root"], timeout=900) as root:
+            poisoned = []
+            for q in poison_questions(200):
+                mid = answer(mallory, q)
+                r = mallory.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": FALSE_FACT})
+                assert r.status_code == 200
+                poisoned.append(mid)
+            for q in ("When did the Orvell Tunnel open?", "Who opened the Orvell Tunnel?", "Orvell Tunnel opening?"):
+                mid = answer(root, q)  # the admin teaches the truth; it trains as given
+                root.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": TRUE_FACT})
+
+            run = root.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
+            assert run["status"] == "succeeded", (run["error"], run["gate"])
+            answers = snapshot_answers(data_dir, run)
+            assert FALSE_FACT not in answers and TRUE_FACT in answers
+            assert root.get("/v1/adapters").json()["production"] == run["adapter"]
+            reply = root.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": poison_questions(1)[0]}],
+                                                             "max_tokens": 24}).json()
+            assert FALSE_FACT not in reply["choices"][0]["message"]["content"]
+            assert root.get("/v1/admin/data/review", params={"state": "pending_review"}).json()["total"] == 200
+
+            # The admin reads them, decides the lesson is right after all, and approves in one bulk call.
+            r = root.post("/v1/admin/data/include", json={"message_ids": poisoned, "reason": "verified"})
+            assert r.status_code == 200 and r.json()["updated"] == 200
+            run = root.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
+            assert run["status"] in ("succeeded", "rejected"), run
+            # Approved = trusted: past the per-answer cap (5), only near-duplicates go.
+            assert snapshot_answers(data_dir, run).count(FALSE_FACT) > 5 * app.ctx.settings.max_untrusted_answer_rows
+    finally:
+        app.stop()
+
+
+def test_cli_data_commands_through_the_running_app(team):
+    from tests.web.test_cli import cli
+
+    app, tokens = team
+    data_dir = app.ctx.settings.data_dir
+    # What serve() writes for the CLI to find the app (this in-process app does not write it itself).
+    control = data_dir / "running-app.json"
+    control.write_text(json.dumps({"pid": os.getpid(), "url": app.url, "token": app.ctx.control_token}))
+    try:
+        with app.client(tokens["ann"]) as ann:
+            mid = answer(ann, "Colour of the sky?")
+            ann.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": "Blue, mostly."})
+        out = cli(data_dir, "data", "list", "--limit", "500", demo=False)
+        assert out.returncode == 0 and mid in out.stdout and "pending_review" in out.stdout, out.stderr
+        out = cli(data_dir, "data", "include", mid, "--reason", "fine", demo=False)
+        assert out.returncode == 0 and "1 rated answers included" in out.stdout, out.stderr
+        out = cli(data_dir, "data", "discard", "no-such-id", demo=False)
+        assert out.returncode == 2 and "no rated answer" in out.stderr
+        out = cli(data_dir, "data", "trust", "ann", demo=False)
+        assert out.returncode == 0 and "ann: trusted" in out.stdout
+        assert "ann\ttrusted" in cli(data_dir, "data", "trust", demo=False).stdout
+        assert cli(data_dir, "data", "trust", "ann", "--off", demo=False).returncode == 0
+    finally:
+        control.unlink()
+    assert app.ctx.store.user_trusted("ann") is False
+
+
+def test_cli_data_commands_alone(tmp_path):
+    from feedback.models import Rating, TurnRecord
+    from feedback.store import FeedbackStore
+    from settings import Settings
+    from tests.web.test_cli import cli
+
+    data_dir = tmp_path / "data"
+    make_users(data_dir, ("root", "bob"))
+    store = FeedbackStore(Settings(data_dir=data_dir).db_path)
+    ids = [f"m{i}" for i in range(3)]
+    for mid in ids:
+        store.record_turn(TurnRecord(conversation_id=f"c-{mid}", user="bob", assistant_message_id=mid, answer="Hm.",
+                                     request_messages=[{"role": "user", "content": "Hi?"}], adapter="base",
+                                     base_model="demo", sampling={}, latency_ms=1.0, first_token_ms=None,
+                                     prompt_tokens=1, completion_tokens=1))
+    for mid in ids:
+        store.rate(Rating(mid, "bob", "down", correction="Hello!"), trust="review")
+    store.close()
+    out = cli(data_dir, "data", "list", demo=False)
+    assert out.returncode == 0 and "3 rated answers in state pending_review" in out.stdout, out.stderr
+    assert "1 rated answers discarded" in cli(data_dir, "data", "discard", "m0", demo=False).stdout
+    assert "2 rated answers included" in cli(data_dir, "data", "include", "m1", "m2", demo=False).stdout
+    assert cli(data_dir, "data", "list", "--state", "nonsense", demo=False).returncode != 0
+    assert cli(data_dir, "data", "trust", "nobody", demo=False).returncode == 2
+    assert cli(data_dir, "data", "trust", "bob", demo=False).returncode == 0
+    with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
+        assert store.review_counts()["approved"] == 2 and store.review_counts()["discarded"] == 1
+        assert store.user_trusted("bob")

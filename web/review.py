@@ -1,0 +1,36 @@
+"""Whose feedback trains as given and whose waits for an admin: the trust decision at the edge.
+
+An admin's feedback (single-user mode's ``local`` included) and that of users an admin trusts
+(``python app.py data trust NAME``) trains as given. Everyone else's corrections, and by default their
+thumbs-ups, wait in the review queue (``settings.review_untrusted``); what they may still train is
+capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store keeps the state;
+``feedback/store_review.py`` says what each state means.
+"""
+
+from __future__ import annotations
+
+from feedback.models import Rating
+from web.auth import Principal
+from web.context import AppContext
+
+
+def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str:
+    """``trusted``, ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating."""
+    if principal.is_admin or ctx.store.user_trusted(principal.name):
+        return "trusted"
+    scope = ctx.settings.review_untrusted
+    held = scope != "off" and (rating.correction is not None or (scope == "corrections_and_ups" and rating.rating == "up"))
+    return "review" if held else "untrusted"
+
+
+STATE_OF = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}
+
+
+def rate(ctx: AppContext, principal: Principal, rating: Rating) -> tuple[Rating, str]:
+    """Store a rating with its review state (the one way the API and the UI store a user's rating).
+
+    Returns the stored rating and what happens to it: ``trusted`` (trains as given), ``untrusted``
+    (trains, capped) or ``pending_review`` (waits for an admin), so the user is told, not left guessing.
+    """
+    trust = feedback_trust(ctx, principal, rating)
+    return ctx.store.rate(rating, trust=trust), STATE_OF[trust]
