@@ -42,8 +42,11 @@ class Settings(BaseSettings):
     system_prompt: str = Field("You are a helpful assistant.", description="System prompt the chat UI puts first.")
     temperature: float = Field(0.7, ge=0, le=2, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
-    max_batch_size: int = Field(8, gt=0, description="Most requests the generation worker batches together.")
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long the worker waits to gather a batch.")
+    max_batch_size: int | None = Field(
+        None, gt=0, description="Most requests decoding together in one step; unset: 8 on CPU, 32 on a GPU.")
+    prefill_tokens_per_step: int = Field(
+        512, gt=0, description="Prompt tokens the worker prefills per decode step for joining requests; bounds "
+        "how much a long new prompt slows the running answers (a longer prompt is prefilled alone).")
 
     # --- backend ---------------------------------------------------------------------------------
     backend: Literal["local", "remote"] = Field("local", description="Generate in-process, or on a remote OpenAI-compatible engine.")
