@@ -50,17 +50,19 @@ def production_at_base(backend):
     backend.set_alias(PRODUCTION, BASE)
 
 
-def build_random_qwen(demo_model: Path, out: Path, seed: int = 0) -> Path:
-    """A random-weight Qwen2-architecture model saved next to the demo tokenizer.
+def build_random_qwen(out: Path, seed: int = 0) -> Path:
+    """A random-weight Qwen2-architecture model saved next to the demo tokenizer (trained in a second).
 
     Its eos row of ``lm_head`` is zero, so eos scores 0 against random logits: greedy never picks it and
     sampling rarely does, and answers run to ``max_tokens`` (long batches on purpose).
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from serving.demo_model import _train_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    tokenizer = _train_tokenizer()
     eos = tokenizer.eos_token_id
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -77,12 +79,12 @@ def build_random_qwen(demo_model: Path, out: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def qwen_dirs(demo_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+def qwen_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """(random Qwen2 model dir, adapters dir holding its LoRA adapters qa and qb)."""
     from serving.demo_model import build_demo_adapter
 
     root = tmp_path_factory.mktemp("qwen")
-    model = build_random_qwen(demo_model_dir.model, root / "model")
+    model = build_random_qwen(root / "model")
     for seed, name in enumerate(("qa", "qb"), start=1):
         build_demo_adapter(model, root / "adapters" / name, seed=seed)
     return model, root / "adapters"
