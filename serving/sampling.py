@@ -48,21 +48,34 @@ def choose(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
             if s.constraint is not None:
                 scores[i] = s.constraint.mask(scores[i])
     chosen = scores.argmax(dim=-1)
-    sampled = [i for i, s in enumerate(samplers) if not s.greedy]
-    if sampled:
-        idx = torch.tensor(sampled, device=scores.device)
-        sub = scores.index_select(0, idx)
-        temps = torch.tensor([samplers[i].temperature for i in sampled], device=scores.device)[:, None]
-        top_p = torch.tensor([samplers[i].top_p for i in sampled], device=scores.device)[:, None]
-        sorted_logits, order = torch.sort(sub / temps, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays).
-        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
-        cdf = probs.cumsum(dim=-1)
-        u = torch.tensor([samplers[i].uniform() for i in sampled], device=scores.device, dtype=cdf.dtype)[:, None]
-        # right=True: a zero-probability token (masked, or cut by top_p) is never picked, even for u == 0.
-        pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
-        chosen[idx] = order.gather(1, pos)[:, 0]
+    # Rows with top_p < 1 sort their vocabulary; the others draw in vocabulary order (no sort per step).
+    # The split depends on each row's own top_p only, so batch-mates never change a row's draw.
+    for rows, nucleus in (([i for i, s in enumerate(samplers) if not s.greedy and s.top_p < 1], True),
+                          ([i for i, s in enumerate(samplers) if not s.greedy and s.top_p >= 1], False)):
+        if rows:
+            idx = torch.tensor(rows, device=scores.device)
+            chosen[idx] = _draw(scores.index_select(0, idx), [samplers[i] for i in rows], nucleus)
     dead = torch.isneginf(scores).all(dim=-1) | torch.isnan(scores).any(dim=-1)
     chosen = chosen.masked_fill(dead, -1)
     return chosen.tolist()
+
+
+def _draw(scores: torch.Tensor, samplers: list[RowSampler], nucleus: bool) -> torch.Tensor:
+    """Sample one token per row by inverse CDF on each row's own uniform draw."""
+    import torch
+
+    temps = torch.tensor([s.temperature for s in samplers], device=scores.device)[:, None]
+    scaled = scores / temps
+    order = None
+    if nucleus:
+        top_p = torch.tensor([s.top_p for s in samplers], device=scores.device)[:, None]
+        scaled, order = torch.sort(scaled, descending=True, dim=-1)
+    probs = torch.softmax(scaled, dim=-1)
+    if nucleus:
+        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays).
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    u = torch.tensor([s.uniform() for s in samplers], device=scores.device, dtype=cdf.dtype)[:, None]
+    # right=True: a zero-probability token (masked, or cut by top_p) is never picked, even for u == 0.
+    pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (pos if order is None else order.gather(1, pos))[:, 0]
