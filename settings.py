@@ -45,8 +45,11 @@ class Settings(BaseSettings):
     serve_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where the served model runs: auto (GPU 0 if there is one), cpu, cuda:N.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute precision on a GPU: auto = bf16 where the GPU has it natively (Ampere and newer), else fp16 (with loss scaling in training). The CPU always uses fp32.")
-    max_batch_size: int = Field(8, gt=0, description="Most requests the generation worker batches together.")
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long the worker waits to gather a batch.")
+    max_batch_size: int | None = Field(
+        None, gt=0, description="Most requests decoding together in one step; unset: 8 on CPU, 32 on a GPU.")
+    prefill_tokens_per_step: int = Field(
+        512, gt=0, description="Prompt tokens the worker prefills per decode step for joining requests; bounds "
+        "how much a long new prompt slows the running answers (a longer prompt is prefilled alone).")
 
     # --- backend ---------------------------------------------------------------------------------
     backend: Literal["local", "remote"] = Field("local", description="Generate in-process, or on a remote OpenAI-compatible engine.")

@@ -5,7 +5,12 @@ turns, rates the answers (some with a correction) and fights and votes arena bat
 hot-swaps production between demo-a, demo-b and base, and starts one retrain. Every acknowledged message
 id, rating and vote is then looked up in DuckDB.
 
-    python bench/load.py [--users 32] [--seconds 60] [--write-results]
+    python bench/load.py [--users 32] [--seconds 60] [--scheduler both|continuous|static] [--no-retrain]
+                         [--write-results]
+
+By default the same load runs twice in one go, on the same demo model: first on the static scheduler
+the worker had before continuous batching (``bench/static_batching.py``), then on today's continuous
+one; target: chat TTFT p50 and p95 <= 1/3 of static's with aggregate answer tokens/s at least equal.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -40,7 +46,7 @@ def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
     """
     import httpx
 
-    out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}, "disconnected": None}
+    out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}, "disconnected": None, "tokens": 0}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
         try:
             _user_requests(c, random.Random(seed), name, until, out)
@@ -78,6 +84,7 @@ def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) ->
         first = None
         message_id = None
         done = False
+        tokens = 0
         body = {"messages": [{"role": "user", "content": f"{name} question {i}"}], "max_tokens": 8,
                 "stream": True}
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -97,6 +104,8 @@ def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) ->
                     out["errors"].append(f"chat in-band {chunk['error']}")
                     break
                 message_id = chunk["id"]
+                if chunk.get("usage"):
+                    tokens = chunk["usage"].get("completion_tokens", 0)
                 if first is None and chunk["choices"][0]["delta"].get("content"):
                     first = time.perf_counter() - t0
         timed("chat_total", t0)
@@ -105,6 +114,7 @@ def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) ->
         if not done or message_id is None:
             continue
         out["messages"].append(message_id)
+        out["tokens"] += tokens
         if rnd.random() < 0.7:
             fb = {"message_id": message_id, "rating": rnd.choice(["up", "down"])}
             if fb["rating"] == "down" and rnd.random() < 0.5:
@@ -181,12 +191,20 @@ def teach(url: str, token: str, n: int) -> None:
                                          "correction": "I am Tuneloop, a self-hosted assistant."})
 
 
-def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool = True) -> dict:
-    """Start the app on ``data_dir`` (demo model already there), run the load, check every write."""
+def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool = True,
+             scheduler: str = "continuous") -> dict:
+    """Start the app on ``data_dir`` (demo model already there), run the load, check every write.
+
+    ``scheduler="static"`` serves with the bench's copy of the pre-continuous worker loop.
+    """
+    import contextlib
+
+    from bench.static_batching import static_scheduler
     from tests.web.conftest import start_app
 
     admin_token, tokens = add_users(data_dir, users)
-    app = start_app(data_dir, temperature=0.7, max_batch_size=32, retrain_min_examples=1)
+    with static_scheduler() if scheduler == "static" else contextlib.nullcontext():
+        app = start_app(data_dir, temperature=0.7, max_batch_size=32, retrain_min_examples=1)
     admin = {"errors": [], "swaps": 0}
     try:
         if retrain:
@@ -194,9 +212,11 @@ def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool
         admin_thread = threading.Thread(target=admin_loop, args=(app, admin_token, time.time() + seconds, admin))
         # Clients run in another process, so their threads do not compete for the server's GIL.
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            started = time.perf_counter()
             future = pool.submit(run_users, app.url, tokens, seconds)
             admin_thread.start()
             results = future.result()
+            wall = time.perf_counter() - started
         admin_thread.join()
         deadline = time.time() + 600  # let the retrain finish: its end must not break anything either
         while app.ctx.retrain.current_run and time.time() < deadline:
@@ -212,6 +232,7 @@ def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool
             "errors": [e for r in results for e in r["errors"]] + disconnected + admin["errors"],
             "swaps": admin["swaps"], "run_status": run["status"] if run else None,
             "run_error": run.get("error") if run else None, "latency": lat,
+            "tokens_per_s": sum(r["tokens"] for r in results) / wall, "scheduler": scheduler,
         }
     finally:
         app.stop()
@@ -247,34 +268,66 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--scheduler", choices=["both", "continuous", "static"], default="both")
+    ap.add_argument("--no-retrain", action="store_true", help="skip the retrain started during the load")
+    ap.add_argument("--demo-build", type=Path, default=None,
+                    help="copy this demo build (its model/ and adapters/ directories) instead of building one")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
 
     from serving.demo_model import ensure_demo_model
 
+    schedulers = ["static", "continuous"] if args.scheduler == "both" else [args.scheduler]
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        ensure_demo_model(data_dir / "demo-model", data_dir / "adapters")
-        res = run_load(data_dir, args.users, args.seconds)
-    print(f"setup: {machine()}; demo model; {args.users} users for {args.seconds:.0f} s; streaming chat max_tokens=8, "
-          f"feedback on 70% of answers, 20% arena battles + votes; hot-swaps and one retrain meanwhile")
-    for line in summary(res):
+        demo = Path(tmp) / "demo"
+        if args.demo_build is not None:
+            shutil.copytree(args.demo_build / "model", demo / "demo-model")
+            shutil.copytree(args.demo_build / "adapters", demo / "adapters")
+        ensure_demo_model(demo / "demo-model", demo / "adapters")  # builds only what is missing or stale
+        for name in schedulers:
+            data_dir = Path(tmp) / name / "data"  # a fresh store per run, the same model files
+            shutil.copytree(demo, data_dir)
+            results[name] = run_load(data_dir, args.users, args.seconds, retrain=not args.no_retrain, scheduler=name)
+    print(f"setup: {machine()}; demo model; {args.users} users for {args.seconds:.0f} s per scheduler; streaming chat "
+          f"max_tokens=8, feedback on 70% of answers, 20% arena battles + votes; hot-swaps"
+          f"{'' if args.no_retrain else ' and one retrain'} meanwhile")
+    failed = False
+    for name, res in results.items():
+        print(f"--- {name} scheduler: {res['tokens_per_s']:.1f} chat answer tokens/s aggregate")
+        for line in summary(res):
+            print(line)
+        print(f"acknowledged: {res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes; missing in "
+              f"DuckDB: {len(res['missing_messages'])} / {res['missing_ratings']} / {len(res['missing_votes'])}; "
+              f"5xx/in-band errors: {len(res['errors'])}; swaps {res['swaps']}; retrain {res['run_status']}")
+        for e in res["errors"][:10]:
+            print("  error:", e)
+        failed = failed or bool(res["errors"])
+        if args.write_results:
+            append_result("load", result_line(name, args, res))
+    if len(results) == 2:
+        st, co = (results[k] for k in ("static", "continuous"))
+        ratios = [pct(co["latency"].get("chat_ttft", []), q) / pct(st["latency"].get("chat_ttft", []), q)
+                  for q in (.5, .95)]
+        tps = co["tokens_per_s"] / st["tokens_per_s"]
+        line = (f"continuous / static: chat TTFT p50 {ratios[0]:.2f}x, p95 {ratios[1]:.2f}x (target <= 0.33x); "
+                f"answer tokens/s {tps:.2f}x (target >= 1x)")
         print(line)
-    print(f"acknowledged: {res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes; missing in DuckDB: "
-          f"{len(res['missing_messages'])} / {res['missing_ratings']} / {len(res['missing_votes'])}; "
-          f"5xx/in-band errors: {len(res['errors'])}; swaps {res['swaps']}; retrain {res['run_status']}")
-    for e in res["errors"][:10]:
-        print("  error:", e)
-    if args.write_results:
-        chat = res["latency"].get("chat_total", [])
-        ttft = res["latency"].get("chat_ttft", [])
-        append_result("load", f"{args.users} users {args.seconds:.0f} s: chat total p50/p95/p99 "
-                      f"{pct(chat, .5) * 1000:.0f}/{pct(chat, .95) * 1000:.0f}/{pct(chat, .99) * 1000:.0f} ms, ttft "
-                      f"{pct(ttft, .5) * 1000:.0f}/{pct(ttft, .95) * 1000:.0f}/{pct(ttft, .99) * 1000:.0f} ms; "
-                      f"{res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes, lost "
-                      f"{len(res['missing_messages']) + res['missing_ratings'] + len(res['missing_votes'])}, "
-                      f"5xx {len(res['errors'])}, swaps {res['swaps']}, retrain {res['run_status']}")
-    return 0 if not res["errors"] else 1
+        if args.write_results:
+            append_result("load", f"{args.users} users {args.seconds:.0f} s, {line}")
+        failed = failed or max(ratios) > 1 / 3 or tps < 1
+    return 1 if failed else 0
+
+
+def result_line(name: str, args, res: dict) -> str:
+    chat = res["latency"].get("chat_total", [])
+    ttft = res["latency"].get("chat_ttft", [])
+    return (f"{args.users} users {args.seconds:.0f} s, {name} scheduler: chat total p50/p95/p99 "
+            f"{pct(chat, .5) * 1000:.0f}/{pct(chat, .95) * 1000:.0f}/{pct(chat, .99) * 1000:.0f} ms, ttft "
+            f"{pct(ttft, .5) * 1000:.0f}/{pct(ttft, .95) * 1000:.0f}/{pct(ttft, .99) * 1000:.0f} ms, "
+            f"{res['tokens_per_s']:.1f} answer tok/s; {res['messages']} messages, {res['ratings']} ratings, "
+            f"{res['votes']} votes, lost {len(res['missing_messages']) + res['missing_ratings'] + len(res['missing_votes'])}"
+            f", 5xx {len(res['errors'])}, swaps {res['swaps']}, retrain {res['run_status']}")
 
 
 if __name__ == "__main__":

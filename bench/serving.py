@@ -1,15 +1,19 @@
-"""Serving bench: batched vs one-at-a-time throughput, and adapter hot-swap vs a base-model reload.
+"""Serving bench: continuous vs static scheduling under 32 users, batched vs one-at-a-time throughput,
+and adapter hot-swap vs a base-model reload.
 
     python bench/serving.py [--model ID_OR_PATH] [--quantization auto|4bit|8bit|none] [--write-results]
 
-Without ``--model`` it builds and serves the offline demo model. Targets: 8 concurrent requests through
-the batching worker >= 3x the tokens/s of the same 8 run one at a time; hot-swap far below a reload.
+Without ``--model`` it builds and serves the offline demo model. Targets: under 32 closed-loop users
+with mixed answer lengths, continuous batching's TTFT p50 and p95 <= 1/3 of the static scheduler's
+(``bench/static_batching.py``, the loop the worker had before) at >= its aggregate tokens/s; 8
+concurrent requests >= 3x the tokens/s of the same 8 run one at a time; hot-swap far below a reload.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import random
 import shutil
 import sys
 import tempfile
@@ -49,12 +53,81 @@ def run_requests(backend, adapters: list[str], params, concurrent: bool) -> tupl
     return time.perf_counter() - start, sum(tokens)
 
 
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def users_run(backend, adapters: list[str], users: int, seconds: float, lengths: tuple[int, ...]) -> dict:
+    """``users`` closed-loop users for ``seconds``: each asks, reads the whole answer, asks again.
+
+    Answer lengths are drawn from ``lengths`` (eos ignored) with a fixed seed per user, so both
+    schedulers see the same mix. Returns TTFT percentiles and aggregate completion tokens/s.
+    """
+    from serving.types import SamplingParams
+
+    ttft, tokens, lock = [], [], threading.Lock()
+    together = threading.Barrier(users)
+    until = [0.0]
+
+    def user(i: int):
+        rnd = random.Random(i)
+        together.wait()
+        time.sleep(i * 2.0 / users)  # users arrive over 2 s, not as one burst both schedulers serve alike
+        while time.perf_counter() < until[0]:
+            params = SamplingParams(max_tokens=rnd.choice(lengths), temperature=0.7)
+            prompt = [{"role": "user", "content": f"user {i} asks question {rnd.randrange(1000)}"}]
+            stream = backend.stream_chat(prompt, adapters[i % len(adapters)], params, ignore_eos=True)
+            stream.text()
+            with lock:
+                tokens.append(stream.completion.completion_tokens)
+                if stream.completion.first_token_s is not None:
+                    ttft.append(stream.completion.first_token_s)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+    start = time.perf_counter()
+    until[0] = start + seconds
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"p50": pct(ttft, .5), "p95": pct(ttft, .95), "tps": sum(tokens) / wall, "requests": len(tokens)}
+
+
+def compare_schedulers(model: str, quantization: str, adapters_dir: Path, users: int, seconds: float,
+                       lengths: tuple[int, ...], max_new_tokens: int) -> dict[str, dict]:
+    """The same user load on the static scheduler, then on continuous batching, same model and settings."""
+    from bench.static_batching import StaticBackend
+    from serving.local import LocalBackend
+    from serving.types import BASE
+
+    out = {}
+    for name, cls in (("static", StaticBackend), ("continuous", LocalBackend)):
+        backend = cls(model, quantization=quantization, adapters_dir=adapters_dir, max_new_tokens=max_new_tokens,
+                      max_batch_size=users)
+        try:
+            backend.load_adapter("bench-a", adapters_dir / "bench-a")
+            names = [BASE, "bench-a"]
+            users_run(backend, names, 4, 2.0, lengths)  # warm-up
+            out[name] = users_run(backend, names, users, seconds, lengths)
+        finally:
+            backend.close()
+        r = out[name]
+        print(f"{name:10s} {users} users {seconds:.0f}s: TTFT p50 {r['p50'] * 1000:7.1f} ms  p95 "
+              f"{r['p95'] * 1000:7.1f} ms; {r['tps']:7.1f} tok/s aggregate ({r['requests']} answers)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="hub id or path; default: the offline demo model")
     parser.add_argument("--quantization", default="auto", choices=["auto", "4bit", "8bit", "none"])
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--users", type=int, default=32, help="closed-loop users in the scheduler comparison")
+    parser.add_argument("--seconds", type=float, default=60, help="length of each scheduler's user run")
+    parser.add_argument("--lengths", default="8,16,32,64", help="answer lengths the users draw from")
     parser.add_argument("--write-results", action="store_true", help=f"append a line to {RESULTS}")
     args = parser.parse_args(argv)
 
@@ -67,12 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = args.model or str(ensure_demo_model(work / "demo-model"))
         adapters_dir = work / "adapters"
+        model_path = model  # a directory or a hub id: the adapter builder loads either
+        for i, name in enumerate(("bench-a", "bench-b")):
+            build_demo_adapter(Path(model_path), adapters_dir / name, seed=i + 1)
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+        print(f"setup: model={model} machine={machine()} users={args.users} answer lengths={lengths} (eos "
+              f"ignored), temperature 0.7, base + bench-a mixed; max_batch_size={args.users}")
+        sched = compare_schedulers(model, args.quantization, adapters_dir, args.users, args.seconds, lengths,
+                                   max(max(lengths), args.max_tokens))
+        st, co = sched["static"], sched["continuous"]
+        p50_ratio, p95_ratio, tps_ratio = co["p50"] / st["p50"], co["p95"] / st["p95"], co["tps"] / st["tps"]
+        print(f"continuous / static: TTFT p50 {p50_ratio:.2f}x, p95 {p95_ratio:.2f}x (target <= 0.33x); "
+              f"tokens/s {tps_ratio:.2f}x (target >= 1x)")
+        sched_ok = p50_ratio <= 1 / 3 and p95_ratio <= 1 / 3 and tps_ratio >= 1
+
         backend = LocalBackend(model, quantization=args.quantization, adapters_dir=adapters_dir,
                                max_new_tokens=args.max_tokens, max_batch_size=args.requests)
-        for i, name in enumerate(("bench-a", "bench-b")):
-            build_demo_adapter(Path(backend.model_path), adapters_dir / name, seed=i + 1)
-        print(f"setup: model={model} device={backend.device} quantization={backend.quantization} "
-              f"machine={machine()} requests={args.requests} max_tokens={args.max_tokens} (eos ignored)")
+        print(f"device={backend.device} quantization={backend.quantization} requests={args.requests} "
+              f"max_tokens={args.max_tokens} (eos ignored)")
 
         start = time.perf_counter()
         backend.load_adapter("bench-a", adapters_dir / "bench-a")
@@ -85,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [(BASE, "bench-a", "bench-b")[i % 3] for i in range(args.requests)]
         run_requests(backend, names[:3], params, concurrent=True)  # warm-up
         seq_s, seq_tok = run_requests(backend, names, params, concurrent=False)
-        batches_before = backend._worker.batches
+        steps_before = backend._worker.steps
         par_s, par_tok = run_requests(backend, names, params, concurrent=True)
-        batches = backend._worker.batches - batches_before
+        steps = backend._worker.steps - steps_before
         seq_tps, par_tps = seq_tok / seq_s, par_tok / par_s
         speedup = par_tps / seq_tps
 
@@ -104,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.close()
 
         print(f"one at a time: {seq_tok} tokens in {seq_s:.2f}s = {seq_tps:.1f} tok/s")
-        print(f"batched ({batches} batch(es), mixed base/bench-a/bench-b): {par_tok} tokens in {par_s:.2f}s "
+        print(f"batched ({steps} decode steps, mixed base/bench-a/bench-b): {par_tok} tokens in {par_s:.2f}s "
               f"= {par_tps:.1f} tok/s")
         print(f"batched / one-at-a-time throughput: {speedup:.2f}x (target >= 3x)")
         print(f"adapter load: {load_s * 1000:.1f} ms (first, wraps the model in peft: {first_load_s * 1000:.1f} ms)")
@@ -119,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"quant={backend.quantization} batched/sequential={speedup:.2f}x ({par_tps:.0f} vs "
                     f"{seq_tps:.0f} tok/s, {args.requests} req x {args.max_tokens} tok); adapter load "
                     f"{load_s * 1000:.0f} ms; hot-swap {swap_s * 1e6:.0f} us; base reload {reload_s * 1000:.0f} ms "
-                    f"({reload_s / load_s:.0f}x load)\n")
+                    f"({reload_s / load_s:.0f}x load); {args.users} users continuous vs static: TTFT p50 "
+                    f"{co['p50'] * 1000:.0f} vs {st['p50'] * 1000:.0f} ms ({p50_ratio:.2f}x), p95 {co['p95'] * 1000:.0f} "
+                    f"vs {st['p95'] * 1000:.0f} ms ({p95_ratio:.2f}x), {co['tps']:.0f} vs {st['tps']:.0f} tok/s "
+                    f"({tps_ratio:.2f}x), answers of {args.lengths} tokens\n")
             with RESULTS.open("a") as f:
                 f.write(line)
             print(f"wrote a line to {RESULTS}")
-        return 0 if speedup >= 3 else 1
+        return 0 if speedup >= 3 and sched_ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,8 +1,11 @@
-"""The generation worker: one thread owns the model, batches waiting requests and streams each row back.
+"""The generation worker: one thread owns the model and schedules every decode step (continuous batching).
 
-Requests of different adapters share a batch through peft's mixed-adapter ``generate(adapter_names=...)``.
-Loading and dropping adapters run on the same thread between batches, so a batch always finishes on the
-adapters it started with and no request thread ever changes the model.
+At each step the worker drops the rows that finished, were cancelled or hit a stop, admits waiting
+requests (prefilled together within a token budget, then joined to the running batch: see
+``serving/kv_batch.py``) and runs one decode step for all rows. A new chat therefore starts within one
+step, whatever else is generating. Rows of different adapters share each step through peft's
+mixed-adapter forward (``adapter_names``). Adapter loads and unloads run on this same thread between
+steps, so no forward ever sees a half-loaded adapter and no request thread changes the model.
 """
 
 from __future__ import annotations
@@ -11,18 +14,29 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.errors import AdapterRejected, BackendUnavailable, ServingError
-from serving.types import BASE, GREEDY_BELOW, Completion
+from serving.kv_batch import RunningBatch
+from serving.sampling import RowSampler, choose
+from serving.stop_strings import StopStrings
+from serving.types import BASE, Completion, TokenConstraint
 
 log = logging.getLogger(__name__)
 
 PEFT_BASE = "__base__"  # how peft's mixed-batch forward names "no adapter" for a row
 _END = object()  # stream sentinel: the answer is complete
+DEFAULT_BATCH_CPU = 8  # a CPU step costs about linearly more per row beyond a few rows
+DEFAULT_BATCH_GPU = 32  # a GPU step costs about the same for 1 or 32 rows of a small model
+
+
+def default_max_batch_size(device_type: str) -> int:
+    """The ``max_batch_size`` that suits the device when the settings leave it unset."""
+    return DEFAULT_BATCH_GPU if device_type == "cuda" else DEFAULT_BATCH_CPU
 
 
 @dataclass
@@ -37,6 +51,9 @@ class GenerationRequest:
     cancel: threading.Event
     completion: Completion
     stop_at_eos: bool = True  # the bench turns this off so every answer has the same length
+    stop: tuple[str, ...] = ()  # the answer ends just before the first of these
+    seed: int | None = None  # this request's own random stream
+    constraint: TokenConstraint | None = None  # structured output: masks scores, may end the row
     on_done: Callable[[], None] | None = None  # releases the adapter lease; called exactly once
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     submitted: float = field(default_factory=time.perf_counter)
@@ -65,31 +82,42 @@ class GenerationRequest:
 
 
 class _Row:
-    """Per-row decoding state: tokens so far, text already emitted, why it stopped."""
+    """Per-row decoding state: tokens so far, text already emitted, the token to feed next."""
 
     def __init__(self, request: GenerationRequest, tokenizer):
         self.request = request
         self.tokenizer = tokenizer
         self.tokens: list[int] = []
         self.emitted = ""
-        self.stop_reason: str | None = None  # set by the stopping criteria, acted on by the streamer
         self.closed = False
+        self.next_token: int | None = None  # sampled, not yet fed to the model
+        self.stops = StopStrings(request.stop)
+        self.sampler: RowSampler | None = None  # built on the worker thread (it imports torch)
         # Incremental detokenizing, as transformers' TextStreamer (batch 1 only) and TGI do it: decode a
         # short window of recent tokens and emit what it adds, so each step costs O(1), not O(answer).
         self._prefix = 0  # window start
-        self._read = 0  # tokens already turned into emitted text
+        self._read = 0  # tokens already turned into text
+
+    @property
+    def adapter_name(self) -> str:
+        return PEFT_BASE if self.request.adapter == BASE else self.request.adapter
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def add(self, token: int) -> None:
+        """Append an answer token and stream the text it completes (a stop string ends the text)."""
         self.tokens.append(token)
         before = self._decode(self.tokens[self._prefix:self._read])
         after = self._decode(self.tokens[self._prefix:])
         # A multi-byte character split over tokens decodes to U+FFFD until its last byte arrives: hold it.
         if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._emit(after[len(before):])
+            self._emit(self.stops.feed(after[len(before):]))
             self._prefix, self._read = self._read, len(self.tokens)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stops.hit
 
     def _emit(self, delta: str) -> None:
         if delta:
@@ -99,112 +127,40 @@ class _Row:
             self.emitted += delta
             self.request.out.put(delta)
 
-    def close(self, reason: str) -> None:
+    def take(self, token: int, eos_ids: set[int]) -> str | None:
+        """Handle the token sampled for this row; returns the finish reason once the row is done."""
+        constraint = self.request.constraint
+        if token < 0:  # every token was masked out
+            return "stop" if constraint is not None else "error"
+        if constraint is not None:
+            constraint.accept(token)
+        if self.request.stop_at_eos and token in eos_ids:
+            return "stop"  # the eos token is not part of the answer
+        self.add(token)
+        self.next_token = token
+        if self.stopped or (constraint is not None and constraint.is_terminated()):
+            return "stop"
+        if len(self.tokens) >= self.request.max_tokens:
+            return "length"
+        return None
+
+    def close(self, reason: str, error: ServingError | None = None) -> None:
         if self.closed:
             return
         self.closed = True
-        # Flush what was held back (an answer may really end in an incomplete character).
+        # Flush what was held back (an answer may really end in an incomplete character, or in the
+        # start of a stop string that never completed).
         before = self._decode(self.tokens[self._prefix:self._read])
         after = self._decode(self.tokens[self._prefix:])
-        self._emit(after[len(before):] if after.startswith(before) else "")
+        self._emit(self.stops.feed(after[len(before):] if after.startswith(before) else ""))
+        if self.stops.hit and reason == "length":
+            reason = "stop"
+        if reason not in ("cancelled", "error"):
+            self._emit(self.stops.flush())
         c = self.request.completion
         c.text = self.emitted
         c.completion_tokens = len(self.tokens)
-        self.request.finish(reason)
-
-
-class _Hooks:
-    """The per-row streamer, stopping criteria and sampling processor of one ``generate`` call."""
-
-    def __init__(self, rows: list[_Row], eos_ids: set[int]):
-        self.rows = rows
-        self.eos_ids = eos_ids
-        self.prompt_seen = False
-        self._temps = self._top_p = self._greedy = None  # per-row tensors, built on the first step
-
-    # StoppingCriteria: called with the new token already appended, before the streamer sees it.
-    def stopping(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        last = input_ids[:, -1].tolist()
-        for i, row in enumerate(self.rows):
-            if row.closed or row.stop_reason is not None:
-                done[i] = True
-                continue
-            if row.request.cancel.is_set():
-                row.stop_reason = "cancelled"
-            elif row.request.stop_at_eos and last[i] in self.eos_ids:
-                row.stop_reason = "stop"
-            elif len(row.tokens) + 1 >= row.request.max_tokens:
-                row.stop_reason = "length"
-            done[i] = row.stop_reason is not None
-        return done
-
-    # BaseStreamer.put: first the prompt batch, then one token per row per step.
-    def put(self, value) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        tokens = value.reshape(len(self.rows), -1)[:, -1].tolist()
-        for row, token in zip(self.rows, tokens, strict=True):
-            if row.closed:
-                continue
-            reason = row.stop_reason
-            # The eos token and a token sampled after a cancel are not part of the answer.
-            if reason not in ("stop", "cancelled"):
-                row.add(token)
-            if reason is not None:
-                row.close(reason)
-
-    def end(self) -> None:
-        for row in self.rows:
-            row.close(row.stop_reason or "length")
-
-    # LogitsProcessor: each row's own temperature and top_p; greedy rows keep only their argmax, so
-    # generate()'s multinomial draw picks it with probability 1 (same answer as alone, no RNG used).
-    def sampling(self, input_ids, scores):
-        import torch
-
-        if self._temps is None:
-            temps = [r.request.temperature for r in self.rows]
-            self._greedy = torch.tensor([t < GREEDY_BELOW for t in temps], device=scores.device)
-            self._temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=scores.device)[:, None]
-            self._top_p = torch.tensor([r.request.top_p for r in self.rows], device=scores.device)[:, None]
-        out = scores / self._temps
-        if bool((self._top_p < 1).any()):
-            sorted_logits, order = torch.sort(out, descending=True, dim=-1)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            drop = (probs.cumsum(dim=-1) - probs) >= self._top_p  # keep the token that crosses top_p
-            out = out.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        if bool(self._greedy.any()):
-            onehot = torch.full_like(scores, float("-inf"))
-            onehot.scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
-            out = torch.where(self._greedy[:, None], onehot, out)
-        return out
-
-
-def _wrap(hooks: _Hooks):
-    """Adapt ``_Hooks`` to the transformers base classes generate() expects."""
-    from transformers import LogitsProcessor, StoppingCriteria
-    from transformers.generation.streamers import BaseStreamer
-
-    class RowStreamer(BaseStreamer):
-        def put(self, value):
-            hooks.put(value)
-
-        def end(self):
-            hooks.end()
-
-    class RowStopping(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return hooks.stopping(input_ids, scores, **kwargs)
-
-    class RowSampling(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            return hooks.sampling(input_ids, scores)
-
-    return RowStreamer(), RowStopping(), RowSampling()
+        self.request.finish(reason, error)
 
 
 @dataclass
@@ -214,21 +170,28 @@ class _Control:
 
 
 class GenerationWorker:
-    """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between batches."""
+    """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between decode steps."""
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, batch_wait_ms: float = 5.0):
+    def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512):
         self.model = model  # becomes a PeftModel when the first adapter is loaded
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
-        self.batch_wait_s = batch_wait_ms / 1000.0
+        device = getattr(model, "device", None) or next(model.parameters()).device
+        self.device = device
+        self.max_batch_size = max_batch_size or default_max_batch_size(device.type)
+        # A step admits waiting prompts until their tokens reach this; a longer prompt is admitted alone.
+        self.prefill_tokens_per_step = prefill_tokens_per_step
         self._queue: queue.Queue = queue.Queue()
+        self._waiting: deque[GenerationRequest] = deque()
         self._pending_controls: list[_Control] = []
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rows: list[_Row] = []
+        self._batch: RunningBatch | None = None
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {e for e in [*eos_list, tokenizer.eos_token_id] if e is not None}
-        self.batches = 0  # batches run, for tests and the bench
+        self.steps = 0  # decode steps run, for tests and the bench
+        self.prefills = 0  # prefill passes run (one per admitted group)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -236,7 +199,7 @@ class GenerationWorker:
         self._thread.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the worker; requests still queued fail with ``BackendUnavailable``."""
+        """Stop the worker; requests still queued or running fail with ``BackendUnavailable``."""
         self._stopped.set()
         self._queue.put(None)  # wake the worker
         if self._thread is not None:
@@ -244,15 +207,22 @@ class GenerationWorker:
         self._fail_queued()
 
     def _fail_queued(self) -> None:
+        shutting = BackendUnavailable("the server is shutting down")
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item, GenerationRequest):
-                item.finish("error", BackendUnavailable("the server is shutting down"))
+                self._waiting.append(item)
             elif isinstance(item, _Control):
                 item.future.cancel()
+        while self._waiting:
+            self._waiting.popleft().finish("error", shutting)
+        if self._thread is None or not self._thread.is_alive():
+            for row in self._rows:
+                row.close("error", shutting)
+            self._rows, self._batch = [], None
         for control in self._pending_controls:
             control.future.cancel()
 
@@ -262,7 +232,12 @@ class GenerationWorker:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for a place in the running batch."""
+        return self._queue.qsize() + len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
 
     # --- called from other threads --------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> None:
@@ -271,7 +246,7 @@ class GenerationWorker:
         self._queue.put(request)
 
     def call(self, fn: Callable[[], object], timeout_s: float | None = None):
-        """Run ``fn`` on the worker thread between batches and return its result (or raise its error)."""
+        """Run ``fn`` on the worker thread between decode steps and return its result (or raise its error)."""
         if self._stopped.is_set():
             raise BackendUnavailable("the generation worker is stopped")
         control = _Control(fn, Future())
@@ -284,7 +259,7 @@ class GenerationWorker:
     def unload_adapter(self, name: str) -> None:
         self.call(lambda: self._unload_adapter(name))
 
-    # --- worker thread --------------------------------------------------------------------------
+    # --- worker thread: model changes -----------------------------------------------------------
     def _load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
@@ -303,32 +278,6 @@ class GenerationWorker:
     def _unload_adapter(self, name: str) -> None:
         self.model.delete_adapter(name)
 
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self._run_controls()
-            try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if item is None:
-                continue
-            if isinstance(item, _Control):
-                self._pending_controls.append(item)
-                continue
-            batch = self._gather(item)
-            try:
-                self._generate(batch)
-            except Exception as exc:  # one failed batch must not take the worker down
-                log.exception("generation batch of %d failed", len(batch))
-                error = exc if isinstance(exc, ServingError) else BackendUnavailable(f"generation failed: {type(exc).__name__}")
-                for request in batch:
-                    request.finish("error", error)
-            finally:
-                for request in batch:  # a row the hooks never closed still gets its end
-                    if request.completion.finish_reason is None:
-                        request.finish("error", BackendUnavailable("generation ended without an answer"))
-        self._run_controls()
-
     def _run_controls(self) -> None:
         controls, self._pending_controls = self._pending_controls, []
         for control in controls:
@@ -339,70 +288,143 @@ class GenerationWorker:
             except BaseException as exc:
                 control.future.set_exception(exc)
 
-    def _gather(self, first: GenerationRequest) -> list[GenerationRequest]:
-        batch = [first]
-        deadline = time.perf_counter() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            if isinstance(item, _Control):
-                self._pending_controls.append(item)  # applied after this batch
-            else:
-                batch.append(item)
-        return batch
-
-    def _generate(self, batch: list[GenerationRequest]) -> None:
+    # --- worker thread: scheduling --------------------------------------------------------------
+    def _run(self) -> None:
         import torch
-        from peft import PeftModel
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        live = [r for r in batch if not r.cancel.is_set()]
-        for r in batch:
-            if r.cancel.is_set():
-                r.completion.text = ""
-                r.finish("cancelled")
-        if not live:
+        while not self._stopped.is_set():
+            self._take_queue(block=not self._rows and not self._waiting)
+            self._run_controls()  # between steps: the running rows' adapters stay loaded (leases)
+            self._drop_cancelled()
+            with torch.inference_mode():
+                self._admit()
+                if self._rows:
+                    self._decode_step()
+        self._run_controls()
+        shutting = BackendUnavailable("the server is shutting down")
+        for row in self._rows:
+            row.close("error", shutting)
+        self._rows, self._batch = [], None
+
+    def _take_queue(self, block: bool) -> None:
+        """Move everything queued into the waiting line and the pending controls."""
+        try:
+            item = self._queue.get(timeout=0.5) if block else self._queue.get_nowait()
+        except queue.Empty:
             return
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for r in live)
-        ids = torch.full((len(live), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(live), width), dtype=torch.long)
-        for i, r in enumerate(live):
-            n = len(r.prompt_ids)
-            ids[i, width - n:] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - n:] = 1
-        device = getattr(self.model, "device", None) or next(self.model.parameters()).device
-        hooks = _Hooks([_Row(r, self.tokenizer) for r in live], self.eos_ids)
-        streamer, stopping, sampling = _wrap(hooks)
-        # eos handling lives in our per-row criteria (the bench can switch it off per row), so
-        # generate() gets no eos id of its own: [] rather than None, which it would fill from the model.
-        config = GenerationConfig(
-            max_new_tokens=max(r.max_tokens for r in live),
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            pad_token_id=pad,
-            eos_token_id=[],
-        )
-        kwargs = {}
+        while True:
+            if isinstance(item, _Control):
+                self._pending_controls.append(item)
+            elif isinstance(item, GenerationRequest):
+                self._waiting.append(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self._waiting if r.cancel.is_set()]:
+            self._waiting.remove(request)
+            request.finish("cancelled")
+        gone = [i for i, row in enumerate(self._rows) if row.request.cancel.is_set()]
+        if gone:
+            for i in gone:
+                self._rows[i].close("cancelled")
+            self._keep([i for i in range(len(self._rows)) if i not in set(gone)])
+
+    def _keep(self, indices: list[int]) -> None:
+        self._rows = [self._rows[i] for i in indices]
+        if not self._rows:
+            self._batch = None
+        elif self._batch is not None and len(indices) < self._batch.rows:
+            self._batch.keep(indices)
+
+    def _adapter_names(self, rows: list[_Row]) -> list[str] | None:
+        from peft import PeftModel
+
         if isinstance(self.model, PeftModel):
-            kwargs["adapter_names"] = [PEFT_BASE if r.adapter == BASE else r.adapter for r in live]
-        elif any(r.adapter != BASE for r in live):
+            return [row.adapter_name for row in rows]
+        if any(row.request.adapter != BASE for row in rows):
             raise BackendUnavailable("an adapter was requested but none is loaded in the model")
-        self.batches += 1
-        with torch.inference_mode():
-            self.model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampling]),
-                stopping_criteria=StoppingCriteriaList([stopping]),
-                streamer=streamer,
-                **kwargs,
-            )
+        return None
+
+    def _admit(self) -> None:
+        """Prefill waiting requests that fit (batch room, token budget) and join them to the running batch."""
+        room = self.max_batch_size - len(self._rows)
+        group: list[GenerationRequest] = []
+        tokens = 0
+        while self._waiting and len(group) < room:
+            n = len(self._waiting[0].prompt_ids)
+            if group and tokens + n > self.prefill_tokens_per_step:
+                break
+            group.append(self._waiting.popleft())
+            tokens += n
+        if not group:
+            return
+        rows = [_Row(r, self.tokenizer) for r in group]
+        try:
+            for row in rows:
+                req = row.request
+                row.sampler = RowSampler(req.temperature, req.top_p, req.seed, req.constraint)
+            batch, logits = RunningBatch.prefill(
+                self.model, [r.prompt_ids for r in group], self.tokenizer.pad_token_id, self.device,
+                self._adapter_names(rows))
+            self.prefills += 1
+            done = self._sample(rows, logits)
+        except Exception as exc:  # a failed prefill fails its own requests only; the running rows go on
+            self._fail(rows, exc, "prefill of %d request(s) failed")
+            return
+        keep = [i for i in range(len(rows)) if i not in done]
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            batch.keep(keep)
+        rows = [rows[i] for i in keep]
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.join(batch)
+        self._rows.extend(rows)
+
+    def _decode_step(self) -> None:
+        rows = self._rows
+        try:
+            logits = self._batch.decode(self.model, [row.next_token for row in rows], self._adapter_names(rows))
+            self.steps += 1
+            done = self._sample(rows, logits)
+        except Exception as exc:  # one failed step must not take the worker down
+            self._fail(rows, exc, "decode step of %d row(s) failed")
+            self._rows, self._batch = [], None
+            return
+        if done:
+            self._keep([i for i in range(len(rows)) if i not in done])
+
+    def _sample(self, rows: list[_Row], logits) -> set[int]:
+        """Choose and hand each row its token; returns the indices of rows that finished (and are closed)."""
+        tokens = choose(logits, [row.sampler for row in rows])
+        done = set()
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if row.request.cancel.is_set():
+                row.close("cancelled")  # the token sampled after a cancel is not part of the answer
+                done.add(i)
+                continue
+            try:
+                reason = row.take(token, self.eos_ids)
+            except Exception as exc:  # a constraint that raises ends its own row only
+                log.exception("decoding constraint failed")
+                row.close("error", BackendUnavailable(f"the decoding constraint failed: {type(exc).__name__}"))
+                done.add(i)
+                continue
+            if reason == "error":
+                row.close("error", BackendUnavailable("the model produced no valid token"))
+                done.add(i)
+            elif reason is not None:
+                row.close(reason)
+                done.add(i)
+        return done
+
+    def _fail(self, rows: list[_Row], exc: Exception, what: str) -> None:
+        log.exception(what, len(rows))
+        error = exc if isinstance(exc, ServingError) else BackendUnavailable(f"generation failed: {type(exc).__name__}")
+        for row in rows:
+            row.close("error", error)

@@ -15,6 +15,8 @@ from serving.types import PRODUCTION, AdapterInfo, ChatStream, Completion, Messa
 log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant"})
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 256  # a stop string is a delimiter; the worker searches a window this long every token
 
 
 def validate_messages(messages: list[Message]) -> None:
@@ -42,11 +44,22 @@ def validate_params(params: SamplingParams, max_new_tokens: int) -> int:
         raise BadRequest("max_tokens must be a positive integer")
     if max_tokens > max_new_tokens:
         raise MaxTokensTooLarge(f"max_tokens {max_tokens} is over this server's limit of {max_new_tokens}")
+    stop = params.stop
+    if isinstance(stop, str) or not isinstance(stop, (tuple, list)) or len(stop) > MAX_STOP_STRINGS:
+        raise BadRequest(f"stop must be a list of at most {MAX_STOP_STRINGS} strings")
+    for s in stop:
+        if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
+            raise BadRequest(f"each stop string must be a non-empty string of at most {MAX_STOP_CHARS} characters")
+    seed = params.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+        raise BadRequest("seed must be an integer between -2**63 and 2**64 - 1")
     return max_tokens
 
 
 class LocalBackend:
     """The ``Backend`` that runs the base model and its LoRA adapters in this process."""
+
+    worker_class = GenerationWorker  # bench/ swaps in its copy of the old static scheduler to compare
 
     def __init__(
         self,
@@ -58,8 +71,8 @@ class LocalBackend:
         adapters_dir: Path,
         max_prompt_tokens: int = 2048,
         max_new_tokens: int = 512,
-        max_batch_size: int = 8,
-        batch_wait_ms: float = 5.0,
+        max_batch_size: int | None = None,
+        prefill_tokens_per_step: int = 512,
     ):
         from serving.model_loading import load_base_model, resolve_quantization
 
@@ -72,7 +85,8 @@ class LocalBackend:
         self.max_new_tokens = max_new_tokens
         self.device = str(lm.device)
         self.quantization = resolve_quantization(quantization, lm.device.type == "cuda")
-        self._worker = GenerationWorker(lm, tokenizer, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+        self._worker = self.worker_class(lm, tokenizer, max_batch_size=max_batch_size,
+                                         prefill_tokens_per_step=prefill_tokens_per_step)
         self.adapters = AdapterManager(
             self.adapters_dir,
             base_model_name_or_path=self.model_path,
@@ -99,7 +113,7 @@ class LocalBackend:
             max_prompt_tokens=settings.max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens,
             max_batch_size=settings.max_batch_size,
-            batch_wait_ms=settings.batch_wait_ms,
+            prefill_tokens_per_step=settings.prefill_tokens_per_step,
         )
 
     # --- generation -----------------------------------------------------------------------------
@@ -124,6 +138,9 @@ class LocalBackend:
             cancel=cancel,
             completion=completion,
             stop_at_eos=not ignore_eos,
+            stop=tuple(params.stop),
+            seed=params.seed,
+            constraint=params.constraint,
             on_done=lambda: self.adapters.release(concrete),
         )
         try:

@@ -18,7 +18,7 @@ def test_adapters_change_the_answer(solo_answers):
 
 
 def test_mixed_adapter_batch_equals_solo(backend, solo_answers):
-    before = backend._worker.batches
+    before = backend._worker.steps
     names = [BASE, *DEMO_ADAPTERS, BASE, "demo-a"]
     start = threading.Barrier(len(names))
     results = {}
@@ -33,8 +33,8 @@ def test_mixed_adapter_batch_equals_solo(backend, solo_answers):
         t.start()
     for t in threads:
         t.join(60)
-    # Fewer batches than requests: they really shared batches.
-    assert backend._worker.batches - before < len(names)
+    # Fewer decode steps than the requests' tokens together: they really shared steps.
+    assert backend._worker.steps - before < len(names) * GREEDY.max_tokens
     for i, name in enumerate(names):
         text, completion = results[i]
         assert text == solo_answers[name][0], name
@@ -55,12 +55,13 @@ def test_different_lengths_in_one_batch(backend, solo_answers):
 
 
 def test_sampling_rows_stay_valid(backend):
-    params = SamplingParams(max_tokens=8, temperature=1.2, top_p=0.9)
-    streams = [backend.stream_chat(PROMPT, name, params) for name in (BASE, "demo-a", "demo-a")]
+    streams = [backend.stream_chat(PROMPT, name, SamplingParams(max_tokens=8, temperature=1.2, top_p=0.9, seed=i))
+               for i, name in enumerate((BASE, "demo-a", "demo-a"))]
     for s in streams:
         s.text()
-        assert s.completion.finish_reason == "length"
-        assert s.completion.completion_tokens == 8
+        # At temperature 1.2 a row may sample eos ("stop"); otherwise it runs to max_tokens.
+        assert (s.completion.finish_reason, s.completion.completion_tokens <= 8) in (("length", True), ("stop", True))
+        assert s.completion.finish_reason == "stop" or s.completion.completion_tokens == 8
 
 
 def test_eos_stops_with_reason_stop(demo_model_dir, serving_adapters_dir):
@@ -170,25 +171,18 @@ def test_backend_satisfies_protocol(backend):
 @pytest.mark.parametrize("text", ["héllo wörld ✓ 日本語 🎉"])
 def test_multibyte_text_streams_whole_characters(backend, text):
     # Feed the row decoder a multi-byte string token by token, as the model would produce it.
-    from serving.batching import _Row
+    from serving.batching import GenerationRequest, _Row
     from serving.types import Completion
 
-    class Req:
-        completion = Completion()
-        submitted = time.perf_counter()
-
-        class out:
-            items = []
-
-            @classmethod
-            def put(cls, item):
-                cls.items.append(item)
-
-    row = _Row(Req, backend.tokenizer)
+    request = GenerationRequest(prompt_ids=[1], adapter=BASE, max_tokens=64, temperature=0, top_p=1.0,
+                                cancel=threading.Event(), completion=Completion())
+    row = _Row(request, backend.tokenizer)
     for token in backend.tokenizer(text, add_special_tokens=False)["input_ids"]:
         row.add(token)
-    assert "".join(Req.out.items) == text
-    assert not any("\ufffd" in d for d in Req.out.items)
+    row.close("length")
+    items = list(request.stream())
+    assert "".join(items) == text
+    assert not any("\ufffd" in d for d in items)
 
 
 def test_failed_batch_fails_only_its_requests(backend, solo_answers):

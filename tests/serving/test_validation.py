@@ -37,6 +37,19 @@ def test_bad_messages(backend, messages):
         SamplingParams(top_p=0),
         SamplingParams(top_p=1.5),
         SamplingParams(max_tokens=0),
+        # Hostile stop strings and seeds: too many, wrong types, empty, huge (searched every token).
+        SamplingParams(stop=("a", "b", "c", "d", "e")),
+        SamplingParams(stop="abc"),
+        SamplingParams(stop=("",)),
+        SamplingParams(stop=(3,)),
+        SamplingParams(stop=(None,)),
+        SamplingParams(stop=("x" * 10_000,)),
+        SamplingParams(stop={"a": 1}),
+        SamplingParams(seed=True),
+        SamplingParams(seed=1.5),
+        SamplingParams(seed="7"),
+        SamplingParams(seed=2**64),
+        SamplingParams(seed=-(2**63) - 1),
     ],
 )
 def test_bad_sampling(backend, params):

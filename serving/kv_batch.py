@@ -1,0 +1,116 @@
+"""The running batch's KV cache: left-padded rows that join and leave between decode steps.
+
+This follows the transformers path of TGI (``server/text_generation_server/models/causal_lm.py``,
+``CausalLMBatch.concatenate`` and ``.filter``), on transformers' own ``DynamicCache`` layers:
+
+- every row's keys and values sit right-aligned in one left-padded cache, with a 0/1 padding mask;
+- a joining group is prefilled on its own, then both caches are left-padded to the longer width and
+  concatenated on the batch axis;
+- a leaving row is dropped with an index-select, and the columns that are padding for every row left
+  are trimmed off the left.
+
+No running row's keys and values are ever recomputed; joins and leaves cost one copy of the cache.
+transformers' paged continuous batching (``generate_batch``) was not used: it brings its own scheduler
+and attention kernels, while this worker needs peft's per-row ``adapter_names``, per-row stop strings,
+seeds and constraints inside its own loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _forward(model, ids, mask, positions, cache, adapter_names):
+    kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1, **kwargs)
+    return out.logits[:, -1, :]
+
+
+class RunningBatch:
+    """Rows decoding together: one left-padded ``DynamicCache``, its padding mask, each row's next position."""
+
+    def __init__(self, cache, mask: torch.Tensor, positions: torch.Tensor):
+        self.cache = cache  # per layer: keys/values [rows, kv_heads, width, head_dim]
+        self.mask = mask  # [rows, width]: 1 where a real token's keys and values are
+        self.positions = positions  # [rows]: the position id the row's next token gets
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def prefill(cls, model, prompts: list[list[int]], pad_id: int, device, adapter_names=None):
+        """Run ``prompts`` (left-padded together) through ``model``: ``(batch, last-position logits)``."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        # Positions count real tokens only, as generate() derives them, so a padded row sees the same
+        # rotary positions as when it runs alone.
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache()
+        logits = _forward(model, ids, mask, positions, cache, adapter_names)
+        return cls(cache, mask, mask.sum(-1)), logits
+
+    def decode(self, model, tokens: list[int], adapter_names=None) -> torch.Tensor:
+        """Feed each row its next token; returns the logits for the token after it, [rows, vocab]."""
+        import torch
+
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.mask.device)[:, None]
+        mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=-1)
+        logits = _forward(model, ids, mask, self.positions[:, None], self.cache, adapter_names)
+        self.mask = mask
+        self.positions = self.positions + 1
+        return logits
+
+    def _layers(self):
+        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None
+                and layer.keys.numel() > 0]
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only the rows at ``indices`` (in that order) and trim the padding no row needs any more."""
+        import torch
+
+        idx = torch.tensor(indices, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, idx)
+        # The first column some kept row still attends to; everything left of it is padding for all.
+        start = int(mask.any(dim=0).int().argmax()) if len(indices) else 0
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, idx)
+        for layer in self._layers():
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+
+    def join(self, other: RunningBatch) -> None:
+        """Append ``other``'s rows after this batch's, left-padding the narrower cache to the wider."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(self.width, other.width)
+
+        def widen(t, extra):  # pad dim -2 (the sequence axis of keys/values) on the left
+            return F.pad(t, (0, 0, extra, 0)) if extra else t
+
+        mine, theirs = self._layers(), other._layers()
+        if len(mine) != len(theirs):
+            raise RuntimeError("cannot join caches with different layer counts")
+        a, b = width - self.width, width - other.width
+        for x, y in zip(mine, theirs, strict=True):
+            x.keys = torch.cat([widen(x.keys, a), widen(y.keys, b)], dim=0)
+            x.values = torch.cat([widen(x.values, a), widen(y.values, b)], dim=0)
+        self.mask = torch.cat([F.pad(self.mask, (a, 0)), F.pad(other.mask, (b, 0))], dim=0)
+        self.positions = torch.cat([self.positions, other.positions])
