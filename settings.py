@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     top_p: float = Field(0.95, gt=0, le=1, description="Default nucleus sampling mass.")
     max_batch_size: int = Field(8, gt=0, description="Most requests the generation worker batches together.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the worker waits to gather a batch.")
+    max_choices: int = Field(4, ge=1, description="Largest n (choices per chat completion) the API accepts.")
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. [\"https://app.example\"]; none by default.")
 
     # --- backend ---------------------------------------------------------------------------------
     backend: Literal["local", "remote"] = Field("local", description="Generate in-process, or on a remote OpenAI-compatible engine.")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.errors import AdapterRejected, BackendUnavailable, ServingError
+from serving.stops import StopText
 from serving.types import BASE, GREEDY_BELOW, Completion
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class GenerationRequest:
     cancel: threading.Event
     completion: Completion
     stop_at_eos: bool = True  # the bench turns this off so every answer has the same length
+    stop: tuple[str, ...] = ()  # stop strings: the answer is cut just before the first
+    seed: int | None = None  # this row draws from its own generator (batch-mates cannot shift its draws)
+    constraint: object | None = None  # a serving.types.TokenConstraint (structured output)
     on_done: Callable[[], None] | None = None  # releases the adapter lease; called exactly once
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     submitted: float = field(default_factory=time.perf_counter)
@@ -78,6 +82,8 @@ class _Row:
         # short window of recent tokens and emit what it adds, so each step costs O(1), not O(answer).
         self._prefix = 0  # window start
         self._read = 0  # tokens already turned into emitted text
+        self.stops = StopText(request.stop) if request.stop else None
+        self.keep_last = False  # a constraint ended the row on a token that belongs to the answer
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -92,6 +98,13 @@ class _Row:
             self._prefix, self._read = self._read, len(self.tokens)
 
     def _emit(self, delta: str) -> None:
+        if self.stops is not None:
+            delta = self.stops.feed(delta)
+            if self.stops.hit:
+                self.stop_reason = self.stop_reason or "stop"
+        self._emit_text(delta)
+
+    def _emit_text(self, delta: str) -> None:
         if delta:
             c = self.request.completion
             if c.first_token_s is None:
@@ -107,6 +120,10 @@ class _Row:
         before = self._decode(self.tokens[self._prefix:self._read])
         after = self._decode(self.tokens[self._prefix:])
         self._emit(after[len(before):] if after.startswith(before) else "")
+        if self.stops is not None:
+            self._emit_text(self.stops.flush())
+            if self.stops.hit:
+                reason = "stop"
         c = self.request.completion
         c.text = self.emitted
         c.completion_tokens = len(self.tokens)
@@ -121,6 +138,7 @@ class _Hooks:
         self.eos_ids = eos_ids
         self.prompt_seen = False
         self._temps = self._top_p = self._greedy = None  # per-row tensors, built on the first step
+        self._seeded: dict = {}
 
     # StoppingCriteria: called with the new token already appended, before the streamer sees it.
     def stopping(self, input_ids, scores, **kwargs):
@@ -132,8 +150,13 @@ class _Hooks:
             if row.closed or row.stop_reason is not None:
                 done[i] = True
                 continue
+            constraint = row.request.constraint
+            if constraint is not None and last[i] not in self.eos_ids:
+                constraint.accept(last[i])
             if row.request.cancel.is_set():
                 row.stop_reason = "cancelled"
+            elif constraint is not None and constraint.is_terminated():
+                row.stop_reason, row.keep_last = "stop", last[i] not in self.eos_ids
             elif row.request.stop_at_eos and last[i] in self.eos_ids:
                 row.stop_reason = "stop"
             elif len(row.tokens) + 1 >= row.request.max_tokens:
@@ -152,8 +175,9 @@ class _Hooks:
                 continue
             reason = row.stop_reason
             # The eos token and a token sampled after a cancel are not part of the answer.
-            if reason not in ("stop", "cancelled"):
+            if reason not in ("stop", "cancelled") or row.keep_last:
                 row.add(token)
+                reason = row.stop_reason  # a stop string may have ended it just now
             if reason is not None:
                 row.close(reason)
 
@@ -171,6 +195,11 @@ class _Hooks:
             self._greedy = torch.tensor([t < GREEDY_BELOW for t in temps], device=scores.device)
             self._temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=scores.device)[:, None]
             self._top_p = torch.tensor([r.request.top_p for r in self.rows], device=scores.device)[:, None]
+            self._seeded = {i: torch.Generator().manual_seed(r.request.seed)
+                            for i, r in enumerate(self.rows) if r.request.seed is not None}
+        for i, row in enumerate(self.rows):  # structured output: the grammar's mask, before sampling
+            if row.request.constraint is not None and not row.closed:
+                scores[i] = row.request.constraint.mask(scores[i])
         out = scores / self._temps
         if bool((self._top_p < 1).any()):
             sorted_logits, order = torch.sort(out, descending=True, dim=-1)
@@ -181,6 +210,11 @@ class _Hooks:
             onehot = torch.full_like(scores, float("-inf"))
             onehot.scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
             out = torch.where(self._greedy[:, None], onehot, out)
+        for i, gen in self._seeded.items():  # seeded rows draw here, from their own generator
+            if not bool(self._greedy[i]):
+                token = torch.multinomial(torch.softmax(out[i].float().cpu(), dim=-1), 1, generator=gen)
+                out[i] = float("-inf")
+                out[i, token.item()] = 0.0
         return out
 
 
