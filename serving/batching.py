@@ -101,7 +101,7 @@ class _Row:
         if self.stops is not None:
             delta = self.stops.feed(delta)
             if self.stops.hit:
-                self.stop_reason = self.stop_reason or "stop"
+                self.stop_reason = "stop"
         self._emit_text(delta)
 
     def _emit_text(self, delta: str) -> None:

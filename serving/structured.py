@@ -229,6 +229,8 @@ class GrammarConstraint:
         allowed = self._allowed()[: scores.shape[-1]]
         if allowed.shape[0] < scores.shape[-1]:  # model vocab padded past the tokenizer's
             allowed = torch.cat([allowed, torch.zeros(scores.shape[-1] - allowed.shape[0], dtype=torch.bool)])
+        if not bool(allowed.any()):  # a matcher in error allows nothing: end the row rather than sample NaN
+            allowed[[e for e in self.vocab.eos if e < allowed.shape[0]]] = True
         if self._closing():
             forced = self._closing_token(allowed)
             if forced is not None:

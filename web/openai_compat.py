@@ -64,7 +64,7 @@ def structured_output(response_format: dict | None, tools: list[dict] | None, to
                 raise BadRequest(f"tool_choice names a function that is not in tools: {name!r}")
             choice = {"type": "function", "function": {"name": name}}
         return StructuredOutput("tools", tools=tuple(tools), tool_choice=choice,
-                                raw={"tools": tools, "tool_choice": tool_choice})
+                                raw={"tools": tools, **({"tool_choice": tool_choice} if tool_choice is not None else {})})
     if tool_choice is not None and tool_choice != "none":
         raise BadRequest("tool_choice needs tools")
     if response_format is None:
