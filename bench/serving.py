@@ -75,9 +75,15 @@ def structured_cost(backend, requests: int, max_tokens: int) -> tuple[float, flo
 
     def run(structured) -> tuple[float, int]:
         together = threading.Barrier(len(prompts))
-        results = []
+        results, errors = [], []
 
         def one(prompt):
+            try:
+                answer(prompt)
+            except Exception as exc:  # reported after the run: a bench must not count a failure as fast
+                errors.append(exc)
+
+        def answer(prompt):
             together.wait()
             params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=7, structured=structured)
             stream = backend.stream_chat([{"role": "user", "content": prompt}], BASE, params,
@@ -93,6 +99,8 @@ def structured_cost(backend, requests: int, max_tokens: int) -> tuple[float, flo
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
         return time.perf_counter() - start, sum(results)
 
     run(None)  # warm-up, and llguidance's tokenizer (built once per tokenizer)

@@ -212,9 +212,10 @@ class GrammarConstraint:
         self._depth = 0
 
     # The shortest way out needs at most: the schema's shortest instance (required keys not yet written),
-    # one token per open object or array, and two to end a string and the row.
+    # per open object or array its closing bracket plus a pending key's ':' and value, and a few to end
+    # a string and the row.
     def _closing(self) -> bool:
-        return self.budget - self.used <= self.min_chars + self._depth + 2
+        return self.budget - self.used <= self.min_chars + 2 * self._depth + 4
 
     def _allowed(self):
         import torch
@@ -240,9 +241,10 @@ class GrammarConstraint:
         return scores.masked_fill(~allowed, float("-inf"))
 
     def _closing_token(self, allowed) -> int | None:
-        """The token that brings the answer nearest its end: close a string, then an object or array,
-        then end; None leaves the grammar's own choices (a forced key, a digit)."""
-        order = ['"'] if self._in_string else ["}", "]", ","]
+        """The token that brings the answer nearest its end: close a string, an object or array, then
+        the shortest value (a digit, an empty string); None leaves the grammar's own choice (a forced key
+        character, ':', true/false/null)."""
+        order = ['"'] if self._in_string else ["}", "]", ",", "0", '"']
         if not self._in_string and self.matcher.is_accepting():
             order = ["EOS"]
         for ch in order:
