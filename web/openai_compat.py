@@ -72,6 +72,11 @@ def structured_output(response_format: dict | None, tools: list[dict] | None, to
     kind = response_format.get("type")
     if kind == "text":
         return None
+    if kind in ("json_object", "json") and isinstance(response_format.get("value"), dict):
+        # TGI's form, which huggingface_hub's InferenceClient sends for an OpenAI json_schema: so another
+        # Tuneloop's RemoteBackend gets its schema honoured here.
+        return StructuredOutput("json_schema", schema=response_format["value"], strict=True,
+                                raw={"response_format": response_format})
     if kind == "json_object":
         return StructuredOutput("json_object", raw={"response_format": response_format})
     if kind == "json_schema":

@@ -20,6 +20,8 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
     """Hide every UI event from the API, then add the public endpoints; call inside ``with ui:``."""
     for fn in ui.fns.values():
         fn.api_visibility = "private"
+        if isinstance(fn.api_name, str):  # frees "rate" etc. for the public endpoints (else "rate_1")
+            fn.api_name = f"ui_{fn.api_name}"
     s = ctx.settings
 
     def chat(message: str, history: list[dict] | None = None, model: str = PRODUCTION,

@@ -161,7 +161,7 @@ def test_remote_engine_receives_stop_seed_and_structured_output_as_sent(remote_a
     sent = remote_app.standin.state.requests[-1][1]
     assert (sent["stop"], sent["seed"], sent["response_format"]) == (["zz"], 3, {"type": "json_object"})
     with openai.OpenAI(base_url=f"{remote_app.url}/v1", api_key="unused", timeout=300, max_retries=0) as client:
-        client.chat.completions.create(model="base", messages=HELLO, max_tokens=40, tools=[WEATHER],
+        client.chat.completions.create(model="base", messages=HELLO, max_tokens=80, tools=[WEATHER],
                                        tool_choice="required")
     sent = remote_app.standin.state.requests[-1][1]
     assert (sent["tools"], sent["tool_choice"]) == ([WEATHER], "required")
@@ -240,7 +240,7 @@ def test_cors_is_off_by_default():
 def test_json_schema_answers_always_parse(client, stream):
     prompts = ["Describe a person.", "Hello, how are you today?", "Write a short poem about the sea."]
     for prompt in prompts:
-        kwargs = dict(model="base", messages=[{"role": "user", "content": prompt}], temperature=1.0, max_tokens=60)
+        kwargs = dict(model="base", messages=[{"role": "user", "content": prompt}], temperature=1.0, max_tokens=96)
         if stream:
             with client.chat.completions.stream(response_format=Person, **kwargs) as s:
                 final = s.get_final_completion()
@@ -263,7 +263,7 @@ def test_json_object_answers_always_parse(client):
 @pytest.mark.parametrize("stream", [False, True])
 def test_forced_tool_calls_are_openai_shaped(client, choice, stream):
     kwargs = dict(model="base", messages=[{"role": "user", "content": "Weather in Paris?"}], temperature=1.0,
-                  max_tokens=60, tools=[WEATHER, TIME], tool_choice=choice)
+                  max_tokens=96, tools=[WEATHER, TIME], tool_choice=choice)
     if stream:
         calls, reason = {}, None
         for chunk in client.chat.completions.create(stream=True, **kwargs):
@@ -304,7 +304,7 @@ def test_tool_choice_auto_and_none_answer_in_text_or_a_valid_call(client):
 def _langchain(app, **kw):
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=f"{app.url}/v1", api_key="unused", model="base", temperature=1.0, max_tokens=60,
+    return ChatOpenAI(base_url=f"{app.url}/v1", api_key="unused", model="base", temperature=1.0, max_tokens=96,
                       max_retries=0, timeout=300, **kw)
 
 
