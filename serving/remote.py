@@ -187,6 +187,8 @@ class RemoteBackend:
         max_tokens = validate_params(params, self.max_new_tokens)
         concrete = self.resolve(adapter)
         # stop, seed and structured output go to the engine as the client sent them (vLLM implements all).
+        # Caveat: InferenceClient rewrites a json_schema response_format into TGI's {"type": "json_object",
+        # "value": schema}; a Tuneloop engine reads that, vLLM would keep only json_object (not yet fixed).
         extra: dict = dict(params.structured.raw) if params.structured is not None else {}
         if params.stop:
             extra["stop"] = list(params.stop)
