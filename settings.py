@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     prefill_tokens_per_step: int = Field(
         512, gt=0, description="Prompt tokens the worker prefills per decode step for joining requests; bounds "
         "how much a long new prompt slows the running answers (a longer prompt is prefilled alone).")
+    max_choices: int = Field(4, ge=1, description="Largest n (choices per chat completion) the API accepts.")
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. [\"https://app.example\"]; none by default.")
 
     # --- backend ---------------------------------------------------------------------------------
     backend: Literal["local", "remote"] = Field("local", description="Generate in-process, or on a remote OpenAI-compatible engine.")

@@ -2,6 +2,7 @@
 and adapter hot-swap vs a base-model reload.
 
     python bench/serving.py [--model ID_OR_PATH] [--quantization auto|4bit|8bit|none] [--write-results]
+    python bench/serving.py --structured [...]   # tokens/s of grammar-constrained vs free decoding
 
 Without ``--model`` it builds and serves the offline demo model. Targets: under 32 closed-loop users
 with mixed answer lengths, continuous batching's TTFT p50 and p95 <= 1/3 of the static scheduler's
@@ -119,6 +120,70 @@ def compare_schedulers(model: str, quantization: str, adapters_dir: Path, users:
     return out
 
 
+STRUCTURED_PROMPTS = ["Describe a person.", "Write a short poem about the sea.", "What is Python?",
+                      "Hello, how are you today?"]
+STRUCTURED_SCHEMA = {  # nested, with an open-ended array and strings, so the grammar has work at every step
+    "type": "object", "additionalProperties": False, "required": ["name", "age", "tags", "address"],
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                   "tags": {"type": "array", "items": {"type": "string"}},
+                   "address": {"type": "object", "required": ["city"], "additionalProperties": False,
+                               "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}}}
+
+
+def structured_cost(backend, requests: int, max_tokens: int) -> tuple[float, float]:
+    """Tokens/s of the same prompts decoded freely and under a JSON-schema grammar (batched, sampled).
+
+    The constrained answers end when their JSON closes, so throughput is compared per token, not per answer.
+    """
+    import json
+
+    from serving.structured import StructuredOutput
+    from serving.types import BASE, SamplingParams
+
+    spec = StructuredOutput("json_schema", schema=STRUCTURED_SCHEMA, strict=True)
+    prompts = [STRUCTURED_PROMPTS[i % len(STRUCTURED_PROMPTS)] for i in range(requests)]
+
+    def run(structured) -> tuple[float, int]:
+        together = threading.Barrier(len(prompts))
+        results, errors = [], []
+
+        def one(prompt):
+            try:
+                answer(prompt)
+            except Exception as exc:  # reported after the run: a bench must not count a failure as fast
+                errors.append(exc)
+
+        def answer(prompt):
+            together.wait()
+            params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=7, structured=structured)
+            stream = backend.stream_chat([{"role": "user", "content": prompt}], BASE, params,
+                                         ignore_eos=structured is None)
+            text = stream.text()
+            if structured is not None:
+                json.loads(text)  # every constrained answer must parse
+            results.append(stream.completion.completion_tokens)
+
+        threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - start, sum(results)
+
+    run(None)  # warm-up, and llguidance's tokenizer (built once per tokenizer)
+    run(spec)
+    free_s, free_tok = run(None)
+    cons_s, cons_tok = run(spec)
+    free_tps, cons_tps = free_tok / free_s, cons_tok / cons_s
+    print(f"free decoding: {free_tok} tokens in {free_s:.2f}s = {free_tps:.1f} tok/s")
+    print(f"JSON-schema constrained: {cons_tok} tokens in {cons_s:.2f}s = {cons_tps:.1f} tok/s (all parsed)")
+    print(f"constrained / free throughput: {cons_tps / free_tps:.2f}x")
+    return free_tps, cons_tps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="hub id or path; default: the offline demo model")
@@ -129,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60, help="length of each scheduler's user run")
     parser.add_argument("--lengths", default="8,16,32,64", help="answer lengths the users draw from")
     parser.add_argument("--write-results", action="store_true", help=f"append a line to {RESULTS}")
+    parser.add_argument("--structured", action="store_true", help="only measure constrained vs free decoding")
     args = parser.parse_args(argv)
 
     from serving.demo_model import build_demo_adapter, ensure_demo_model
@@ -143,6 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         model_path = model  # a directory or a hub id: the adapter builder loads either
         for i, name in enumerate(("bench-a", "bench-b")):
             build_demo_adapter(Path(model_path), adapters_dir / name, seed=i + 1)
+        if args.structured:
+            backend = LocalBackend(model, quantization=args.quantization, adapters_dir=adapters_dir,
+                                   max_new_tokens=args.max_tokens, max_batch_size=args.requests)
+            print(f"setup: model={model} device={backend.device} quantization={backend.quantization} "
+                  f"machine={machine()} requests={args.requests} max_tokens={args.max_tokens}")
+            try:
+                free_tps, cons_tps = structured_cost(backend, args.requests, args.max_tokens)
+            finally:
+                backend.close()
+            if args.write_results:
+                with RESULTS.open("a") as f:
+                    f.write(f"- {dt.date.today().isoformat()} structured output: machine={machine()} "
+                            f"model={args.model or 'demo'} constrained/free={cons_tps / free_tps:.2f}x ({cons_tps:.0f} "
+                            f"vs {free_tps:.0f} tok/s, {args.requests} req batched, llguidance JSON schema)\n")
+            return 0
         lengths = tuple(int(x) for x in args.lengths.split(","))
         print(f"setup: model={model} machine={machine()} users={args.users} answer lengths={lengths} (eos "
               f"ignored), temperature 0.7, base + bench-a mixed; max_batch_size={args.users}")

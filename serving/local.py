@@ -10,17 +10,19 @@ from serving.adapters import AdapterManager, base_modules_of
 from serving.batching import GenerationRequest, GenerationWorker
 from serving.chat_format import render_prompt
 from serving.errors import AdapterRejected, BadRequest, MaxTokensTooLarge, PromptTooLong, ServingError
+from serving.structured import build_constraint, parse_tool_calls
 from serving.types import PRODUCTION, AdapterInfo, ChatStream, Completion, Message, SamplingParams
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 256  # a stop string is a delimiter; the worker searches a window this long every token
 
 
 def validate_messages(messages: list[Message]) -> None:
-    """Raise ``BadRequest`` unless ``messages`` is a non-empty list of {role, content: str} dicts."""
+    """Raise ``BadRequest`` unless ``messages`` is a non-empty list of {role, content: str} dicts
+    (an assistant turn that calls tools may have ``content`` None and ``tool_calls``)."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list")
     for i, m in enumerate(messages):
@@ -28,6 +30,8 @@ def validate_messages(messages: list[Message]) -> None:
             raise BadRequest(f"messages[{i}] must be an object with role and content")
         if m.get("role") not in ROLES:
             raise BadRequest(f"messages[{i}].role must be one of {sorted(ROLES)}")
+        if m.get("content") is None and m.get("role") == "assistant" and m.get("tool_calls"):
+            continue
         if not isinstance(m.get("content"), str):
             raise BadRequest(f"messages[{i}].content must be a string")
 
@@ -123,9 +127,13 @@ class LocalBackend:
         """See ``Backend.stream_chat``; ``ignore_eos`` (for the bench) always generates ``max_tokens``."""
         validate_messages(messages)
         max_tokens = validate_params(params, self.max_new_tokens)
-        prompt_ids = self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
+        spec = params.structured
+        tools = list(spec.tools) if spec is not None and spec.tools else None
+        prompt_ids = self.tokenizer(render_prompt(self.tokenizer, messages, tools=tools),
+                                    add_special_tokens=False)["input_ids"]
         if len(prompt_ids) > self.max_prompt_tokens:
             raise PromptTooLong(f"the prompt is {len(prompt_ids)} tokens, over the limit of {self.max_prompt_tokens}")
+        constraint = params.constraint or build_constraint(spec, self.tokenizer, self._worker.eos_ids, max_tokens)
         concrete = self.adapters.acquire(adapter)
         cancel = threading.Event()
         completion = Completion(adapter=concrete, prompt_tokens=len(prompt_ids))
@@ -140,7 +148,7 @@ class LocalBackend:
             stop_at_eos=not ignore_eos,
             stop=tuple(params.stop),
             seed=params.seed,
-            constraint=params.constraint,
+            constraint=constraint,
             on_done=lambda: self.adapters.release(concrete),
         )
         try:
@@ -148,12 +156,16 @@ class LocalBackend:
         except BaseException:
             self.adapters.release(concrete)
             raise
-        return ChatStream(self._deltas(request), completion, cancel)
+        return ChatStream(self._deltas(request, spec), completion, cancel)
 
     @staticmethod
-    def _deltas(request: GenerationRequest):
+    def _deltas(request: GenerationRequest, spec=None):
         try:
             yield from request.stream()
+            calls = parse_tool_calls(request.completion.text, spec)
+            if calls:
+                request.completion.tool_calls = calls
+                request.completion.finish_reason = "tool_calls"
         except ServingError:
             request.completion.finish_reason = "error"
             raise

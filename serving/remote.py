@@ -34,7 +34,7 @@ from serving.errors import (
     ServingError,
     UnknownAdapter,
 )
-from serving.local import validate_messages, validate_params
+from serving.local import validate_messages, validate_params, validate_stop
 from serving.types import BASE, PRODUCTION, AdapterInfo, ChatStream, Completion, Message, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,17 @@ class RemoteBackend:
     # --- generation ---------------------------------------------------------------------------------
     def stream_chat(self, messages: list[Message], adapter: str, params: SamplingParams) -> ChatStream:
         validate_messages(messages)
+        validate_stop(params.stop)
         max_tokens = validate_params(params, self.max_new_tokens)
         concrete = self.resolve(adapter)
+        # stop, seed and structured output go to the engine as the client sent them (vLLM implements all).
+        # Caveat: InferenceClient rewrites a json_schema response_format into TGI's {"type": "json_object",
+        # "value": schema}; a Tuneloop engine reads that, vLLM would keep only json_object (not yet fixed).
+        extra: dict = dict(params.structured.raw) if params.structured is not None else {}
+        if params.stop:
+            extra["stop"] = list(params.stop)
+        if params.seed is not None:
+            extra["seed"] = params.seed
         engine_model = self._engine_model(concrete)
         # One client per request: InferenceClient keeps each streamed response open in its ExitStack until
         # close(), so a shared client would hold every finished or abandoned stream until shutdown.
@@ -196,7 +205,7 @@ class RemoteBackend:
             chunks = client.chat_completion(
                 messages, model=engine_model, stream=True, max_tokens=max_tokens,
                 temperature=float(params.temperature), top_p=float(params.top_p),
-                stream_options={"include_usage": True},
+                stream_options={"include_usage": True}, **extra,
             )
         except BaseException as exc:
             client.close()
@@ -211,6 +220,7 @@ class RemoteBackend:
     def _deltas(self, client, chunks, completion: Completion, cancel: threading.Event, started: float) -> Iterator[str]:
         deltas = 0
         usage = None
+        calls: dict[int, dict] = {}  # streamed tool calls by index: the id and name come first, arguments in parts
         try:
             for chunk in chunks:
                 if cancel.is_set():
@@ -225,8 +235,19 @@ class RemoteBackend:
                         completion.text += text
                         deltas += 1
                         yield text
+                    for tc in (choice.delta.tool_calls or ()) if choice.delta else ():
+                        call = calls.setdefault(tc.index or 0, {"id": "", "type": "function",
+                                                                "function": {"name": "", "arguments": ""}})
+                        call["id"] = tc.id or call["id"]
+                        if tc.function is not None:
+                            call["function"]["name"] += tc.function.name or ""
+                            call["function"]["arguments"] += tc.function.arguments or ""
                     if choice.finish_reason:
-                        completion.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+                        completion.finish_reason = (choice.finish_reason if choice.finish_reason in ("length", "tool_calls")
+                                                    else "stop")
+            if calls:
+                completion.tool_calls = [calls[i] for i in sorted(calls)]
+                completion.finish_reason = "tool_calls"
             if completion.finish_reason is None:
                 completion.finish_reason = "cancelled" if cancel.is_set() else "stop"
         except GeneratorExit:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from serving.structured import StructuredOutput
+
 # Conversations stay in the OpenAI/TRL ``messages`` shape end to end: [{"role": ..., "content": ...}].
 Message = dict[str, str]
 
@@ -43,6 +45,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # the answer ends just before the first of these (finish_reason "stop")
     seed: int | None = None  # reproducible sampling for this request alone (batch-mates draw apart)
     constraint: TokenConstraint | None = field(default=None, compare=False)  # structured output
+    # What the client asked the answer to be (response_format / tools): plain data a remote engine gets as
+    # is; the local backend compiles it into ``constraint`` (serving/structured.py).
+    structured: StructuredOutput | None = field(default=None, compare=False)
 
     @property
     def greedy(self) -> bool:
@@ -57,7 +62,8 @@ class Completion:
     adapter: str = BASE  # the concrete adapter that answered (aliases resolved)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: Literal["stop", "length", "cancelled", "error"] | None = None
+    finish_reason: Literal["stop", "length", "cancelled", "error", "tool_calls"] | None = None
+    tool_calls: list[dict] | None = None  # OpenAI-shaped calls when the answer is a tool call
     first_token_s: float | None = None  # time to first token
     latency_s: float = 0.0
 

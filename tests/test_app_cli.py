@@ -51,3 +51,14 @@ def test_settings_precedence(tmp_path, monkeypatch):
     s = load_settings(cfg, max_new_tokens=None)
     assert (s.port, s.host, s.max_new_tokens) == (2222, "127.0.0.2", 64)  # env beats file
     assert load_settings(cfg, port=3333).port == 3333  # flags beat env
+
+
+def test_global_flags_work_before_or_after_the_subcommand(tmp_path):
+    from app import parse_args
+
+    for argv in (["--data-dir", "D", "export", "--out", "x"], ["export", "--out", "x", "--data-dir", "D"]):
+        args = parse_args(argv)
+        assert (args.command, args.data_dir, args.out) == ("export", "D", "x")
+    assert parse_args(["--port", "9", "serve", "--demo"]).port == 9  # a flag before is not reset after
+    r = run_app("users", "list", "--data-dir", str(tmp_path / "d"))
+    assert "unrecognized arguments" not in r.stderr and r.returncode == 0, r.stderr

@@ -7,18 +7,17 @@ cannot forget the check.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from feedback.models import Rating
@@ -26,11 +25,12 @@ from retrain.canary import CanaryPolicy
 from retrain.canary_report import experiment_report, pick_experiment
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
+from web import openai_compat as oa
 from web import review
 from web.access import chat_choices, owned_message
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
-from web.errors import ApiError, classify, error_body, install_handlers
+from web.errors import ApiError, install_handlers
 from web.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,32 @@ Name = Annotated[str, AfterValidator(_encodable), AfterValidator(_no_control)]  
 Id = Annotated[str, AfterValidator(_safe_id)]  # message, conversation, battle and run ids
 
 
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: Text = Field("", max_length=200)
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
+
+    @field_validator("function")
+    @classmethod
+    def _named(cls, v):
+        if not isinstance(v.get("name"), str) or not isinstance(v.get("arguments", ""), str):
+            raise ValueError("a tool call's function needs a string name and string arguments")
+        return {"name": v["name"], "arguments": v.get("arguments", "")}
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
+    tool_call_id: Text | None = Field(None, max_length=200)
 
     @field_validator("content")
     @classmethod
     def _text_only(cls, v):
+        if v is None:
+            return v
         if isinstance(v, list):  # OpenAI content parts: only text parts are understood
             texts = []
             for part in v:
@@ -100,17 +118,53 @@ class ChatMessageIn(BaseModel):
             raise ValueError(f"message longer than {MAX_TEXT} characters")
         return _no_nul(_encodable(v))
 
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content may be null only in an assistant message with tool_calls")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
+
+    def message(self) -> dict:
+        """The OpenAI/TRL message the backend renders; ``developer`` is OpenAI's new name for ``system``."""
+        m: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+        if self.tool_calls:
+            m["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id:
+            m["tool_call_id"] = self.tool_call_id
+        return m
+
+
+# Fields OpenAI defines that Tuneloop does not implement: a value that would change the answer is refused
+# (400 unsupported_parameter) rather than ignored; the neutral value (false, 0, empty) is accepted.
+UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "frequency_penalty", "presence_penalty", "functions",
+               "function_call", "audio", "modalities", "prediction", "web_search_options", "reasoning_effort",
+               "verbosity")
+# Fields that change nothing here: bookkeeping, or promises Tuneloop keeps anyway (one tool call per answer
+# satisfies parallel_tool_calls either way).
+IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier",
+           "prompt_cache_key")
+
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model_config = ConfigDict(extra="allow")  # unknown fields are checked in _refuse_unsupported
     model: Name = PRODUCTION
     messages: list[ChatMessageIn]
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    n: int = Field(1, ge=1, description="choices to generate (at most the max_choices setting)")
+    stop: Text | list[Text] | None = Field(None, description="up to 4 strings; the answer ends before the first")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     conversation_id: Id | None = Field(None, description=(
         "Tuneloop: continue a conversation; only an id this server returned to you (unknown ids: 404)"))
     replaces: Id | None = Field(None, description="Tuneloop: id of your answer this regenerates")
@@ -250,51 +304,44 @@ def list_models(ctx: Ctx, user: User):
     return {"object": "list", "data": data}
 
 
-def _sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+@users.get("/v1/models/{model_id:path}")
+def retrieve_model(model_id: str, ctx: Ctx):
+    for card in list_models(ctx)["data"]:
+        if card["id"] == model_id:
+            return card
+    raise ApiError(404, f"The model '{model_id}' does not exist", code="model_not_found")
 
 
 @users.post("/v1/chat/completions")
 def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise BadRequest("give max_tokens or max_completion_tokens, not both")
-    params = _params(ctx, body.max_tokens or body.max_completion_tokens, body.temperature, body.top_p)
-    messages = [m.model_dump() for m in body.messages]
-    turn = ctx.chat.start(user, messages, body.model, params,
-                          conversation_id=body.conversation_id, replaces=body.replaces)
-    created = int(time.time())
-    base = {"id": turn.message_id, "created": created, "model": body.model,
-            "conversation_id": turn.conversation_id}
-
-    def usage() -> dict:
-        c = turn.completion
-        return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "total_tokens": c.prompt_tokens + c.completion_tokens}
-
+    oa.refuse_unsupported(body.model_extra or {}, UNSUPPORTED, IGNORED)
+    if body.n > ctx.settings.max_choices:
+        raise BadRequest(f"n must be at most {ctx.settings.max_choices}")
+    if body.n > 1 and (body.conversation_id or body.replaces):
+        raise BadRequest("n > 1 starts new conversations: it cannot be combined with conversation_id or replaces")
+    structured = oa.structured_output(body.response_format, body.tools, body.tool_choice)
+    params = oa.with_options(
+        _params(ctx, body.max_tokens or body.max_completion_tokens, body.temperature, body.top_p),
+        body.stop, body.seed, structured)
+    messages = [m.message() for m in body.messages]
+    turns = []
+    try:  # all n are submitted before any is read, so they share a batch
+        for i in range(body.n):
+            turns.append(ctx.chat.start(user, messages, body.model, replace(params, seed=oa.choice_seed(body.seed, i)),
+                                        conversation_id=body.conversation_id, replaces=body.replaces))
+    except BaseException:
+        for turn in turns:
+            turn.stream.cancel()
+            turn.deltas().close()
+        raise
+    base = {"id": turns[0].message_id, "created": int(time.time()), "model": body.model,
+            "conversation_id": turns[0].conversation_id}
     if not body.stream:
-        text = "".join(turn.deltas())
-        c = turn.completion
-        return {**base, "object": "chat.completion", "adapter": c.adapter,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": c.finish_reason or "stop"}],
-                "usage": usage()}
-
-    def events():
-        chunk = {**base, "object": "chat.completion.chunk"}
-        yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        try:
-            for delta in turn.deltas():
-                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]})
-        except Exception as exc:  # headers are sent: report the error in-band, OpenAI style
-            status, code, message = classify(exc)
-            yield _sse(error_body(status, code, message))
-            return
-        c = turn.completion
-        yield _sse({**chunk, "adapter": c.adapter, "usage": usage(),
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": c.finish_reason or "stop"}]})
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream",
+        return oa.completion_body(base, turns)
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    return StreamingResponse(oa.stream_events(base, turns, structured, include_usage), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -318,7 +365,7 @@ def feedback_stats(ctx: Ctx):
 def create_battle(body: BattleRequest, ctx: Ctx, user: User):
     if body.adapters is not None and not user.is_admin:
         raise ApiError(403, "only an admin may choose the adapters of a battle", code="forbidden")
-    prompt = body.prompt if isinstance(body.prompt, str) else [m.model_dump() for m in body.prompt]
+    prompt = body.prompt if isinstance(body.prompt, str) else [m.message() for m in body.prompt]
     params = _params(ctx, body.max_tokens, body.temperature, None)
     m, answer_a, answer_b = ctx.arena.fight(user.name, prompt, params, body.adapters)
     # No adapter names here: the battle is blind until the vote.
@@ -478,6 +525,11 @@ def create_api(ctx: AppContext) -> FastAPI:
     app = FastAPI(title="Tuneloop", version="0.1.0", docs_url="/api/docs", redoc_url=None)
     app.state.ctx = ctx
     install_handlers(app)
+    if ctx.settings.cors_origins:  # browsers read real responses only with these headers, not just preflight
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(ctx.settings.cors_origins), allow_credentials=False,
+                           allow_methods=["*"], allow_headers=["*"])
 
     @app.middleware("http")
     async def count_errors(request: Request, call_next):

@@ -7,10 +7,11 @@ short by a stop or a dropped client is stored with what the user saw).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from feedback.models import TurnRecord
 from feedback.store import FeedbackStore
@@ -43,6 +44,26 @@ class RequestLimits:
         total = sum(len(m.get("content") or "") for m in messages)
         if total > self.max_chars:
             raise RequestTooLarge(f"{total} characters in all messages; at most {self.max_chars} per request")
+
+
+def tool_calls_text(calls: list[dict]) -> str:
+    """A tool call as stored text (the Hermes/Qwen ``<tool_call>`` form), since a stored message is text."""
+    return "".join(
+        '<tool_call>\n{{"name": {}, "arguments": {}}}\n</tool_call>'.format(json.dumps(c["function"]["name"]),
+                                                                       c["function"].get("arguments") or "{}")
+        for c in calls)
+
+
+def storable(messages: list[Message]) -> list[Message]:
+    """Messages as the store keeps them, {role, content: str}: an assistant turn that only called tools
+    is stored as the text of its calls; a ``tool`` message keeps its role."""
+    out = []
+    for m in messages:
+        content = m.get("content") or ""
+        if m.get("tool_calls"):
+            content += tool_calls_text(m["tool_calls"])
+        out.append({"role": m["role"], "content": content})
+    return out
 
 
 @dataclass
@@ -127,12 +148,13 @@ class ChatService:
             turn = TurnRecord(
                 conversation_id=conversation_id,
                 user=user,
-                request_messages=list(messages),
+                request_messages=storable(messages),
                 assistant_message_id=message_id,
-                answer=c.text,
+                answer=c.text if not c.tool_calls else (c.text or tool_calls_text(c.tool_calls)),
                 adapter=c.adapter,
                 base_model=self.backend.base_model,
-                sampling=asdict(params),
+                sampling={**asdict(replace(params, constraint=None, structured=None)),
+                          "structured": params.structured.kind if params.structured else None},
                 latency_ms=c.latency_s * 1000.0,
                 first_token_ms=None if c.first_token_s is None else c.first_token_s * 1000.0,
                 prompt_tokens=c.prompt_tokens,

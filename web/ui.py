@@ -10,6 +10,7 @@ import gradio as gr
 from web.access import chat_choices
 from web.context import AppContext
 from web.ui_admin import build_adapters_tab, build_data_tab, build_training_tab
+from web.ui_api import add_api_endpoints
 from web.ui_arena import build_arena_tab
 from web.ui_chat import build_chat_tab
 from web.ui_common import adapter_choices, principal_of
@@ -42,4 +43,5 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         data_tab.select(data_load, data_in, data_out)
         training_tab.select(train_load, train_in, train_out)
         adapters_tab.select(adapters_load, None, adapters_out)
+        add_api_endpoints(ctx, ui)
     return ui

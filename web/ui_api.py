@@ -1,0 +1,65 @@
+"""The Gradio API that ``gradio_client`` may call: chat, rate and correct, as plain typed functions.
+
+The UI's own events take Gradio state and event data (``gr.LikeData``) that a client cannot send (the old
+``/rate`` failed with "'NoneType' object is not subscriptable"), so they are made private, and these are
+the public endpoints. The same principal, store and chat service as the UI and the HTTP API.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from feedback.models import Rating
+from serving.types import PRODUCTION, SamplingParams
+from web.context import AppContext
+from web.errors import user_message
+from web.ui_common import principal_of
+
+
+def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
+    """Hide every UI event from the API, then add the public endpoints; call inside ``with ui:``."""
+    for fn in ui.fns.values():
+        fn.api_visibility = "private"
+        if isinstance(fn.api_name, str):  # frees "rate" etc. for the public endpoints (else "rate_1")
+            fn.api_name = f"ui_{fn.api_name}"
+    s = ctx.settings
+
+    def chat(message: str, history: list[dict] | None = None, model: str = PRODUCTION,
+             conversation_id: str | None = None, request: gr.Request = None) -> dict:
+        """Answer ``message`` after ``history`` (OpenAI messages); returns the answer and its stored id."""
+        user = principal_of(ctx, request).name
+        if not isinstance(message, str) or not message.strip():
+            raise gr.Error("message must be non-empty text")
+        messages = [{"role": m.get("role"), "content": m.get("content")} for m in (history or []) if isinstance(m, dict)]
+        messages.append({"role": "user", "content": message})
+        try:
+            turn = ctx.chat.complete(user, messages, model or PRODUCTION,
+                                     SamplingParams(temperature=s.temperature, top_p=s.top_p),
+                                     conversation_id=conversation_id or None)
+        except Exception as exc:
+            raise gr.Error(user_message(exc)) from None
+        c = turn.completion
+        return {"answer": c.text, "message_id": turn.message_id, "conversation_id": turn.conversation_id,
+                "adapter": c.adapter, "finish_reason": c.finish_reason}
+
+    def rate(message_id: str, rating: str, comment: str | None = None, request: gr.Request = None) -> dict:
+        """Rate a stored answer ``up`` or ``down``, with an optional comment."""
+        return _rate(message_id, rating, comment, None, request)
+
+    def correct(message_id: str, correction: str, request: gr.Request = None) -> dict:
+        """Give the answer you wanted instead of a stored one (a thumbs-down with a correction)."""
+        return _rate(message_id, "down", None, correction, request)
+
+    def _rate(message_id, rating, comment, correction, request) -> dict:
+        user = principal_of(ctx, request).name
+        try:
+            stored = ctx.store.rate(Rating(message_id=message_id, user=user, rating=rating,
+                                           comment=comment or None, correction=correction))
+        except Exception as exc:
+            raise gr.Error(user_message(exc)) from None
+        return {"ok": True, "message_id": stored.message_id, "rating": stored.rating,
+                "comment": stored.comment, "correction": stored.correction}
+
+    gr.api(chat, api_name="chat")
+    gr.api(rate, api_name="rate")
+    gr.api(correct, api_name="correct")
