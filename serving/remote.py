@@ -34,7 +34,7 @@ from serving.errors import (
     ServingError,
     UnknownAdapter,
 )
-from serving.local import validate_messages, validate_params, validate_stop
+from serving.local import validate_messages, validate_params
 from serving.types import BASE, PRODUCTION, AdapterInfo, ChatStream, Completion, Message, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,6 @@ class RemoteBackend:
     # --- generation ---------------------------------------------------------------------------------
     def stream_chat(self, messages: list[Message], adapter: str, params: SamplingParams) -> ChatStream:
         validate_messages(messages)
-        validate_stop(params.stop)
         max_tokens = validate_params(params, self.max_new_tokens)
         concrete = self.resolve(adapter)
         # stop, seed and structured output go to the engine as the client sent them (vLLM implements all).
