@@ -33,3 +33,11 @@ class SchemaTooNew(FeedbackError):
 
 class UnknownRun(FeedbackError):
     """No training run with that id."""
+
+
+class UnknownConversation(FeedbackError):
+    """No conversation with that id belongs to this user (HTTP 404)."""
+
+
+class InvalidTitle(FeedbackError):
+    """A conversation title that is not acceptable (HTTP 422)."""

@@ -16,7 +16,8 @@ from feedback.errors import SchemaTooNew
 
 log = logging.getLogger(__name__)
 
-# version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add.
+# version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add;
+# v8: conversation titles, soft delete, thumbs-down reasons.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -148,6 +149,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # No primary key: bulk inserts of 100k vectors skip existing keys with an anti-join instead,
         # which is faster than maintaining an ART index, and writes are serialized by the store.
         "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
+    ]),
+    (8, [
+        # Conversations a user can name and put away: a NULL title shows the first question; a deleted
+        # conversation leaves the user's list but its rated answers stay training data (soft delete).
+        "ALTER TABLE conversations ADD COLUMN title VARCHAR",
+        "ALTER TABLE conversations ADD COLUMN deleted_at TIMESTAMP",
+        # Why a thumbs-down (feedback.store_core.RATING_REASONS); NULL for thumbs-up and unexplained downs.
+        "ALTER TABLE ratings ADD COLUMN reason VARCHAR",
     ]),
 ]
 

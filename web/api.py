@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from feedback.models import Rating
+from feedback.store_core import RATING_REASONS
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web.auth import LOCAL_USER, Principal
@@ -81,6 +82,7 @@ class ChatCompletionRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     message_id: Text = Field(..., max_length=64)
     rating: Text
+    reason: Literal[RATING_REASONS] | None = Field(None, description="why a thumbs-down")
     comment: Text | None = None
     correction: Text | None = None
 
@@ -258,11 +260,11 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 @users.post("/v1/feedback")
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
     stored = ctx.store.rate(Rating(message_id=body.message_id, user=user.name, rating=body.rating,
-                                   comment=body.comment, correction=body.correction))
+                                   reason=body.reason, comment=body.comment, correction=body.correction))
     message = ctx.store.get_message(body.message_id)
     ctx.metrics.ratings.labels(message.adapter if message else "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
-            "comment": stored.comment, "correction": stored.correction,
+            "reason": stored.reason, "comment": stored.comment, "correction": stored.correction,
             "created_at": stored.created_at.isoformat() if stored.created_at else None}
 
 
