@@ -45,7 +45,8 @@ def _guard(ctx, request, fn):
 # --- Data ------------------------------------------------------------------------------------------
 def build_data_tab(ctx: AppContext):
     totals = gr.Markdown("", elem_id="data-totals")
-    per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day")
+    per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day",
+                              x_title="Day", y_title="Ratings")
     per_adapter = gr.HTML(elem_id="uprate-table")
     with gr.Row():
         f_adapter = gr.Textbox(label="Adapter")
@@ -102,7 +103,8 @@ def build_training_tab(ctx: AppContext):
     status = gr.Markdown("", elem_id="retrain-status")
     runs = gr.HTML(elem_id="runs-table")
     run_id = gr.Dropdown(label="Run", choices=[], elem_id="run-pick")
-    loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", elem_id="loss-curve")
+    loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss of the chosen run", elem_id="loss-curve",
+                            x_title="Training step", y_title="Loss")
     gr.Markdown("#### What changed: the new adapter and production answer the same held-out questions")
     changed = gr.HTML(elem_id="what-changed")
     timer = gr.Timer(2.0)
@@ -122,7 +124,9 @@ def build_training_tab(ctx: AppContext):
             all_runs = ctx.store.list_runs()
             choices = [(_run_label(r), r["id"]) for r in all_runs]
             ids = [r["id"] for r in all_runs]
-            chosen = selected if selected in ids else (ids[0] if ids else None)
+            # Default: the newest run that got as far as the gate (it has a verdict and answers to show).
+            gated = [r["id"] for r in all_runs if r.get("gate")]
+            chosen = selected if selected in ids else (gated or ids or [None])[0]
             points = []
             run = None
             if chosen:
@@ -176,10 +180,12 @@ def build_adapters_tab(ctx: AppContext):
     board = gr.HTML(elem_id="leaderboard")
     with gr.Row():
         # Scatter, not line: a line needs two days before anything shows.
-        up_plot = gr.ScatterPlot(x="day", y="up_rate", color="adapter", label="Up-rate per day", elem_id="uprate-plot")
+        up_plot = gr.ScatterPlot(x="day", y="up_rate", color="adapter", label="Thumbs-up rate per day",
+                                 elem_id="uprate-plot", x_title="Day", y_title="Thumbs-up rate")
         win_plot = gr.ScatterPlot(x="day", y="win_rate", color="adapter", label="Arena win rate per day",
-                                  elem_id="winrate-plot")
-        votes_plot = gr.BarPlot(x="day", y="votes", label="Arena votes per day", elem_id="votes-plot")
+                                  elem_id="winrate-plot", x_title="Day", y_title="Win rate")
+        votes_plot = gr.BarPlot(x="day", y="votes", label="Arena votes per day", elem_id="votes-plot",
+                                x_title="Day", y_title="Votes")
     gr.Markdown("#### Lineage: each adapter under the one it was trained from")
     lineage_load, lineage_out = build_lineage(ctx)
     with gr.Accordion("Promote, roll back, canary, archive", open=False):
