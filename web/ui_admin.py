@@ -137,7 +137,9 @@ def build_training_tab(ctx: AppContext):
                                            "series": "training loss" if series == "loss" else "held-out loss"})
                 run = ctx.store.get_run(chosen)
             return (run_cards(all_runs), gr.update(choices=choices, value=chosen),
-                    pd.DataFrame(points, columns=["step", "value", "series"]), what_changed(run))
+                    gr.LinePlot(value=pd.DataFrame(points, columns=["step", "value", "series"]),
+                                visible=bool(points)),  # a run that never trained has no curve to draw
+                    what_changed(run))
         return _guard(ctx, request, work)
 
     outputs = [runs, run_id, loss_plot, changed]

@@ -140,7 +140,7 @@ def what_changed(run: dict | None) -> str:
     if not samples:
         return empty("When a run finishes training, its new adapter and production both answer a few held-out "
                      "questions; the answers appear here side by side.")
-    name = html.escape(run.get("adapter") or "new adapter (not published)")
+    name = html.escape(run.get("adapter") or "not published")
     prod = html.escape(run.get("parent_adapter") or "base")
     parts = []
     for s in samples:
