@@ -105,7 +105,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
     status = gr.Markdown("", elem_id="feedback-status")
     with gr.Row(equal_height=True, elem_id="composer"):
         box = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter new line, Esc stops)", show_label=False,
-                         lines=1, max_lines=8, scale=8, elem_id="chat-input", autofocus=True)
+                         lines=1, max_lines=8, scale=8, elem_id="chat-input", autofocus=True, container=False)
         send = gr.Button("Send", variant="primary", scale=0, min_width=70, elem_id="send")
         stop = gr.Button("Stop", scale=0, min_width=70, elem_id="stop")
         regenerate = gr.Button("↻", scale=0, min_width=44, elem_id="regenerate")

@@ -28,6 +28,7 @@ DESKTOP = {"width": 1280, "height": 900}
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # one app and a browser: about a minute on an idle machine
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make browser)"),
 ]
 
