@@ -93,6 +93,8 @@ class Settings(BaseSettings):
         "corrections_and_ups", description="Which feedback of users who are not trusted (not admin, no per-user trust) waits in the admin's review queue before it can train. Thumbs-ups are held too by default: an answer steered by the prompt and then liked teaches as much as a correction. Single-user mode's one user is the admin, so nothing waits there.")
     retrain_max_rejections: int = Field(3, ge=1, description="A rated answer in this many rejected runs is set aside as needs-review instead of being retried again.")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of conversations held out for evaluation (by hash).")
+    what_changed_prompts: int = Field(3, ge=0, le=20, description="Held-out prompts the candidate and production "
+                                      "both answer after training, shown side by side in the run's 'what changed' panel.")
 
     # --- retrain: training -----------------------------------------------------------------------
     lora_r: int = Field(16, gt=0, description="LoRA rank of a new adapter.")

@@ -41,3 +41,7 @@ class UnknownConversation(FeedbackError):
 
 class InvalidReview(FeedbackError):
     """A review request that is not acceptable: bad state, bad or too many ids (HTTP 400)."""
+
+
+class InvalidTitle(FeedbackError):
+    """A conversation title that is not acceptable (HTTP 422)."""

@@ -41,6 +41,28 @@ class Rating:
     correction: str | None = None
     implicit: bool = False  # True for the thumbs-down a regenerate implies
     created_at: datetime | None = None
+    reason: str | None = None  # why a thumbs-down: one of feedback.store_core.RATING_REASONS
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One line of a user's conversation list: a root conversation and its branches taken together."""
+
+    id: str
+    title: str  # the user's title, else the first question
+    updated_at: datetime
+    answers: int
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    """A conversation as its owner resumes it: the live messages and that user's judgements of them."""
+
+    id: str  # the root id the chat continues under
+    title: str
+    messages: list[StoredMessage]
+    ratings: dict[str, tuple[str, str | None]]  # message id -> (rating, reason)
+    corrections: dict[str, str]  # message id -> the answer the user wrote instead
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add;
 # v3: review states of rated answers and per-user trust.
+# v8: conversation titles, soft delete, thumbs-down reasons.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -195,6 +196,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # Experiments from before the ramp had one share for their whole life.
         """INSERT INTO experiment_steps
            SELECT id, 0, percent, started_at, started_by, 'experiment started', '{}' FROM experiments""",
+    ]),
+    (8, [
+        # Conversations a user can name and put away: a NULL title shows the first question; a deleted
+        # conversation leaves the user's list but its rated answers stay training data (soft delete).
+        "ALTER TABLE conversations ADD COLUMN title VARCHAR",
+        "ALTER TABLE conversations ADD COLUMN deleted_at TIMESTAMP",
+        # Why a thumbs-down (feedback.store_core.RATING_REASONS); NULL for thumbs-up and unexplained downs.
+        "ALTER TABLE ratings ADD COLUMN reason VARCHAR",
     ]),
 ]
 

@@ -10,20 +10,22 @@ writes and durability work):
 - ``store_adapters``: the adapter registry, the production pointer, traffic-split experiments
 - ``store_arena``: arena battles and votes
 - ``store_review``: review states of rated answers (what may train) and per-user trust
+- ``store_conversations``: a user's own conversation list: search, resume, rename, delete
 """
 
 from __future__ import annotations
 
 from feedback.store_adapters import AdapterStore
 from feedback.store_arena import ArenaStore
-from feedback.store_core import BASE, MAX_TEXT_CHARS, RATINGS, RUN_STATUSES, WINNERS, new_id
+from feedback.store_conversations import ConversationStore
+from feedback.store_core import BASE, MAX_TEXT_CHARS, RATING_REASONS, RATINGS, RUN_STATUSES, WINNERS, new_id
 from feedback.store_ratings import RatingStore
 from feedback.store_review import ReviewStore
 from feedback.store_runs import RunStore
 from feedback.store_turns import TurnStore
 
-__all__ = ["BASE", "MAX_TEXT_CHARS", "RATINGS", "RUN_STATUSES", "WINNERS", "FeedbackStore", "new_id"]
+__all__ = ["BASE", "MAX_TEXT_CHARS", "RATING_REASONS", "RATINGS", "RUN_STATUSES", "WINNERS", "FeedbackStore", "new_id"]
 
 
-class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore, ReviewStore):
+class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore, ReviewStore, ConversationStore):
     """Conversations, ratings, corrections, arena votes, experiments, adapters, runs, caches and review states."""

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 BASE = "base"  # same name as serving.types.BASE; not imported so the store never pulls in serving/
 MAX_TEXT_CHARS = 20_000  # longest comment or correction accepted
 RATINGS = ("up", "down")
+# Why an answer got a thumbs-down: short, fixed, so the Data tab and exports can count them.
+RATING_REASONS = ("wrong", "unhelpful", "unsafe", "too_long", "other")
 WINNERS = ("a", "b", "tie", "both_bad")
 RUN_STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "skipped")
 _RUN_FIELDS = {"status", "stage", "step", "total_steps", "loss", "eta_s", "snapshot_id", "adapter",

@@ -13,6 +13,7 @@ from feedback.store_core import (
     _FAR_FUTURE,
     _FAR_PAST,
     MAX_TEXT_CHARS,
+    RATING_REASONS,
     RATINGS,
     StoreCore,
     _from_db,
@@ -55,6 +56,11 @@ class RatingStore(StoreCore):
         """
         if rating.rating not in RATINGS:
             raise InvalidRating(f"rating must be one of {RATINGS}, not {rating.rating!r}")
+        if rating.reason is not None:
+            if rating.reason not in RATING_REASONS:
+                raise InvalidRating(f"reason must be one of {RATING_REASONS}, not {rating.reason!r}")
+            if rating.rating != "down":
+                raise InvalidRating("a reason goes with a thumbs-down")
         if rating.comment is not None and len(rating.comment) > MAX_TEXT_CHARS:
             raise InvalidRating(f"comment longer than {MAX_TEXT_CHARS} characters")
         if rating.correction is not None:
@@ -70,10 +76,13 @@ class RatingStore(StoreCore):
                 raise UnknownMessage(f"unknown message {rating.message_id!r}")
             if row[0] != "assistant":
                 raise NotAssistantMessage(f"message {rating.message_id!r} is a {row[0]} message; rate answers")
-            cur.execute("""INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)
+            cur.execute("""INSERT INTO ratings (message_id, "user", rating, comment, implicit, created_at, reason)
+                           VALUES (?, ?, ?, ?, ?, ?, ?)
                            ON CONFLICT (message_id, "user") DO UPDATE SET rating = excluded.rating,
-                           comment = excluded.comment, implicit = excluded.implicit, created_at = excluded.created_at""",
-                        [rating.message_id, rating.user, rating.rating, rating.comment, rating.implicit, now])
+                           comment = excluded.comment, implicit = excluded.implicit, created_at = excluded.created_at,
+                           reason = excluded.reason""",
+                        [rating.message_id, rating.user, rating.rating, rating.comment, rating.implicit, now,
+                         rating.reason])
             if rating.correction is not None:
                 cur.execute("""INSERT INTO corrections VALUES (?, ?, ?, ?)
                                ON CONFLICT (message_id, "user") DO UPDATE SET content = excluded.content,
@@ -83,10 +92,11 @@ class RatingStore(StoreCore):
                 from feedback.store_review import review_after_rating  # store_review builds on this module
 
                 review_after_rating(cur, rating.message_id, rating.user, trust, rating.correction is not None, now)
-        log.info("rating stored message=%s user=%s rating=%s correction=%s", rating.message_id, rating.user,
-                 rating.rating, rating.correction is not None)
+        log.info("rating stored message=%s user=%s rating=%s reason=%s correction=%s", rating.message_id,
+                 rating.user, rating.rating, rating.reason, rating.correction is not None)
         return Rating(message_id=rating.message_id, user=rating.user, rating=rating.rating, comment=rating.comment,
-                      correction=rating.correction, implicit=rating.implicit, created_at=_from_db(now))
+                      correction=rating.correction, implicit=rating.implicit, created_at=_from_db(now),
+                      reason=rating.reason)
 
     def stats(self) -> dict:
         """Totals, per adapter and per day. Implicit thumbs-down (from regenerates) count as downs."""
@@ -120,7 +130,7 @@ class RatingStore(StoreCore):
         with self._read(settle=True) as cur:
             cur.execute("""
                 SELECT m.id AS message_id, m.conversation_id, r."user", m.adapter, m.position, m.seq,
-                       m.content AS answer, r.rating, r.implicit, r.comment, c.content AS correction, r.created_at
+                       m.content AS answer, r.rating, r.reason, r.implicit, r.comment, c.content AS correction, r.created_at
                 FROM ratings r JOIN messages m ON m.id = r.message_id
                 LEFT JOIN corrections c ON c.message_id = r.message_id AND c."user" = r."user"
                 WHERE (?::VARCHAR IS NULL OR m.adapter = ?) AND (?::VARCHAR IS NULL OR r.rating = ?)
@@ -137,7 +147,8 @@ class RatingStore(StoreCore):
             last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
             out.append({"message_id": row["message_id"], "conversation_id": row["conversation_id"],
                         "user": row["user"], "adapter": row["adapter"], "prompt": last_user, "answer": row["answer"],
-                        "rating": row["rating"], "implicit": row["implicit"], "comment": row["comment"],
+                        "rating": row["rating"], "reason": row["reason"], "implicit": row["implicit"],
+                        "comment": row["comment"],
                         "correction": row["correction"], "created_at": _from_db(row["created_at"])})
         return out
 
@@ -234,7 +245,7 @@ class RatingStore(StoreCore):
                                 WHERE NOT ? OR m.id IN (SELECT message_id FROM ratings UNION SELECT message_id FROM corrections))
                 SELECT m.id AS message_id, m.conversation_id, cv.parent_id AS parent_conversation_id, m.position,
                        m.role, m.content, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
-                       m.experiment_id, m.arm, m.created_at, r.rating, r.implicit, r.comment,
+                       m.experiment_id, m.arm, m.created_at, r.rating, r.reason, r.implicit, r.comment,
                        coalesce(n.ups, 0) AS ups, coalesce(n.downs, 0) AS downs, c.content AS correction,
                        c."user" AS corrected_by
                 FROM messages m JOIN picked p ON p.conversation_id = m.conversation_id

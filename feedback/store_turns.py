@@ -142,7 +142,8 @@ class TurnStore(StoreCore):
                 cur.execute("UPDATE messages SET superseded = true WHERE conversation_id = ? AND position >= ?",
                             [conversation_id, position])
             cur.execute("UPDATE messages SET superseded = true WHERE id = ?", [replaced["id"]])
-            cur.execute("""INSERT INTO ratings VALUES (?, ?, 'down', NULL, true, ?)
+            cur.execute("""INSERT INTO ratings (message_id, "user", rating, comment, implicit, created_at)
+                           VALUES (?, ?, 'down', NULL, true, ?)
                            ON CONFLICT (message_id, "user") DO NOTHING""", [replaced["id"], turn.user, now])
         if conversation_id is None:
             conversation_id, stored = self._conversation_for(cur, turn.conversation_id, turn.user, request, now)

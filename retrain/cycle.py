@@ -90,6 +90,7 @@ def run_cycle(
             snapshot_dir=str(snapshot.path),
             output_dir=str(run_dir / "adapter"),
             progress_path=str(run_dir / "progress.jsonl"),
+            what_changed_prompts=settings.what_changed_prompts,
         )
         store.update_run(run_id, stage="train", parent_adapter=production)
 
@@ -111,7 +112,8 @@ def run_cycle(
 
         store.update_run(run_id, stage="gate")
         result = gate(outcome.report["candidate"], outcome.report["production"], settings)
-        store.update_run(run_id, gate=asdict(result))
+        # The held-out answers of both adapters travel with the verdict (the Training tab's "what changed").
+        store.update_run(run_id, gate={**asdict(result), "samples": outcome.report.get("samples", [])})
         if not result.passed:
             store.update_run(run_id, status="rejected", stage="done", finished_at=datetime.now(UTC),
                              error="; ".join(r for r in result.reasons if not r.endswith("ok")))

@@ -146,3 +146,19 @@ def evaluate(model, tokenizer, sft_heldout: list[dict], pref_heldout: list[dict]
         "reference_ppl": math.exp(ref_loss) if ref_loss is not None else None,
         "reference_examples": len(reference),
     }
+
+
+def sample_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
+    """Greedy answers of ``model`` to a few prompts: what an admin reads in a run's "what changed" panel."""
+    import torch
+
+    answers = []
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return answers

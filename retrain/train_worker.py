@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from retrain.artifacts import CHAT_TEMPLATE_FILE
-from retrain.evaluate import completion_text, evaluate, load_reference, read_jsonl
+from retrain.evaluate import completion_text, evaluate, load_reference, read_jsonl, sample_answers
 from retrain.training import NAN_EXIT_CODE, REPORT, TrainSpec
 from serving.chat_format import render_prompt
 
@@ -331,15 +331,19 @@ def train(spec: TrainSpec) -> dict:
     reference = load_reference(spec.reference_path)
     model.eval()
     candidate = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+    shown = data["sft_heldout"][: spec.what_changed_prompts]  # the run's "what changed" panel
+    candidate_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
     if spec.production_adapter:
         model.load_adapter(spec.production_adapter, adapter_name="production")
         model.set_adapter("production")
         production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+        production_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
         model.set_adapter("default")
         model.delete_adapter("production")
     else:
         with model.disable_adapter():
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
+            production_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
                   "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision,
                   "world_size": world_size(), "strategy": spec.strategy if spec.distributed else "single process",
@@ -348,7 +352,9 @@ def train(spec: TrainSpec) -> dict:
         import torch
 
         train_info["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()
-    report = {"candidate": candidate, "production": production, "train": train_info}
+    samples = [{"prompt": r["prompt"], "wanted": r["completion"][-1]["content"], "candidate": c, "production": p}
+               for r, c, p in zip(shown, candidate_says, production_says, strict=True)]
+    report = {"candidate": candidate, "production": production, "train": train_info, "samples": samples}
 
     shutil.rmtree(work, ignore_errors=True)
     model.save_pretrained(out, selected_adapters=["default"])

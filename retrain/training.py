@@ -74,6 +74,7 @@ class TrainSpec:
     zero_stage: int = 2
     accelerate_config: str | None = None
     keep_effective_batch: bool = True
+    what_changed_prompts: int = 3  # held-out prompts both adapters answer for the run's "what changed" panel
     debug_inject_nan_at_step: int | None = None  # tests: poison the LoRA weights at this SFT step
 
     @classmethod

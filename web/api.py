@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from feedback.models import Rating
+from feedback.store_core import RATING_REASONS
 from retrain.canary import CanaryPolicy
 from retrain.canary_report import experiment_report, pick_experiment
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
@@ -173,6 +174,7 @@ class ChatCompletionRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     message_id: Id
     rating: Name
+    reason: Literal[RATING_REASONS] | None = Field(None, description="why a thumbs-down")
     comment: Text | None = None
     correction: Text | None = None
 
@@ -349,10 +351,11 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
 def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
     message = owned_message(ctx.store, user, body.message_id)  # someone else's answer: 404, as if unknown
     stored, state = review.rate(ctx, user, Rating(message_id=body.message_id, user=user.name, rating=body.rating,
-                                                  comment=body.comment, correction=body.correction))
+                                                  reason=body.reason, comment=body.comment,
+                                                  correction=body.correction))
     ctx.metrics.ratings.labels(message.adapter or "", stored.rating).inc()
     return {"ok": True, "message_id": stored.message_id, "user": stored.user, "rating": stored.rating,
-            "comment": stored.comment, "correction": stored.correction, "review": state,
+            "reason": stored.reason, "comment": stored.comment, "correction": stored.correction, "review": state,
             "created_at": stored.created_at.isoformat() if stored.created_at else None}
 
 

@@ -40,6 +40,8 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (fe.UnknownConversation, 404, "conversation_not_found"),
     (fe.UnknownBattle, 404, "battle_not_found"),
     (fe.UnknownRun, 404, "run_not_found"),
+    (fe.UnknownConversation, 404, "conversation_not_found"),
+    (fe.InvalidTitle, 422, "invalid_title"),
     (fe.SchemaTooNew, 500, "schema_too_new"),
     (fe.AlreadyVoted, 409, "already_voted"),
     (fe.NotAssistantMessage, 422, "not_assistant_message"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
+from starlette.routing import Mount
 
 from web.api import create_api
 from web.context import AppContext
 from web.guard import RequestGuard
 from web.net import is_loopback
-from web.ui import build_ui
+from web.ui import build_ui, page_assets
 
 UI_PATH = "/"
 
@@ -27,13 +28,27 @@ def refuse_open_bind(settings, users) -> None:
         )
 
 
+AUTH_MESSAGE = ("Sign in to Tuneloop with the name and password your admin gave you. A wrong name or password "
+                "says <b>Incorrect credentials</b>: check both, or ask the admin to reset it with "
+                "<code>python app.py users add NAME</code>.")
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     api = create_api(ctx)
     users = ctx.users
-    auth = None if users.single_user else users.check_password
     # A full URL as root_path is used verbatim, so the page's links never come from the Host header.
-    app = gr.mount_gradio_app(api, build_ui(ctx), path=UI_PATH, auth=auth, root_path=ctx.settings.public_url or None,
-                              auth_message="Sign in to Tuneloop", show_error=True, footer_links=[])
+    app = gr.mount_gradio_app(api, build_ui(ctx), path=UI_PATH, auth=users.check_password,
+                              root_path=ctx.settings.public_url or None, auth_message=AUTH_MESSAGE, show_error=True,
+                              footer_links=[], **page_assets())
+    ui_app = next(r.app for r in api.routes if isinstance(r, Mount) and r.path == UI_PATH.rstrip("/"))
+
+    @api.middleware("http")
+    async def live_login(request, call_next):
+        # Gradio reads ``auth`` on each request: with no users (single-user mode) the UI is open; the moment
+        # the first user is added (the users file is re-read when it changes) it asks for a login, no restart.
+        ui_app.auth = None if users.single_user else users.check_password
+        return await call_next(request)
+
     # Outermost: host check, fail-closed auth mode and the body limit run before routing, parsing and auth.
     app.add_middleware(RequestGuard, settings=ctx.settings, users=users, metrics=ctx.metrics)
     return app

@@ -1,9 +1,11 @@
-"""The Gradio app: Chat and Arena for everyone, Data, Training and Adapters for admins.
+"""The Gradio app: a conversation sidebar, Chat and Arena for everyone, Data, Training and Adapters for admins.
 
 Admin tabs are hidden from users, and every admin handler also checks the role on the server.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
@@ -13,15 +15,27 @@ from web.ui_admin import build_adapters_tab, build_data_tab, build_training_tab
 from web.ui_api import add_api_endpoints
 from web.ui_arena import build_arena_tab
 from web.ui_chat import build_chat_tab
-from web.ui_common import adapter_choices, principal_of
+from web.ui_common import labeled_adapter_choices, principal_of
+from web.ui_conversations import build_sidebar, wire_sidebar
+
+STATIC = Path(__file__).parent / "static"
+
+
+def page_assets() -> dict:
+    """CSS and JS for ``mount_gradio_app``: the look, the narrow-screen layout and Esc to stop."""
+    return {"css": (STATIC / "tuneloop.css").read_text(encoding="utf-8"),
+            "js": (STATIC / "tuneloop.js").read_text(encoding="utf-8")}
 
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Tuneloop") as ui:
-        who = gr.Markdown("", elem_id="whoami")
-        with gr.Tabs():
+        with gr.Sidebar(open=True, width=280, elem_id="conv-sidebar"):
+            gr.Markdown("### Tuneloop")
+            bar = build_sidebar()
+            who = gr.Markdown("", elem_id="whoami")
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
-                _refresh, adapter = build_chat_tab(ctx)
+                chat = build_chat_tab(ctx)
             with gr.Tab("Arena", id="arena"):
                 picker, pick_a, pick_b = build_arena_tab(ctx)
             with gr.Tab("Data", id="data", visible=False) as data_tab:
@@ -33,13 +47,16 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def on_load(request: gr.Request):
             p = principal_of(ctx, request)
-            choices = adapter_choices(ctx.backend)  # the arena pickers: admins only
+            choices = labeled_adapter_choices(ctx)  # the arena pickers: admins only
             admin = gr.update(visible=p.is_admin)
-            return (f"Signed in as **{p.name}** ({p.role})",
-                    gr.update(choices=chat_choices(ctx.store, ctx.backend, p)), admin, admin, admin,
-                    gr.update(visible=p.is_admin), gr.update(choices=choices), gr.update(choices=choices))
+            sign_out = "" if ctx.users.single_user else " · [Sign out](/logout)"
+            return (f"Signed in as **{p.name}** ({p.role}){sign_out}",
+                    gr.update(choices=labeled_adapter_choices(ctx, chat_choices(ctx.store, ctx.backend, p))),
+                    admin, admin, admin, gr.update(visible=p.is_admin), gr.update(choices=choices),
+                    gr.update(choices=choices))
 
-        ui.load(on_load, None, [who, adapter, data_tab, training_tab, adapters_tab, picker, pick_a, pick_b])
+        ui.load(on_load, None, [who, chat.adapter, data_tab, training_tab, adapters_tab, picker, pick_a, pick_b])
+        wire_sidebar(ctx, ui, bar, chat, tabs)
         data_tab.select(data_load, data_in, data_out)
         training_tab.select(train_load, train_in, train_out)
         adapters_tab.select(adapters_load, None, adapters_out)

@@ -9,11 +9,14 @@ from datetime import date, datetime
 import gradio as gr
 import pandas as pd
 
+from web import format as fmt
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_canary import build_canary_panel, canary_panel
 from web.ui_common import require_admin
+from web.ui_lineage import build_lineage
 from web.ui_review import build_review_panel
+from web.ui_runs import run_cards, what_changed
 
 EXPERIMENT_COLUMNS = ["id", "control", "candidate", "percent", "started_at", "started_by", "ended_at", "outcome",
                       "reason", "numbers"]
@@ -43,9 +46,10 @@ def _guard(ctx, request, fn):
 
 # --- Data ------------------------------------------------------------------------------------------
 def build_data_tab(ctx: AppContext):
-    totals = gr.JSON(label="Totals", elem_id="data-totals")
-    per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day")
-    per_adapter = gr.Dataframe(label="Up-rate per adapter", interactive=False, elem_id="uprate-table")
+    totals = gr.Markdown("", elem_id="data-totals")
+    per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day",
+                              x_title="Day", y_title="Ratings")
+    per_adapter = gr.HTML(elem_id="uprate-table")
     with gr.Row():
         f_adapter = gr.Textbox(label="Adapter")
         f_rating = gr.Dropdown(["any", "up", "down"], value="any", label="Rating")
@@ -53,19 +57,28 @@ def build_data_tab(ctx: AppContext):
         f_since = gr.Textbox(label="Since (YYYY-MM-DD)")
         f_corr = gr.Dropdown(["any", "yes", "no"], value="any", label="Has correction")
     refresh = gr.Button("Refresh", elem_id="data-refresh")
-    table = gr.Dataframe(label="Rated answers", interactive=False, wrap=True, elem_id="rated-table")
+    table = gr.HTML(elem_id="rated-table")
 
     def load(adapter, rating, user, since, corr, request: gr.Request):
         def work():
             stats = ctx.store.stats()
             days = [{"day": d["day"], "kind": k, "count": d[k]} for d in stats["per_day"] for k in ("up", "down", "corrections")]
-            adapters = [{**a, "up_rate": round(a["up"] / (a["up"] + a["down"]), 3) if a["up"] + a["down"] else None}
+            adapters = [{**a, "up_rate": fmt.pct(a["up"] / (a["up"] + a["down"])) if a["up"] + a["down"] else None}
                         for a in stats["per_adapter"]]
             rows = ctx.store.rated_conversations(
                 adapter=adapter or None, rating=None if rating == "any" else rating, user=user or None,
                 since=datetime.combine(date.fromisoformat(since), datetime.min.time()) if since else None,
                 has_correction=None if corr == "any" else corr == "yes")
-            return stats["totals"], pd.DataFrame(days, columns=["day", "kind", "count"]), _frame(adapters), _frame(rows)
+            for r in rows:  # ids stay out of the table: an admin reads questions and answers, not uuids
+                r["rating"] = {"up": "👍", "down": "👎"}.get(r["rating"], r["rating"])
+                r["reason"] = fmt.REASON_LABELS.get(r["reason"], r["reason"])
+            return (_totals_sentence(stats["totals"]), pd.DataFrame(days, columns=["day", "kind", "count"]),
+                    fmt.table(adapters, ["adapter", "messages", "rated", "up", "down", "corrections", "up_rate"],
+                              "No answers yet: once people chat, each adapter's thumbs appear here."),
+                    fmt.table(rows, ["created_at", "user", "adapter", "prompt", "answer", "rating", "reason",
+                                     "comment", "correction"],
+                              "No rated answers match. Ratings appear here when users press 👍 or 👎 under an "
+                              "answer, or edit an answer to correct it.", elem_class="tl-rated"))
         return _guard(ctx, request, work)
 
     inputs = [f_adapter, f_rating, f_user, f_since, f_corr]
@@ -75,17 +88,29 @@ def build_data_tab(ctx: AppContext):
     return load, inputs, [totals, per_day_plot, per_adapter, table]
 
 
+def _totals_sentence(t: dict) -> str:
+    return (f"**{t['assistant_messages']}** answers in **{t['messages']}** messages; **{t['rated_messages']}** "
+            f"answers rated: **{t['up']}** 👍, **{t['down']}** 👎 and **{t['corrections']}** corrections.")
+
+
 # --- Training --------------------------------------------------------------------------------------
+def _run_label(r: dict) -> str:
+    return f"Run {r['id'][:8]} · {r['status']} · {fmt.when(r.get('started_at') or r.get('created_at'))}"
+
+
 def build_training_tab(ctx: AppContext):
     with gr.Row():
-        promote_mode = gr.Dropdown(["settings", "auto", "ab", "manual"], value="settings", label="After the gate")
+        promote_mode = gr.Dropdown([("As set in settings", "settings"), ("Promote at once if it passes", "auto"),
+                                    ("Canary: a share of traffic first", "ab"), ("Wait for an admin", "manual")],
+                                   value="settings", label="After the gate")
         retrain = gr.Button("Retrain now", variant="primary", elem_id="retrain-now")
     status = gr.Markdown("", elem_id="retrain-status")
-    runs = gr.Dataframe(label="Runs", interactive=False, wrap=True, elem_id="runs-table")
+    runs = gr.HTML(elem_id="runs-table")
     run_id = gr.Dropdown(label="Run", choices=[], elem_id="run-pick")
-    loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", elem_id="loss-curve")
-    gate = gr.JSON(label="Gate result and data counts", elem_id="gate-result")
-    lineage = gr.Dataframe(label="Adapter registry (lineage)", interactive=False, elem_id="lineage")
+    loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss of the chosen run", elem_id="loss-curve",
+                            x_title="Training step", y_title="Loss")
+    gr.Markdown("#### What changed: the new adapter and production answer the same held-out questions")
+    changed = gr.HTML(elem_id="what-changed")
     timer = gr.Timer(2.0)
 
     def start(mode, request: gr.Request):
@@ -101,26 +126,27 @@ def build_training_tab(ctx: AppContext):
     def load(selected, request: gr.Request):
         def work():
             all_runs = ctx.store.list_runs()
-            choices = [r["id"] for r in all_runs]
-            chosen = selected if selected in choices else (choices[0] if choices else None)
+            choices = [(_run_label(r), r["id"]) for r in all_runs]
+            ids = [r["id"] for r in all_runs]
+            # Default: the newest run that got as far as the gate (it has a verdict and answers to show).
+            gated = [r["id"] for r in all_runs if r.get("gate")]
+            chosen = selected if selected in ids else (gated or ids or [None])[0]
             points = []
-            detail = {}
+            run = None
             if chosen:
                 for m in ctx.store.run_metrics(chosen):
                     for series in ("loss", "eval_loss"):
                         if m.get(series) is not None:
-                            points.append({"step": m["step"], "value": m[series], "series": series})
-                run = ctx.store.get_run(chosen) or {}
-                snap = ctx.store.get_snapshot(run["snapshot_id"]) if run.get("snapshot_id") else None
-                detail = {"run": chosen, "status": run.get("status"), "gate": run.get("gate"),
-                          "data_counts": (snap or {}).get("counts") if isinstance(snap, dict) else getattr(snap, "counts", None)}
-            records = [{"name": r.name, "parent": r.parent, "status": r.status, "snapshot_id": r.snapshot_id,
-                        "run_id": r.run_id, "created_at": r.created_at} for r in ctx.store.list_adapter_records()]
-            return (_frame(all_runs, RUN_COLUMNS), gr.update(choices=choices, value=chosen),
-                    pd.DataFrame(points, columns=["step", "value", "series"]), detail, _frame(records))
+                            points.append({"step": m["step"], "value": m[series],
+                                           "series": "training loss" if series == "loss" else "held-out loss"})
+                run = ctx.store.get_run(chosen)
+            return (run_cards(all_runs), gr.update(choices=choices, value=chosen),
+                    gr.LinePlot(value=pd.DataFrame(points, columns=["step", "value", "series"]),
+                                visible=bool(points)),  # a run that never trained has no curve to draw
+                    what_changed(run))
         return _guard(ctx, request, work)
 
-    outputs = [runs, run_id, loss_plot, gate, lineage]
+    outputs = [runs, run_id, loss_plot, changed]
     retrain.click(start, [promote_mode], [status]).then(load, [run_id], outputs)
     timer.tick(load, [run_id], outputs, show_progress="hidden")
     run_id.input(load, [run_id], outputs)
@@ -130,51 +156,63 @@ def build_training_tab(ctx: AppContext):
 # --- Adapters --------------------------------------------------------------------------------------
 def _leaderboard_rows(board: dict) -> list[dict]:
     rows = []
+    scale = _rating_scale(board)
     for a in board["adapters"]:
         thumbs, arena = a.get("thumbs") or {}, a.get("arena") or {}
         rows.append({
-            "adapter": a["name"], "status": a["status"], "parent": a["parent"],
-            "up_rate": _round(thumbs.get("rate"), 3), "up_rate_95ci": _ci(thumbs), "judgements": thumbs.get("n"),
-            "arena_rating": _round(arena.get("rating"), 0), "arena_95ci": _ci(arena), "votes": arena.get("n_votes"),
-            "gate": json.dumps(a.get("gate_metrics") or {}),
+            "adapter": a["name"], "status": fmt.badge(a["status"]), "parent": a["parent"],
+            "up_rate": fmt.interval_bar(thumbs.get("rate"), thumbs.get("lo"), thumbs.get("hi")),
+            "judgements": thumbs.get("n"),
+            "arena_rating": fmt.interval_bar(arena.get("rating"), arena.get("lo"), arena.get("hi"), scale=scale,
+                                             label=None if arena.get("rating") is None else f"{arena['rating']:.0f}"),
+            "votes": arena.get("n_votes"),
+            "gate": fmt.details("gate numbers", a["gate_metrics"]) if a.get("gate_metrics") else None,
         })
     return rows
 
 
-def _round(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(x, digits)
+def _rating_scale(board: dict) -> tuple[float, float]:
+    """One scale for every arena bar, so their lengths compare."""
+    values = [v for a in board["adapters"] for v in ((a.get("arena") or {}).get("lo"), (a.get("arena") or {}).get("hi"))
+              if v is not None]
+    return (min(values) - 10, max(values) + 10) if values else (0, 1)
 
 
-def _ci(d: dict) -> str | None:
-    lo, hi = d.get("lo"), d.get("hi")
-    return None if lo is None or hi is None else f"[{lo:.3g}, {hi:.3g}]"
+LEADERBOARD_COLUMNS = ["adapter", "status", "parent", "up_rate", "judgements", "arena_rating", "votes", "gate"]
 
 
 def build_adapters_tab(ctx: AppContext):
     production = gr.Markdown("", elem_id="production-pointer")
-    board = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True, elem_id="leaderboard")
+    board = gr.HTML(elem_id="leaderboard")
     with gr.Row():
         # Scatter, not line: a line needs two days before anything shows.
-        up_plot = gr.ScatterPlot(x="day", y="up_rate", color="adapter", label="Up-rate per day", elem_id="uprate-plot")
+        up_plot = gr.ScatterPlot(x="day", y="up_rate", color="adapter", label="Thumbs-up rate per day",
+                                 elem_id="uprate-plot", x_title="Day", y_title="Thumbs-up rate")
         win_plot = gr.ScatterPlot(x="day", y="win_rate", color="adapter", label="Arena win rate per day",
-                                  elem_id="winrate-plot")
-        votes_plot = gr.BarPlot(x="day", y="votes", label="Arena votes per day", elem_id="votes-plot")
-    with gr.Row():
-        name = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True, elem_id="adapter-action-name")
-        reason = gr.Textbox(label="Reason")
-        percent = gr.Number(value=ctx.settings.canary_percent, label="Canary %", minimum=0, maximum=100)
-    with gr.Row():
-        promote = gr.Button("Promote", elem_id="promote")
-        rollback = gr.Button("Rollback", elem_id="rollback")
-        start_exp = gr.Button("Start experiment", elem_id="start-experiment")
-        stop_exp = gr.Button("Stop experiment", elem_id="stop-experiment")
-        archive = gr.Button("Archive", elem_id="archive")
-        make_public = gr.Button("Open to users", elem_id="make-public")  # users may then chat with it by name
-        make_private = gr.Button("Admins only", elem_id="make-private")
+                                  elem_id="winrate-plot", x_title="Day", y_title="Win rate")
+        votes_plot = gr.BarPlot(x="day", y="votes", label="Arena votes per day", elem_id="votes-plot",
+                                x_title="Day", y_title="Votes")
+    gr.Markdown("#### Lineage: each adapter under the one it was trained from")
+    lineage_load, lineage_out = build_lineage(ctx)
+    with gr.Accordion("Promote, roll back, canary, archive", open=False):
+        with gr.Row():
+            name = gr.Dropdown(label="Adapter", choices=[], allow_custom_value=True, elem_id="adapter-action-name")
+            reason = gr.Textbox(label="Reason")
+            percent = gr.Number(value=ctx.settings.canary_percent, label="Canary %", minimum=0, maximum=100)
+        with gr.Row():
+            promote = gr.Button("Promote", elem_id="promote")
+            rollback = gr.Button("Rollback", elem_id="rollback")
+            start_exp = gr.Button("Start experiment", elem_id="start-experiment")
+            stop_exp = gr.Button("Stop experiment", elem_id="stop-experiment")
+            archive = gr.Button("Archive", elem_id="archive")
+            make_public = gr.Button("Open to users", elem_id="make-public")  # users may then chat with it by name
+            make_private = gr.Button("Admins only", elem_id="make-private")
     result = gr.Markdown("", elem_id="adapter-action-result")
-    events = gr.Dataframe(label="Switches (who and why)", interactive=False, wrap=True, elem_id="adapter-events")
+    gr.Markdown("#### Switches of production (who and why)")
+    events = gr.HTML(elem_id="adapter-events")
     canary = build_canary_panel(ctx)
-    experiments = gr.Dataframe(label="Experiments", interactive=False, wrap=True, elem_id="experiments")
+    gr.Markdown("#### Experiments (canary traffic splits)")
+    experiments = gr.HTML(elem_id="experiments")
 
     def load(request: gr.Request):
         def work():
@@ -190,14 +228,25 @@ def build_adapters_tab(ctx: AppContext):
                 daily = pd.DataFrame(columns=["day", "adapter", "up_rate", "win_rate"])
                 votes = pd.DataFrame(columns=["day", "votes"])
             names = [a["name"] for a in lb["adapters"]]
-            return (f"**production → `{lb['production']}`**", _frame(_leaderboard_rows(lb)),
+            exps = [{**e.__dict__, "numbers": fmt.details("numbers", e.numbers) if e.numbers else None}
+                    for e in ctx.store.list_experiments()]
+            tree, pick = lineage_load(request)
+            return (f"**production → `{lb['production']}`**",
+                    fmt.table(_leaderboard_rows(lb), LEADERBOARD_COLUMNS,
+                              "No adapters to compare yet.", html_columns=("status", "up_rate", "arena_rating", "gate")),
                     daily[["day", "adapter", "up_rate"]].dropna(), daily[["day", "adapter", "win_rate"]].dropna(),
-                    votes, gr.update(choices=names), _frame(ctx.store.adapter_events()),
-                    _frame([e.__dict__ for e in ctx.store.list_experiments()], EXPERIMENT_COLUMNS),
-                    *canary_panel(ctx))
+                    votes, gr.update(choices=names),
+                    fmt.table(ctx.store.adapter_events(), ["at", "action", "from", "to", "actor", "reason"],
+                              "Production has not been switched yet. Promotions and rollbacks appear here with "
+                              "who made them and why."),
+                    fmt.table(exps, ["started_at", "control", "candidate", "percent", "started_by", "ended_at",
+                                     "outcome", "reason", "numbers"],
+                              "No experiments yet. With promotion set to canary (ab), a new adapter first gets a "
+                              "share of traffic here; or start one above.", html_columns=("numbers",)),
+                    tree, pick, *canary_panel(ctx))
         return _guard(ctx, request, work)
 
-    outputs = [production, board, up_plot, win_plot, votes_plot, name, events, experiments, *canary]
+    outputs = [production, board, up_plot, win_plot, votes_plot, name, events, experiments, *lineage_out, *canary]
 
     def act(kind):
         def handler(adapter, why, pct, request: gr.Request):

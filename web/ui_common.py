@@ -31,3 +31,18 @@ def require_admin(ctx: AppContext, request: gr.Request | None) -> Principal:
 def adapter_choices(backend) -> list[str]:
     names = [a.name for a in backend.list_adapters() if a.name not in (PRODUCTION, BASE)]
     return [PRODUCTION, BASE, *sorted(names)]
+
+
+def labeled_adapter_choices(ctx: AppContext, names: list[str] | None = None) -> list[tuple[str, str]]:
+    """(label, name) pairs for model pickers: each label says what the choice is.
+
+    ``names``: the choices to label (production and base first, as ``adapter_choices`` gives them);
+    default every adapter the backend serves.
+    """
+    production = ctx.store.production()
+    status = {r.name: r.status for r in ctx.store.list_adapter_records()}
+    choices = [(f"Production (now {production})", PRODUCTION), ("Base model, no adapter", BASE)]
+    for name in (names or adapter_choices(ctx.backend))[2:]:
+        kind = "in production" if name == production else status.get(name, "loaded")
+        choices.append((f"{name} · {kind}", name))
+    return choices

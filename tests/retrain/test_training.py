@@ -131,6 +131,12 @@ def test_demo_model_learns_taught_sentence(demo_model_dir, taught):
     assert greedy_answers(demo_model_dir.model, outcome.adapter_dir, [q], system=False)[0] != TAUGHT
     assert a.startswith(greedy_answers(demo_model_dir.model, outcome.adapter_dir, [q], system=False)[0][:20])
 
+    # The "what changed" panel: both adapters answered the first held-out prompts; the candidate says what it learned.
+    samples = outcome.report["samples"]
+    assert len(samples) == 3 and set(samples[0]) == {"prompt", "wanted", "candidate", "production"}
+    assert sum(s["candidate"].startswith(TAUGHT[:30]) for s in samples) >= 2
+    assert not any(s["production"].startswith(TAUGHT[:30]) for s in samples)
+
     stages = [e.get("stage") for e in events]
     assert stages[0] == "started" and "sft" in stages and "kto" in stages and stages[-1] == "done"
     assert any(e.get("eval_loss") is not None for e in events)

@@ -26,6 +26,19 @@ def test_rate_rerate_and_correct(running_app):
     assert rated[0].rating == "down" and rated[0].correction == "I am Tuneloop."
 
 
+def test_thumbs_down_reason_is_stored_and_checked_against_the_list(running_app):
+    with running_app.client() as c:
+        answer = chat(c)
+        r = c.post("/v1/feedback", json={"message_id": answer["id"], "rating": "down", "reason": "too_long"})
+        assert r.status_code == 200 and r.json()["reason"] == "too_long"
+        for body in ({"rating": "down", "reason": "because"}, {"rating": "down", "reason": "<b>x</b>"},
+                     {"rating": "down", "reason": ["wrong"]}, {"rating": "up", "reason": "wrong"}):
+            r = c.post("/v1/feedback", json={"message_id": answer["id"], **body})
+            assert r.status_code == 422 and r.json()["error"]["message"], (body, r.text)
+    row = next(r for r in running_app.ctx.store.rated_conversations() if r["message_id"] == answer["id"])
+    assert row["reason"] == "too_long"  # refused requests changed nothing
+
+
 def test_feedback_errors(running_app):
     with running_app.client() as c:
         answer = chat(c)
