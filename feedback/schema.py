@@ -149,6 +149,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # which is faster than maintaining an ART index, and writes are serialized by the store.
         "CREATE TABLE embeddings (model VARCHAR NOT NULL, key VARCHAR NOT NULL, vector FLOAT[] NOT NULL)",
     ]),
+    (4, [
+        # A run may train several times (the back-off): each attempt's recipe, gate result and timing.
+        "ALTER TABLE runs ADD COLUMN attempts JSON",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -11,6 +11,7 @@ import pandas as pd
 
 from web.context import AppContext
 from web.errors import user_message
+from web.run_details import attempts_markdown
 from web.ui_common import require_admin
 
 EXPERIMENT_COLUMNS = ["id", "control", "candidate", "percent", "started_at", "started_by", "ended_at", "outcome",
@@ -80,6 +81,7 @@ def build_training_tab(ctx: AppContext):
     runs = gr.Dataframe(label="Runs", interactive=False, wrap=True, elem_id="runs-table")
     run_id = gr.Dropdown(label="Run", choices=[], elem_id="run-pick")
     loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", elem_id="loss-curve")
+    attempts = gr.Markdown("", elem_id="run-attempts")
     gate = gr.JSON(label="Gate result and data counts", elem_id="gate-result")
     lineage = gr.Dataframe(label="Adapter registry (lineage)", interactive=False, elem_id="lineage")
     timer = gr.Timer(2.0)
@@ -101,6 +103,7 @@ def build_training_tab(ctx: AppContext):
             chosen = selected if selected in choices else (choices[0] if choices else None)
             points = []
             detail = {}
+            run = None
             if chosen:
                 for m in ctx.store.run_metrics(chosen):
                     for series in ("loss", "eval_loss"):
@@ -113,10 +116,11 @@ def build_training_tab(ctx: AppContext):
             records = [{"name": r.name, "parent": r.parent, "status": r.status, "snapshot_id": r.snapshot_id,
                         "run_id": r.run_id, "created_at": r.created_at} for r in ctx.store.list_adapter_records()]
             return (_frame(all_runs, RUN_COLUMNS), gr.update(choices=choices, value=chosen),
-                    pd.DataFrame(points, columns=["step", "value", "series"]), detail, _frame(records))
+                    pd.DataFrame(points, columns=["step", "value", "series"]), attempts_markdown(run), detail,
+                    _frame(records))
         return _guard(ctx, request, work)
 
-    outputs = [runs, run_id, loss_plot, gate, lineage]
+    outputs = [runs, run_id, loss_plot, attempts, gate, lineage]
     retrain.click(start, [promote_mode], [status]).then(load, [run_id], outputs)
     timer.tick(load, [run_id], outputs, show_progress="hidden")
     run_id.input(load, [run_id], outputs)
