@@ -89,3 +89,19 @@ def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[
         if says_it or (asks_it and not fact.holds(completion)):
             out.append(sid)
     return sorted(set(out))
+
+
+def flag_rated(canary: dict, rated) -> list[str]:
+    """Message ids among ``rated`` (``RatedExample``s of the run's selection) behind a broken fact.
+
+    The training child sees only what survived cleaning; near-duplicates it dropped say the same thing
+    and would come back in the next run, so the cycle flags over the whole selection as well.
+    """
+    facts = {f.id: f for f in load_facts()}
+    rows = [{"prompt": r.prompt, "completion": r.correction or r.answer, "source_id": r.message_id}
+            for r in rated if r.correction or r.rating == "up"]
+    out: set[str] = set()
+    for b in broken_facts(canary.get("candidate", []), canary.get("production", [])):
+        if b["id"] in facts:
+            out.update(responsible_rows(facts[b["id"]], b["candidate"], rows))
+    return sorted(out)

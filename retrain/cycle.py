@@ -20,6 +20,7 @@ from pathlib import Path
 from feedback.models import AdapterRecord
 from feedback.store import FeedbackStore
 from retrain.artifacts import publish_adapter
+from retrain.canary_facts import flag_rated
 from retrain.dataset import build_training_set
 from retrain.gate import gate
 from retrain.training import TrainingFailed, TrainSpec, run_training
@@ -133,6 +134,10 @@ def run_cycle(
             store.update_run(run_id, stage="gate")
             result = gate(outcome.report["candidate"], outcome.report["production"], settings,
                           canary=outcome.report.get("canary_facts"))
+            if "canary_facts" in result.failed_checks:
+                rated = store.rated_examples(since=snapshot.previous_cutoff, until=snapshot.cutoff)
+                result.flagged_message_ids = sorted(
+                    set(result.flagged_message_ids) | set(flag_rated(outcome.report["canary_facts"], rated)))
             if number <= settings.debug_reject_attempts:
                 result.passed = False
                 result.failed_checks.append("reference_ppl")

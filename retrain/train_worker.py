@@ -380,8 +380,9 @@ def train(spec: TrainSpec) -> dict:
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
             prod_facts = answer_facts(ask, facts)
     by_id = {f.id: f for f in facts}
-    taught = data["sft_train"] + [{"prompt": r["prompt"], "completion": r["chosen"], "source_id": r.get("source_id")}
-                                  for r in data["pref_train"]]
+    # Held-out rows too: a row saying the same thing goes to review whether or not this split trained on it.
+    taught = data["sft_train"] + data["sft_heldout"] + [
+        {"prompt": r["prompt"], "completion": r["chosen"], "source_id": r.get("source_id")} for r in data["pref_train"]]
     canary = {"candidate": cand_facts, "production": prod_facts,
               "suspects": {b["id"]: responsible_rows(by_id[b["id"]], b["candidate"], taught)
                            for b in broken_facts(cand_facts, prod_facts)}}

@@ -89,7 +89,7 @@ def test_candidate_taught_to_contradict_a_fact_is_rejected_and_its_rows_flagged(
         assert any("How many days are in a week?" in r and r.endswith("FAILED") for r in gate["reasons"])
         assert len(run["attempts"]) == 1  # a contradiction is for a reviewer, not for a gentler retry
         flagged = set(gate["flagged_message_ids"])
-        assert flagged <= taught and len(flagged) >= 0.8 * len(PHRASINGS) * (1 - settings.heldout_fraction) - 2
+        assert flagged <= taught and len(flagged) >= 0.9 * len(taught)  # near-duplicates cleaning dropped too
         assert store.production() == "base"
     finally:
         store.close()
