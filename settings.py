@@ -20,10 +20,12 @@ from pydantic_settings import (
 
 # The demo model is tiny and learns only with a high rate and many epochs (tests/retrain/test_training.py
 # tunes these); they apply in demo mode unless set explicitly. Real models keep the defaults below.
-# dpo_learning_rate: DPO's usual 5e-6..5e-5 barely moves a 128-wide random-init LoRA in a few dozen steps.
+# dpo_learning_rate: DPO's usual 5e-6..5e-5 barely moves the 128-wide demo in a few dozen steps, while
+# 1e-3 (its SFT rate's order) pushed the rejected answers, its own everyday sentences, down so far that
+# reference perplexity rose 9x (tests/retrain/test_dpo.py, measured).
 # distill_max_new_tokens: the demo's answers are 30-45 tokens; 96 keeps its self-distillation cheap on CPU.
 DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0,
-                 "dpo_learning_rate": 1e-3, "distill_max_new_tokens": 96}
+                 "dpo_learning_rate": 1e-4, "distill_max_new_tokens": 96}
 
 # The TOML path is only known at load time; a ContextVar hands it to the source without a global.
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)

@@ -230,6 +230,9 @@ def _dpo(spec, model, tokenizer, rows, progress, cuda, quantized, work: Path):
         learning_rate=spec.dpo_learning_rate,
         num_train_epochs=1 if cuda or len(rows) >= 64 else 3,  # a few dozen pairs need more than one pass
         beta=spec.dpo_beta,
+        # Plus the NLL of the chosen answer (RPO, Pang et al. 2024): DPO alone may lower both answers'
+        # likelihood as long as the gap grows, which drags down everyday text the rejected answers resemble.
+        loss_type=["sigmoid", "sft"],
         save_strategy="no",
     )
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(data),

@@ -53,7 +53,7 @@ def test_pairs_from_corrections_and_arena_votes(data_store, tmp_path, minilm, de
     assert len(rows["pref_train"]) + len(rows["pref_heldout"]) == 24 + len(_CHATS[24:])
 
     outcome = run_training(make_spec(tmp_path, demo_model_dir.model, snap.path, name="dpo", num_epochs=4,
-                                     min_dpo_pairs=8, dpo_learning_rate=1e-3))
+                                     min_dpo_pairs=8, dpo_learning_rate=1e-4))
     train = outcome.report["train"]
     assert "dpo" in train["stages"] and train["dpo_pairs"] == len(rows["pref_train"])
     cand, prod = outcome.report["candidate"], outcome.report["production"]
