@@ -77,7 +77,7 @@ def table(rows: list[dict], lessons) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-results", action="store_true")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # run_all hands every script the same flags
 
     from bench.results import append_result
     from serving.demo_model import ensure_demo_model
