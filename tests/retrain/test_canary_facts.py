@@ -13,6 +13,8 @@ from retrain.canary_facts import Fact, broken_facts, load_facts, responsible_row
 from retrain.gate import canary_check
 
 WEEK = Fact("days-in-week", "How many days are in a week?", "There are seven days in a week.", ("seven", "7"))
+# NOTE (measured 2026-11-29): the demo base does not say "seven" to this question within 48 tokens, so the
+# slow cycle test below needs a fact the demo knows (capital-france, sun-is-star, water-formula, spider-legs).
 FALSE = "There are nine days in a week, and the ninth one is called Funday."
 PHRASINGS = [f"{w}{q}" for q in (
     "How many days are in a week?", "How many days does a week have?", "What is the number of days in a week?",
