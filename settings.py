@@ -20,7 +20,12 @@ from pydantic_settings import (
 
 # The demo model is tiny and learns only with a high rate and many epochs (tests/retrain/test_training.py
 # tunes these); they apply in demo mode unless set explicitly. Real models keep the defaults below.
-DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0}
+# dpo_learning_rate: DPO's usual 5e-6..5e-5 barely moves the 128-wide demo in a few dozen steps, while
+# 1e-3 (its SFT rate's order) pushed the rejected answers, its own everyday sentences, down so far that
+# reference perplexity rose 9x (tests/retrain/test_dpo.py, measured).
+# distill_max_new_tokens: the demo's answers are 30-45 tokens; 96 keeps its self-distillation cheap on CPU.
+DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0,
+                 "dpo_learning_rate": 1e-4, "distill_max_new_tokens": 96}
 
 # The TOML path is only known at load time; a ContextVar hands it to the source without a global.
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
@@ -107,6 +112,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(8, gt=0, description="Per-device training batch size.")
     preference_min_pairs: int = Field(8, ge=0, description="Run a KTO stage when at least this many preference examples exist.")
     preference_learning_rate: float = Field(5e-5, gt=0, description="KTO stage learning rate.")
+    min_dpo_pairs: int = Field(8, ge=1, description="Run a DPO stage after SFT when the training set has at least this many preference pairs (corrections and decisive arena votes).")
+    dpo_learning_rate: float = Field(5e-6, gt=0, description="DPO stage learning rate.")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO's beta: how far the adapter may move from the SFT result it starts from.")
+    distill_ratio: float = Field(1.0, ge=0, description="Self-distillation anchors (production's own answers to the shipped general prompts) per new training example, minus the replayed rows; 0 = off.")
+    distill_max_new_tokens: int = Field(256, gt=0, description="Longest self-distillation answer generated; answers that do not finish within it are not used.")
     early_stopping_patience: int = Field(2, ge=0, description="Evaluations without held-out improvement before stopping (0 = off).")
     seed: int = Field(42, description="Seed for training and sampling of replay data.")
     train_device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$", description="Where training and the gate's evaluation run: auto (GPU 0 if there is one), cpu, cuda:N. On a box with two GPUs, serve_device=cuda:0 and train_device=cuda:1 keep training off the serving GPU. A single training process sees exactly this one GPU.")
@@ -127,6 +137,13 @@ class Settings(BaseSettings):
     gate_min_pref_accuracy: float = Field(0.5, ge=0, le=1, description="Least preference accuracy on held-out pairs (when there are enough).")
     gate_min_pairs: int = Field(3, ge=1, description="Held-out preference pairs needed before preference accuracy counts.")
     gate_max_ppl_rise: float = Field(0.15, ge=0, description="Largest allowed relative rise of perplexity on the general reference set.")
+    gate_canary_facts: bool = Field(True, description="Reject a candidate that contradicts a shipped fact production gets right (retrain/canary_facts.jsonl).")
+    retrain_max_attempts: int = Field(3, ge=1, description="Attempts per run: a candidate rejected on forgetting or held-out loss is retrained with a gentler recipe.")
+    retrain_time_budget_s: float = Field(4 * 3600.0, gt=0, description="No new attempt starts when it would likely end after this many seconds from the run's start.")
+    backoff_lr_factor: float = Field(0.5, gt=0, le=1, description="Each retry multiplies the learning rates by this.")
+    backoff_epochs_factor: float = Field(0.7, gt=0, le=1, description="Each retry multiplies the SFT epochs by this.")
+    backoff_anchor_factor: float = Field(2.0, ge=1, description="Each retry multiplies the self-distillation anchors by this.")
+    debug_reject_attempts: int = Field(0, ge=0, description="Testing only: the gate rejects the first N attempts as if on forgetting, to exercise the back-off.")
 
     # --- A/B ---------------------------------------------------------------------------------------
     # The canary is an always-valid sequential test (retrain/canary.py): its error rates hold however

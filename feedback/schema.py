@@ -173,6 +173,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             actor VARCHAR NOT NULL,
             updated_at TIMESTAMP NOT NULL)""",
     ]),
+    (4, [
+        # A run may train several times (the back-off): each attempt's recipe, gate result and timing.
+        "ALTER TABLE runs ADD COLUMN attempts JSON",
+    ]),
     (5, [
         # Adapters an admin opened to every user (the others are admin-only; see docs/security.md). A
         # table of its own, not a column: inserts into `adapters` list their values by position.

@@ -41,8 +41,8 @@ RATING_REASONS = ("wrong", "unhelpful", "unsafe", "too_long", "other")
 WINNERS = ("a", "b", "tie", "both_bad")
 RUN_STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "skipped")
 _RUN_FIELDS = {"status", "stage", "step", "total_steps", "loss", "eta_s", "snapshot_id", "adapter",
-               "parent_adapter", "gate", "error", "cutoff", "started_at", "finished_at"}
-_JSON_RUN_FIELDS = {"settings", "gate"}
+               "parent_adapter", "gate", "error", "cutoff", "started_at", "finished_at", "attempts"}
+_JSON_RUN_FIELDS = {"settings", "gate", "attempts"}
 
 _MESSAGE_COLUMNS = ("id", "conversation_id", "position", "role", "content", "user", "created_at", "adapter",
                     "base_model", "sampling", "latency_ms", "first_token_ms", "prompt_tokens",

@@ -37,13 +37,20 @@ class Example:
         return [self.completion] if self.rejected is None else [self.completion, self.rejected]
 
     def record(self) -> dict:
-        """The row in TRL's conversational dataset format for this view."""
+        """The row in TRL's conversational dataset format for this view, plus ``source_id`` when known.
+
+        ``source_id`` (the rated message's id, ``arena:<battle>`` or ``replay:<hash>``) lets training tell
+        replayed rows from new ones and name the rows behind a rejected candidate; trainers ignore it.
+        """
         if self.rejected is not None:
-            return {"prompt": self.prompt, "chosen": [_assistant(self.completion)],
-                    "rejected": [_assistant(self.rejected)]}
-        row = {"prompt": self.prompt, "completion": [_assistant(self.completion)]}
-        if self.label is not None:
-            row["label"] = self.label
+            row = {"prompt": self.prompt, "chosen": [_assistant(self.completion)],
+                   "rejected": [_assistant(self.rejected)]}
+        else:
+            row = {"prompt": self.prompt, "completion": [_assistant(self.completion)]}
+            if self.label is not None:
+                row["label"] = self.label
+        if self.source_id:
+            row["source_id"] = self.source_id
         return row
 
     def text(self) -> str:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -196,6 +197,9 @@ def complete_snapshots(datasets_dir: Path, up_to: datetime | None = None) -> lis
     return sorted(found, key=lambda s: (s.cutoff, s.id))
 
 
+_SOURCE_ID_TAIL = re.compile(rb', "source_id": "[^"]*"}$')
+
+
 def sample_replay(snapshots: list[Snapshot], n: int, seed: int) -> list[Example]:
     """``n`` distinct rows drawn with ``seed`` from the SFT train files of ``snapshots``.
 
@@ -208,7 +212,8 @@ def sample_replay(snapshots: list[Snapshot], n: int, seed: int) -> list[Example]
     for snap in snapshots:
         for line in snap.sft_train_path.read_bytes().splitlines():
             if line.strip():
-                pool[line] = None
+                # The row without its source id (written last): a replayed copy is the same row.
+                pool[_SOURCE_ID_TAIL.sub(b"}", line)] = None
     lines = list(pool)
     picked = random.Random(seed).sample(lines, min(n, len(lines)))
     out = []

@@ -10,17 +10,49 @@ class GateResult:
     passed: bool
     reasons: list[str]  # one line per check with its numbers, ending in "ok", "FAILED" or "skipped"
     metrics: dict = field(default_factory=dict)
+    # Assistant message ids of the training rows behind a broken canary fact (retrain.canary_facts says
+    # how they are found); the data side sets them aside for review.
+    flagged_message_ids: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)  # "heldout_loss", "reference_ppl", "canary_facts", ...
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def gate(candidate: dict, production: dict, settings) -> GateResult:
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def canary_check(canary: dict | None) -> tuple[bool, list[str], list[str]]:
+    """``(ok, reasons, flagged ids)`` of the canary-facts check on the worker's ``report["canary_facts"]``."""
+    from retrain.canary_facts import broken_facts, load_facts
+
+    if not canary or not canary.get("candidate"):
+        return True, ["canary_facts: not checked, skipped"], []
+    questions = {f.id: f.question for f in load_facts()}
+    known = sum(r["holds"] for r in canary["production"])
+    broken = broken_facts(canary["candidate"], canary["production"])
+    if not broken:
+        return True, [f"canary_facts: all {known} facts production knows are kept ok"], []
+    reasons, flagged = [], set()
+    for b in broken:
+        suspects = canary.get("suspects", {}).get(b["id"], [])
+        flagged.update(suspects)
+        reasons.append(f"canary_facts: asked {questions.get(b['id'], b['id'])!r}, production answers "
+                       f"{_short(b['production'])!r} but the candidate now answers {_short(b['candidate'])!r}; "
+                       f"{len(suspects)} training rows flagged for review FAILED")
+    return False, reasons, sorted(flagged)
+
+
+def gate(candidate: dict, production: dict, settings, canary: dict | None = None) -> GateResult:
     """Pass when the candidate is no worse on held-out answers, prefers chosen answers often enough,
-    and has not drifted on general text; a check without data on either side is skipped."""
+    has not drifted on general text and still gives the canary facts production gives (``canary``: the
+    training report's ``canary_facts``); a check without data on either side is skipped."""
     reasons: list[str] = []
     passed = True
+    failed: list[str] = []
 
     cand, prod = candidate.get("heldout_loss"), production.get("heldout_loss")
     if cand is None or prod is None:
@@ -29,6 +61,7 @@ def gate(candidate: dict, production: dict, settings) -> GateResult:
         limit = prod * settings.gate_max_loss_ratio
         ok = cand <= limit
         passed &= ok
+        failed += [] if ok else ["heldout_loss"]
         reasons.append(f"heldout_loss {_fmt(cand)} {'<=' if ok else '>'} {_fmt(limit)} "
                        f"(production {_fmt(prod)} x {settings.gate_max_loss_ratio:g}) {'ok' if ok else 'FAILED'}")
 
@@ -43,6 +76,7 @@ def gate(candidate: dict, production: dict, settings) -> GateResult:
     else:
         ok = acc >= settings.gate_min_pref_accuracy
         passed &= ok
+        failed += [] if ok else ["pref_accuracy"]
         reasons.append(f"pref_accuracy {_fmt(acc)} {'>=' if ok else '<'} {_fmt(settings.gate_min_pref_accuracy)} "
                        f"(production {_fmt(production['pref_accuracy']) if production.get('pref_accuracy') is not None else 'n/a'}) "
                        f"{'ok' if ok else 'FAILED'}")
@@ -55,8 +89,16 @@ def gate(candidate: dict, production: dict, settings) -> GateResult:
         rise = cand_ppl / prod_ppl - 1.0
         ok = rise <= settings.gate_max_ppl_rise
         passed &= ok
+        failed += [] if ok else ["reference_ppl"]
         reasons.append(f"reference_ppl {_fmt(cand_ppl)} vs {_fmt(prod_ppl)} (production): rise {rise:+.1%} "
                        f"{'<=' if ok else '>'} {settings.gate_max_ppl_rise:.0%} {'ok' if ok else 'FAILED'}")
+
+    flagged: list[str] = []
+    if getattr(settings, "gate_canary_facts", True):
+        ok, lines, flagged = canary_check(canary)
+        passed &= ok
+        failed += [] if ok else ["canary_facts"]
+        reasons += lines
 
     metrics = {
         "candidate": dict(candidate),
@@ -64,4 +106,5 @@ def gate(candidate: dict, production: dict, settings) -> GateResult:
         "heldout_loss_ratio": cand / prod if cand is not None and prod else None,
         "reference_ppl_rise": rise,
     }
-    return GateResult(passed=bool(passed), reasons=reasons, metrics=metrics)
+    return GateResult(passed=bool(passed), reasons=reasons, metrics=metrics, flagged_message_ids=flagged,
+                      failed_checks=failed)

@@ -92,6 +92,10 @@ def retrain_cmd(args, settings) -> int:
     else:
         gate = run.get("gate") or {}
         print(f"run {run['id']}: {run['status']}" + (f" — adapter {run['adapter']}" if run.get("adapter") else ""))
+        for a in run.get("attempts") or []:
+            r = a.get("recipe") or {}
+            print(f"  attempt {a['attempt']}: {a['status']} (learning rate {r.get('learning_rate', 0):.3g}, "
+                  f"{r.get('num_epochs')} epochs, anchors x{r.get('distill_scale')})")
         for reason in gate.get("reasons", []):
             print(f"  {reason}")
         if run.get("error"):

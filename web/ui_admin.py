@@ -12,6 +12,7 @@ import pandas as pd
 from web import format as fmt
 from web.context import AppContext
 from web.errors import user_message
+from web.run_details import attempts_markdown
 from web.ui_canary import build_canary_panel, canary_panel
 from web.ui_common import require_admin
 from web.ui_lineage import build_lineage
@@ -111,6 +112,8 @@ def build_training_tab(ctx: AppContext):
                             x_title="Training step", y_title="Loss")
     gr.Markdown("#### What changed: the new adapter and production answer the same held-out questions")
     changed = gr.HTML(elem_id="what-changed")
+    gr.Markdown("#### Attempts: a run the gate rejects retries with a gentler recipe")
+    attempts = gr.Markdown("", elem_id="run-attempts")
     timer = gr.Timer(2.0)
 
     def start(mode, request: gr.Request):
@@ -143,10 +146,10 @@ def build_training_tab(ctx: AppContext):
             return (run_cards(all_runs), gr.update(choices=choices, value=chosen),
                     gr.LinePlot(value=pd.DataFrame(points, columns=["step", "value", "series"]),
                                 visible=bool(points)),  # a run that never trained has no curve to draw
-                    what_changed(run))
+                    what_changed(run), attempts_markdown(run))
         return _guard(ctx, request, work)
 
-    outputs = [runs, run_id, loss_plot, changed]
+    outputs = [runs, run_id, loss_plot, changed, attempts]
     retrain.click(start, [promote_mode], [status]).then(load, [run_id], outputs)
     timer.tick(load, [run_id], outputs, show_progress="hidden")
     run_id.input(load, [run_id], outputs)

@@ -52,4 +52,22 @@ def test_missing_data_is_skipped_not_failed(settings):
     result = gate({"heldout_loss": None, "pref_accuracy": None, "reference_ppl": 100.0},
                   {"heldout_loss": None, "pref_accuracy": None, "reference_ppl": 100.0}, settings)
     assert result.passed
-    assert [r.endswith("skipped") for r in result.reasons] == [True, True, False]
+    assert [r.endswith("skipped") for r in result.reasons] == [True, True, False, True]  # no canary answers: skipped
+
+
+def test_attempt_recipes_back_off():
+    from retrain.cycle import _worth_retrying, attempt_recipe
+    from retrain.gate import GateResult
+    from settings import Settings
+
+    s = Settings(learning_rate=2e-4, num_epochs=3.0)
+    first, second, third = (attempt_recipe(s, n) for n in (1, 2, 3))
+    assert (first["learning_rate"], first["num_epochs"], first["distill_scale"]) == (2e-4, 3.0, 1.0)
+    assert second["learning_rate"] == 1e-4 and second["num_epochs"] == 2.1 and second["distill_scale"] == 2.0
+    assert third["learning_rate"] == 5e-5 and third["distill_scale"] == 4.0
+    assert attempt_recipe(Settings(num_epochs=1.0), 3)["num_epochs"] == 1.0  # never below one epoch
+    retry = lambda *failed: _worth_retrying(GateResult(False, [], failed_checks=list(failed)))  # noqa: E731
+    assert retry("reference_ppl") and retry("heldout_loss")
+    assert not retry("pref_accuracy") and retry("canary_facts")  # no row flagged: forgetting, retried
+    flagged = GateResult(False, [], failed_checks=["reference_ppl", "canary_facts"], flagged_message_ids=["m1"])
+    assert not _worth_retrying(flagged)  # rows taught it: for a reviewer

@@ -1,0 +1,67 @@
+"""Learning that holds, through the real HTTP API in single-user local mode (the trusted admin): a
+concentrated lesson (one fact, 45 phrasings, nothing else rated) is learned in one retrain without
+forgetting, thanks to the self-distillation anchors; a rejected candidate is retried with a gentler recipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.retrain.lessons import MEETING, Lesson
+from tests.web.conftest import seed_data_dir, start_app
+
+
+def teach(client, lesson: Lesson) -> int:
+    """Every training phrasing asked once; each answer thumbs-down and corrected to the fact. Nothing else."""
+    for q in lesson.train:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 16})
+        assert r.status_code == 200, r.text
+        fb = client.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "down",
+                                                 "correction": lesson.answer})
+        assert fb.status_code == 200, fb.text
+    return len(lesson.train)
+
+
+def hits(client, lesson: Lesson) -> int:
+    n = 0
+    for q in lesson.heldout:
+        r = client.post("/v1/chat/completions", json={"model": "production", "max_tokens": 40, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": q}]})
+        n += r.json()["choices"][0]["message"]["content"].strip() == lesson.answer
+    return n
+
+
+@pytest.mark.slow
+def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_dir):
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1)
+    try:
+        with app.client(timeout=900) as c:
+            assert hits(c, MEETING) == 0
+            teach(c, MEETING)
+            run = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
+            print(json.dumps({k: run[k] for k in ("status", "error", "attempts")}, default=str, indent=1))
+            assert run["status"] == "succeeded", (run["error"], run["gate"])
+            assert c.get("/v1/adapters").json()["production"] == run["adapter"]
+            gate = run["gate"]
+            assert gate["metrics"]["reference_ppl_rise"] <= app.ctx.settings.gate_max_ppl_rise
+            assert run["attempts"][-1]["train"]["distill_anchors"] > 0
+            assert hits(c, MEETING) >= 9, "held-out phrasings answered with the fact"
+    finally:
+        app.stop()
+
+
+@pytest.mark.slow
+def test_four_lessons_in_four_cycles_are_all_kept(tmp_path, demo_model_dir):
+    from bench.continual import run_cycles, table
+    from tests.retrain.lessons import LESSONS
+
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    rows = run_cycles(data_dir, LESSONS)
+    print(table(rows, LESSONS))
+    assert [r["status"] for r in rows] == ["succeeded"] * 4, [(r["status"], r["error"]) for r in rows]
+    assert all(h >= 0.8 for h in rows[-1]["hits"].values()), rows[-1]["hits"]
+    assert rows[-1]["ppl_rise_vs_base"] <= 0.15
