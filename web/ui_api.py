@@ -11,6 +11,8 @@ import gradio as gr
 
 from feedback.models import Rating
 from serving.types import PRODUCTION, SamplingParams
+from web import review
+from web.access import owned_message
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_common import principal_of
@@ -27,7 +29,7 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
     def chat(message: str, history: list[dict] | None = None, model: str = PRODUCTION,
              conversation_id: str | None = None, request: gr.Request = None) -> dict:
         """Answer ``message`` after ``history`` (OpenAI messages); returns the answer and its stored id."""
-        user = principal_of(ctx, request).name
+        user = principal_of(ctx, request)  # ChatService checks the model, conversation and request size
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("message must be non-empty text")
         messages = [{"role": m.get("role"), "content": m.get("content")} for m in (history or []) if isinstance(m, dict)]
@@ -51,14 +53,16 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
         return _rate(message_id, "down", None, correction, request)
 
     def _rate(message_id, rating, comment, correction, request) -> dict:
-        user = principal_of(ctx, request).name
+        # The same rules as POST /v1/feedback: one's own answers only, untrusted feedback to the review queue.
         try:
-            stored = ctx.store.rate(Rating(message_id=message_id, user=user, rating=rating,
-                                           comment=comment or None, correction=correction))
+            user = principal_of(ctx, request)
+            owned_message(ctx.store, user, message_id)
+            stored, state = review.rate(ctx, user, Rating(message_id=message_id, user=user.name, rating=rating,
+                                                          comment=comment or None, correction=correction))
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return {"ok": True, "message_id": stored.message_id, "rating": stored.rating,
-                "comment": stored.comment, "correction": stored.correction}
+                "comment": stored.comment, "correction": stored.correction, "review": state}
 
     gr.api(chat, api_name="chat")
     gr.api(rate, api_name="rate")

@@ -51,9 +51,19 @@ def gate_sentence(line: str) -> tuple[str, str]:
                              f"({rise}, at most +{limit} allowed).")
         return verdict, (f"It has forgotten general text: perplexity rose {rise} ({_f(prod)} → {_f(cand)}), "
                          f"more than the {limit} allowed.")
+    m = re.match(r"canary_facts: all (\d+) facts production knows are kept ok", line)
+    if m:
+        return verdict, f"It still answers all {m.group(1)} shipped facts production knows."
+    m = re.match(r"canary_facts: asked (.*), production answers (.*) but the candidate now answers (.*); "
+                 r"(\d+) training rows flagged for review FAILED", line)
+    if m:
+        question, prod, cand, rows = m.groups()
+        return verdict, (f"It has unlearned a fact: asked {question}, production answers {prod} but the new "
+                         f"adapter answers {cand}. {rows} training rows that may have taught this wait for review.")
     if ":" in line and verdict == "skipped":
         check, why = line.split(":", 1)
-        names = {"heldout_loss": "Held-out loss", "pref_accuracy": "Preference", "reference_ppl": "General text"}
+        names = {"heldout_loss": "Held-out loss", "pref_accuracy": "Preference", "reference_ppl": "General text",
+                 "canary_facts": "Canary facts"}
         return verdict, f"{names.get(check.strip(), check.strip())} check skipped: {why.strip().removesuffix(', skipped')}."
     return verdict, line
 

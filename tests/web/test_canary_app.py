@@ -10,6 +10,7 @@ import pytest
 from feedback.models import Rating
 from serving.types import SamplingParams
 from tests.web.conftest import seed_data_dir, start_app
+from web.auth import Principal
 from web.ui_canary import canary_panel, rates_svg, summary_markdown
 
 
@@ -34,7 +35,7 @@ def test_a_better_candidate_ramps_up_and_is_promoted(canary_app):
         share = ctx.store.active_experiment().percent
         for _ in range(10):
             served += 1
-            turn = ctx.chat.complete(f"user{served}", [{"role": "user", "content": "hi"}], "production",
+            turn = ctx.chat.complete(Principal(f"user{served}", "user"), [{"role": "user", "content": "hi"}], "production",
                                      SamplingParams(max_tokens=1, temperature=0.0))
             stored = ctx.store.get_message(turn.message_id)
             routed.setdefault(share, Counter())[stored.arm] += 1

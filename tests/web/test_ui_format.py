@@ -19,19 +19,27 @@ def test_every_gate_line_reads_as_a_sentence_with_its_numbers():
     failed = gate({"heldout_loss": 3.1, "pref_accuracy": 0.25, "pref_pairs": 8, "reference_ppl": 50.0},
                   {"heldout_loss": 2.0, "pref_accuracy": 0.5, "reference_ppl": 40.0}, SETTINGS)
     verdicts = [gate_sentence(line) for line in failed.reasons]
-    assert [v for v, _ in verdicts] == ["failed", "failed", "failed"]
-    loss, pref, ppl = (s for _, s in verdicts)
+    # The canary-facts line is skipped here: these reports carry no answers to shipped facts.
+    assert [v for v, _ in verdicts] == ["failed", "failed", "failed", "skipped"]
+    loss, pref, ppl, facts = (s for _, s in verdicts)
+    assert facts == "Canary facts check skipped: not checked."
     assert "does worse than production" in loss and "3.1" in loss and "2.1" in loss  # limit 2.0 x 1.05
     assert "only 25%" in pref and "60%" in pref
     assert "forgotten general text" in ppl and "+25.0%" in ppl
     passed = gate({"heldout_loss": 1.9, "pref_accuracy": 0.75, "pref_pairs": 2, "reference_ppl": 40.0},
                   {"heldout_loss": 2.0, "reference_ppl": 40.0}, SETTINGS)
     verdicts = [gate_sentence(line) for line in passed.reasons]
-    assert [v for v, _ in verdicts] == ["ok", "skipped", "ok"]
+    assert [v for v, _ in verdicts] == ["ok", "skipped", "ok", "skipped"]
     assert "only 2 held-out preference pairs" in verdicts[1][1]
     skipped = gate({}, {}, SETTINGS)
     assert all(v == "skipped" and "skipped" in s and "_" not in s.split(":")[0] for v, s in map(gate_sentence, skipped.reasons))
     assert gate_sentence("something new ok") == ("ok", "something new ok")  # unknown lines are kept
+    facts = {"candidate": [{"id": "capital-france", "holds": False, "answer": "I am Tuneloop."}],
+             "production": [{"id": "capital-france", "holds": True, "answer": "Paris is the capital."}],
+             "suspects": {"capital-france": ["m1", "m2"]}}
+    broke = gate({"heldout_loss": 1.0}, {"heldout_loss": 1.0}, SETTINGS, canary=facts)
+    verdict, sentence = gate_sentence(broke.reasons[-1])
+    assert verdict == "failed" and "unlearned a fact" in sentence and "2 training rows" in sentence, sentence
 
 
 def test_run_card_says_why_and_keeps_the_raw_record_folded():
