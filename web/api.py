@@ -307,8 +307,8 @@ def list_models(ctx: Ctx, user: User):
 
 
 @users.get("/v1/models/{model_id:path}")
-def retrieve_model(model_id: str, ctx: Ctx):
-    for card in list_models(ctx)["data"]:
+def retrieve_model(model_id: str, ctx: Ctx, user: User):
+    for card in list_models(ctx, user)["data"]:
         if card["id"] == model_id:
             return card
     raise ApiError(404, f"The model '{model_id}' does not exist", code="model_not_found")

@@ -74,9 +74,9 @@ def teaching_snapshot(root: Path, answer_for=None) -> Path:
 
 
 def make_spec(tmp: Path, base: Path, snapshot: Path, name: str = "run", **fields) -> TrainSpec:
-    values = {**DEMO_HYPERPARAMETERS, **fields}
+    values = {"device": "cpu", **DEMO_HYPERPARAMETERS, **fields}
     return TrainSpec.from_settings(
-        Settings(), run_id=name, base_model=str(base), snapshot_dir=str(snapshot), device="cpu",
+        Settings(), run_id=name, base_model=str(base), snapshot_dir=str(snapshot),
         output_dir=str(tmp / name / "adapter"), progress_path=str(tmp / name / "progress.jsonl"), **values)
 
 

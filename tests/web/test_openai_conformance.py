@@ -103,7 +103,7 @@ def test_stop_cuts_exactly_before_the_stop_string(client, stream):
     assert len(text) > 12
     stop = text[5:10]  # five characters: most likely spread over several tokens
     expected = text[: text.index(stop)]
-    kwargs = dict(model="base", messages=HELLO, max_tokens=24, temperature=0, stop=[stop, "\x00never"])
+    kwargs = dict(model="base", messages=HELLO, max_tokens=24, temperature=0, stop=[stop, "\u2603never"])  # NUL is refused (issue 12); a snowman never comes
     if stream:
         texts, reasons, _ = _stream_text(client.chat.completions.create(stream=True, **kwargs))
         assert (texts[0], reasons[0]) == (expected, "stop")
