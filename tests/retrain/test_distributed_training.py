@@ -73,7 +73,9 @@ def test_a_killed_rank_fails_the_run_and_leaves_no_process(demo_model_dir, tmp_p
             os.kill(rank1[0], signal.SIGKILL)
             killed.set()
 
-    with pytest.raises(TrainingFailed, match="training process failed"):
+    # Either the launcher names the killed rank, or rank 0 got there first with its own error (gloo:
+    # "Connection reset by peer"); both fail the run.
+    with pytest.raises(TrainingFailed, match="training process (failed|exited with code)"):
         run_training(spec, on_progress=on_progress)
     assert killed.is_set()
     assert not Path(spec.output_dir).exists() and not spec.staging_dir.exists()
