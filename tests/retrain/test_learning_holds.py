@@ -33,7 +33,7 @@ def hits(client, lesson: Lesson) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: on the demo model the candidate loses canary facts the base only half knows; a longer-pretrained demo model (branch i11c) makes it pass but was not merged in time", strict=False)
+@pytest.mark.xfail(reason="issue 11 open: on the demo model the candidate loses canary facts the base only half knows; a demo model pre-trained 400 steps instead of 120 made it pass in a helper's run; not merged yet", strict=False)
 def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
