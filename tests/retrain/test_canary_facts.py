@@ -63,8 +63,8 @@ def test_responsible_rows_are_the_ones_that_taught_it():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: asks about a fact the demo model does not know (a demo model pre-trained longer knows it, "
-                          "with a longer-pretrained demo model)", run=False)
+@pytest.mark.xfail(reason="issue 11 open: asks about a fact the demo model does not know (a demo model pre-trained "
+                          "longer knows it)", run=False)
 def test_candidate_taught_to_contradict_a_fact_is_rejected_and_its_rows_flagged(tmp_path, demo_model_dir):
     from feedback.store import FeedbackStore
     from retrain.cycle import run_cycle
