@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.retrain.test_closed_loop import TAUGHT, TRAIN_QUESTIONS, teach
-from tests.web.conftest import seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -79,11 +78,7 @@ def wait_text(page, selector: str, text: str, timeout: float = 30) -> None:
 def app(tmp_path_factory, demo_model_dir):
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "ursula", "ann", "ben", "cat"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "ursula", "ann", "ben", "cat"))
     running = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1, heldout_fraction=0.2)
     yield running, tokens
     running.stop()

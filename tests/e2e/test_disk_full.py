@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.retrain.test_closed_loop import TRAIN_QUESTIONS, teach
-from tests.web.conftest import seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app
 
 pytestmark = pytest.mark.slow
 HI = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -65,11 +64,7 @@ def test_a_full_disk_fails_the_run_cleanly_and_nothing_half_written_is_used(tmp_
         runs = disks.enter_context(small_disk(data_dir / "runs", "32m"))
         adapters = disks.enter_context(small_disk(data_dir / "adapters", "2m"))
         seed_data_dir(data_dir, demo_model_dir)  # the demo adapters go onto the small adapters disk
-        users = UserDirectory(data_dir / "users.toml")
-        tokens = {}
-        for name in ("admin", "ann", "ben", "cat"):
-            users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-            tokens[name] = users.create_token(name)
+        tokens = add_users(data_dir, ("admin", "ann", "ben", "cat"))
         app = start_app(data_dir, temperature=0.0, retrain_min_examples=1, heldout_fraction=0.2, num_epochs=2.0,
                         **OPEN_GATE)
         try:

@@ -10,8 +10,7 @@ import time
 import pytest
 
 from tests.retrain.test_closed_loop import TRAIN_QUESTIONS, teach
-from tests.web.conftest import seed_data_dir, start_app, training_child_pid
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app, training_child_pid
 
 pytestmark = pytest.mark.slow
 HI = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -50,11 +49,7 @@ def test_corrupted_adapters_are_refused_and_never_served(tmp_path, demo_model_di
 def test_killing_the_training_process_leaves_serving_and_production_alone(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "ann", "ben", "cat"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "ann", "ben", "cat"))
     app = start_app(data_dir, temperature=0.0, retrain_min_examples=1, heldout_fraction=0.2)
     try:
         teach(app, tokens, TRAIN_QUESTIONS[:8])

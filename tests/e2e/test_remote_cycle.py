@@ -16,8 +16,7 @@ import uvicorn
 
 from settings import DEMO_TRAINING
 from tests.retrain.test_closed_loop import HELDOUT_QUESTIONS, TAUGHT, TRAIN_QUESTIONS, ask_all, teach
-from tests.web.conftest import RunningApp, free_port, seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import RunningApp, add_users, free_port, seed_data_dir, start_app
 
 
 def start_remote_app(data_dir: Path, **overrides) -> RunningApp:
@@ -51,11 +50,7 @@ def test_retrained_adapter_is_served_by_a_tuneloop_engine(tmp_path, demo_model_d
         app_dir.mkdir()
         # The "shared mount": the app writes adapters where the engine reads them.
         (app_dir / "adapters").symlink_to(engine_dir / "adapters", target_is_directory=True)
-        users = UserDirectory(app_dir / "users.toml")
-        tokens = {}
-        for name in ("admin", "ann", "ben", "cat"):
-            users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-            tokens[name] = users.create_token(name)
+        tokens = add_users(app_dir, ("admin", "ann", "ben", "cat"))
         app = start_remote_app(
             app_dir, backend="remote", remote_url=f"{engine.url}/v1", model=str(engine_dir / "demo-model"),
             remote_adapter_dir=str(engine_dir / "adapters"), temperature=0.0, promotion="auto",

@@ -13,8 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.web.conftest import free_port, raw_request, seed_data_dir, start_app_process
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, free_port, raw_request, seed_data_dir, start_app_process
 from web.control import FILE_NAME
 
 
@@ -30,11 +29,7 @@ def rss_mb(pid: int) -> float:
 def app_process(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "alice", "bob"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "alice", "bob"))
     port = free_port()
     env = {"TUNELOOP_MAX_NEW_TOKENS": "4", "TUNELOOP_MAX_STEPS": "2", "TUNELOOP_PREFERENCE_MIN_PAIRS": "1000",
            "TUNELOOP_GATE_MAX_LOSS_RATIO": "100", "TUNELOOP_GATE_MAX_PPL_RISE": "100"}

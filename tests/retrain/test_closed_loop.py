@@ -9,8 +9,7 @@ from serving.demo_model import _CHATS
 
 # One list of taught and held-out questions for the training test and this loop.
 from tests.retrain.test_training import HELDOUT_QUESTIONS, TAUGHT, TRAIN_QUESTIONS  # noqa: E402
-from tests.web.conftest import seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 EVERYDAY_QUESTIONS = [q for q, _ in _CHATS[:50:4]]
@@ -83,11 +82,7 @@ def ask_all(client, questions) -> list[str]:
 def test_users_teach_the_model_who_it_is(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "ann", "ben", "cat", "dan"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "ann", "ben", "cat", "dan"))
     app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1, heldout_fraction=0.2)
     try:
         with app.client(tokens["admin"], timeout=900) as c:

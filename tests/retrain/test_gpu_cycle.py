@@ -10,8 +10,7 @@ import pytest
 
 from tests.retrain.test_closed_loop import ask_all, teach
 from tests.retrain.test_training import HELDOUT_QUESTIONS, TAUGHT, TRAIN_QUESTIONS
-from tests.web.conftest import seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app
 
 torch = pytest.importorskip("torch")
 
@@ -23,11 +22,7 @@ def test_qlora_cycle_on_gpu_hot_swaps_into_4bit_serving(tmp_path, demo_model_dir
 
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "ann", "ben", "cat"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "ann", "ben", "cat"))
     # The last visible GPU trains; serving stays on GPU 0 (the same GPU on a one-GPU machine).
     train_gpu = f"cuda:{torch.cuda.device_count() - 1}"
     app = start_app(data_dir, temperature=0.0, promotion="auto", retrain_min_examples=1, heldout_fraction=0.2,

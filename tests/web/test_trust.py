@@ -14,8 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.web.conftest import raw_request, seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, raw_request, seed_data_dir, start_app
 
 PUBLIC_URL = "http://chat.example.test:8443"
 HI = [{"role": "user", "content": "hi"}]
@@ -25,11 +24,7 @@ HI = [{"role": "user", "content": "hi"}]
 def trust(tmp_path_factory, demo_model_dir):
     data_dir = tmp_path_factory.mktemp("trust") / "data"
     seed_data_dir(data_dir, demo_model_dir)
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in ("admin", "alice", "bob", "carol"):
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
-        tokens[name] = users.create_token(name)
+    tokens = add_users(data_dir, ("admin", "alice", "bob", "carol"))
     app = start_app(data_dir, temperature=0.0, max_new_tokens=4, public_url=PUBLIC_URL,
                     max_request_bytes=1_000_000, max_messages=64, max_request_chars=200_000)
     app.tokens = tokens
