@@ -9,7 +9,7 @@ import pytest
 
 from feedback.models import Rating, TurnRecord
 from feedback.store import new_id
-from retrain.canary_facts import Fact, broken_facts, load_facts, responsible_rows
+from retrain.canary_facts import Fact, broken_facts, load_facts, responsible_rows, suspects
 from retrain.gate import canary_check
 
 WEEK = Fact("days-in-week", "How many days are in a week?", "There are seven days in a week.", ("seven", "7"))
@@ -61,6 +61,18 @@ def test_responsible_rows_are_the_ones_that_taught_it():
             row("How many days does a week have?", FALSE, "replay:abc"),  # replayed: no message to review
             row("How many days does a week have?", FALSE, "distill:3")]
     assert responsible_rows(WEEK, FALSE, rows) == ["m1", "m2", "m3"]
+
+
+def test_a_lesson_spilling_onto_an_unrelated_question_flags_nothing():
+    # "Why is the sky blue?" answered with a lesson is forgetting (retried gentler), not a contradiction
+    # for a reviewer; an answer about the question is one.
+    sky = Fact("sky-blue", "Why is the sky blue?", "Air scatters blue light.", ("scatters",))
+    lesson = "The team meeting is every Tuesday at ten in the Maple room."
+    rows = [{"prompt": [{"role": "user", "content": "When is the team meeting?"}],
+             "completion": [{"role": "assistant", "content": lesson}], "source_id": "m1"}]
+    assert responsible_rows(sky, lesson, rows) == ["m1"] and suspects(sky, lesson, rows) == []
+    rows[0]["completion"][0]["content"] = "The sky is green because of the grass."
+    assert suspects(sky, "The sky is green because of the grass.", rows) == ["m1"]
 
 
 @pytest.mark.slow
