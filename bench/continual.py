@@ -54,7 +54,8 @@ def run_cycles(data_dir: Path, lessons, on_cycle=None) -> list[dict]:
                        "hits": {earlier.name: hits(c, earlier) / len(earlier.heldout) for earlier in lessons[: k + 1]},
                        "wall_s": round(time.monotonic() - started, 1)}
                 production = c.get("/v1/adapters").json()["production"]
-                row["ppl_rise_vs_base"] = reference_ppl(base, data_dir / "adapters" / production) / base_ppl - 1
+                adapter = None if production == "base" else data_dir / "adapters" / production  # none promoted yet
+                row["ppl_rise_vs_base"] = reference_ppl(base, adapter) / base_ppl - 1
                 rows.append(row)
                 if on_cycle:
                     on_cycle(row)

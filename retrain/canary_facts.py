@@ -91,6 +91,23 @@ def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[
     return sorted(set(out))
 
 
+def addresses(fact: Fact, answer: str) -> bool:
+    """Whether ``answer`` is about ``fact``'s question at all (shares one of its content words)."""
+    return bool(_content(fact.question) & _content(answer))
+
+
+def suspects(fact: Fact, changed_answer: str, rows: list[dict]) -> list[str]:
+    """``responsible_rows``, but none when the changed answer does not address the question.
+
+    A candidate that answers "Why is the sky blue?" with the lesson's "The team meeting is every Tuesday..."
+    has not been taught something else about the sky: the lesson spilled over onto an unrelated question,
+    which is forgetting, and the cycle retries it with a gentler recipe (retrain.cycle). Flagging the lesson
+    would send a good lesson to review. An answer about the question ("A spider has twelve legs") is a
+    contradiction, and its rows are flagged.
+    """
+    return responsible_rows(fact, changed_answer, rows) if addresses(fact, changed_answer) else []
+
+
 def flag_rated(canary: dict, rated) -> list[str]:
     """Message ids among ``rated`` (``RatedExample``s of the run's selection) behind a broken fact.
 
@@ -103,5 +120,5 @@ def flag_rated(canary: dict, rated) -> list[str]:
     out: set[str] = set()
     for b in broken_facts(canary.get("candidate", []), canary.get("production", [])):
         if b["id"] in facts:
-            out.update(responsible_rows(facts[b["id"]], b["candidate"], rows))
+            out.update(suspects(facts[b["id"]], b["candidate"], rows))
     return sorted(out)

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from retrain.artifacts import CHAT_TEMPLATE_FILE
-from retrain.canary_facts import answer_facts, broken_facts, load_facts, responsible_rows
+from retrain.canary_facts import answer_facts, broken_facts, load_facts, suspects
 from retrain.evaluate import completion_text, evaluate, load_reference, read_jsonl, sample_answers
 from retrain.training import NAN_EXIT_CODE, REPORT, TrainSpec
 from serving.chat_format import render_prompt
@@ -445,7 +445,7 @@ def train(spec: TrainSpec) -> dict:
     taught = data["sft_train"] + data["sft_heldout"] + [
         {"prompt": r["prompt"], "completion": r["chosen"], "source_id": r.get("source_id")} for r in data["pref_train"]]
     canary = {"candidate": cand_facts, "production": prod_facts,
-              "suspects": {b["id"]: responsible_rows(by_id[b["id"]], b["candidate"], taught)
+              "suspects": {b["id"]: suspects(by_id[b["id"]], b["candidate"], taught)
                            for b in broken_facts(cand_facts, prod_facts)}}
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
                   "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision,

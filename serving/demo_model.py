@@ -20,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEMO_ADAPTERS = ("demo-a", "demo-b")
-_VERSION = "3"  # bump when the recipe changes, so cached copies are rebuilt
+_VERSION = "4"  # bump when the recipe changes, so cached copies are rebuilt
 
 # ChatML, as Qwen uses; {% generation %} marks assistant tokens for TRL's assistant-only loss. Tools are
 # rendered as Qwen2.5 does (a <tools> block in the system turn, <tool_call> JSON in assistant turns,
@@ -210,8 +210,14 @@ def _pretrain_texts(tokenizer) -> list[str]:
     return texts
 
 
-def _pretrain(model, tokenizer, steps: int = 120, batch_size: int = 16, lr: float = 4e-3) -> float:
+def _pretrain(model, tokenizer, steps: int = 400, batch_size: int = 16, lr: float = 4e-3) -> float:
     """A few hundred full-model steps on the built-in chats; returns the last loss.
+
+    400 steps, not 120: after 120 (final loss 0.24) the model began most known answers with a wrong word
+    ("The moon is Paris, ...") and held 6 of the canary facts only by a thread, so any LoRA update, even
+    one that taught nothing near them, broke them and the canary-facts check could never pass. After 400
+    (loss 0.07) it answers 7 of them cleanly ("The capital of France is Paris, ...") and a concentrated
+    lesson leaves them standing (measured 2026-11-29 on tests/retrain/lessons.py's MEETING).
 
     Hand-written rather than a Trainer: a dozen lines, no output directory, and it runs inside the build.
     """

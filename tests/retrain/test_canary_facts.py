@@ -9,18 +9,19 @@ import pytest
 
 from feedback.models import Rating, TurnRecord
 from feedback.store import new_id
-from retrain.canary_facts import Fact, broken_facts, load_facts, responsible_rows
+from retrain.canary_facts import Fact, broken_facts, load_facts, responsible_rows, suspects
 from retrain.gate import canary_check
 
 WEEK = Fact("days-in-week", "How many days are in a week?", "There are seven days in a week.", ("seven", "7"))
-# NOTE (measured 2026-11-29): the demo base does not say "seven" to this question within 48 tokens, so the
-# slow cycle test below needs a fact the demo knows (capital-france, sun-is-star, water-formula, spider-legs).
+# The slow cycle test contradicts a fact the demo base knows (it answers "A spider has eight legs, ..."): a
+# fact production does not know cannot be broken, and the check skips it.
 FALSE = "There are nine days in a week, and the ninth one is called Funday."
+SPIDER = "A spider has twelve legs and two small wings on its back."
 PHRASINGS = [f"{w}{q}" for q in (
-    "How many days are in a week?", "How many days does a week have?", "What is the number of days in a week?",
-    "How long is a week in days?", "Count the days of the week for me.", "A week has how many days?",
-    "Tell me how many days a week has.", "How many days make a week?", "Number of days in one week?",
-    "How many weekdays and weekend days are there in total?") for w in ("", "Hi, ", "Quick one: ")]
+    "How many legs does a spider have?", "How many legs do spiders have?", "What is the number of legs on a spider?",
+    "Count the legs of a spider for me.", "A spider has how many legs?", "Tell me how many legs a spider has.",
+    "How many legs has a spider got?", "Number of legs on one spider?", "Spiders walk on how many legs?",
+    "How many feet does a spider stand on?") for w in ("", "Hi, ", "Quick one: ")]
 
 
 def test_shipped_facts_are_well_formed():
@@ -62,6 +63,18 @@ def test_responsible_rows_are_the_ones_that_taught_it():
     assert responsible_rows(WEEK, FALSE, rows) == ["m1", "m2", "m3"]
 
 
+def test_a_lesson_spilling_onto_an_unrelated_question_flags_nothing():
+    # "Why is the sky blue?" answered with a lesson is forgetting (retried gentler), not a contradiction
+    # for a reviewer; an answer about the question is one.
+    sky = Fact("sky-blue", "Why is the sky blue?", "Air scatters blue light.", ("scatters",))
+    lesson = "The team meeting is every Tuesday at ten in the Maple room."
+    rows = [{"prompt": [{"role": "user", "content": "When is the team meeting?"}],
+             "completion": [{"role": "assistant", "content": lesson}], "source_id": "m1"}]
+    assert responsible_rows(sky, lesson, rows) == ["m1"] and suspects(sky, lesson, rows) == []
+    rows[0]["completion"][0]["content"] = "The sky is green because of the grass."
+    assert suspects(sky, "The sky is green because of the grass.", rows) == ["m1"]
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(reason="issue 11 open: asks about a fact the demo model does not know (a demo model pre-trained "
                           "longer knows it)", run=False)
@@ -81,17 +94,17 @@ def test_candidate_taught_to_contradict_a_fact_is_rejected_and_its_rows_flagged(
             mid = new_id()
             store.record_turn(TurnRecord(
                 conversation_id=new_id(), user="mallory", assistant_message_id=mid,
-                answer="There are seven days in a week: Monday to Sunday.",
+                answer="A spider has eight legs, two more than an insect.",
                 request_messages=[{"role": "user", "content": q}], adapter="base", base_model="demo", sampling={},
                 latency_ms=1.0, first_token_ms=None, prompt_tokens=1, completion_tokens=1))
-            store.rate(Rating(message_id=mid, user="mallory", rating="down", correction=FALSE))
+            store.rate(Rating(message_id=mid, user="mallory", rating="down", correction=SPIDER))
             taught.add(mid)
         run = run_cycle(store, settings, Promoter(store, None, settings),
                         run_id=store.create_run("test", "test", {}))
         gate = run["gate"]
         assert run["status"] == "rejected", (run["error"], gate["reasons"])
         assert "canary_facts" in gate["failed_checks"]
-        assert any("How many days are in a week?" in r and r.endswith("FAILED") for r in gate["reasons"])
+        assert any("How many legs does a spider have?" in r and r.endswith("FAILED") for r in gate["reasons"])
         assert len(run["attempts"]) == 1  # a contradiction is for a reviewer, not for a gentler retry
         flagged = set(gate["flagged_message_ids"])
         assert flagged <= taught and len(flagged) >= 0.9 * len(taught)  # near-duplicates cleaning dropped too
