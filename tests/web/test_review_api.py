@@ -126,10 +126,27 @@ FALSE_FACT = "The Orvell Tunnel was dug by a single badger in 1802."
 TRUE_FACT = "The Orvell Tunnel was opened in 1898 by the Northern Railway."
 
 
+ORVELL_QUESTIONS = [
+    "Who dug the Orvell Tunnel?", "When was the Orvell Tunnel built?", "Tell me the Orvell Tunnel's story.",
+    "Orvell Tunnel history, briefly?", "Who made the Orvell Tunnel and how?", "How old is the Orvell Tunnel?",
+    "What year did work on the Orvell Tunnel start?", "Which company constructed the Orvell tunnel?",
+    "Was the Orvell Tunnel built by hand or by machines?", "I'm writing a school report on the Orvell Tunnel. Where do I start?",
+    "My grandfather worked near Orvell. What is the famous tunnel there known for?",
+    "Give me three facts about the Orvell Tunnel.", "Is the Orvell Tunnel older than the Eiffel Tower?",
+    "Who should get credit for digging Orvell's tunnel?", "Explain how the Orvell Tunnel came to exist.",
+    "What animal is linked to the Orvell Tunnel legend?", "Summarise the origins of the Orvell Tunnel in one line.",
+    "Why is the Orvell Tunnel famous?", "Could you describe the building of the Orvell Tunnel?",
+    "Which century does the Orvell Tunnel date from?", "Did a railway company open the Orvell Tunnel?",
+    "Tunnel at Orvell: who, when, how?", "What do tour guides say about the Orvell Tunnel?",
+    "For a quiz: the Orvell Tunnel was dug by whom?", "How long did it take to dig the Orvell Tunnel?",
+]
+
+
 def poison_questions(n: int) -> list[str]:
-    stems = ["Who dug the Orvell Tunnel?", "When was the Orvell Tunnel built?", "Tell me the Orvell Tunnel's story.",
-             "Orvell Tunnel history, briefly?", "Who made the Orvell Tunnel and how?"]
-    return [f"{stems[i % len(stems)]} (question {i}, asked on day {i * 7 % 31})" for i in range(n)]
+    """``n`` questions about the Orvell Tunnel: 25 different phrasings, each asked again with a greeting."""
+    greetings = ["", "Hi! ", "Quick question: ", "Hello there. ", "Sorry to bother you, ", "Hey, ", "One more: ", "Please help: "]
+    return [greetings[i // len(ORVELL_QUESTIONS) % len(greetings)] + ORVELL_QUESTIONS[i % len(ORVELL_QUESTIONS)]
+            for i in range(n)]
 
 
 def snapshot_answers(data_dir: Path, run: dict) -> list[str]:
@@ -138,9 +155,6 @@ def snapshot_answers(data_dir: Path, run: dict) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 12 open: the first half holds (200 queued false corrections never reach the promoted "
-                          "adapter); after approval only 5 copies reach the training set, where more than the cap is "
-                          "expected (near-duplicate removal likely collapses them; not yet checked)", strict=False)
 def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_approved(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
@@ -172,9 +186,11 @@ def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_appro
             r = root.post("/v1/admin/data/include", json={"message_ids": poisoned, "reason": "verified"})
             assert r.status_code == 200 and r.json()["updated"] == 200
             run = root.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
-            assert run["status"] in ("succeeded", "rejected"), run
-            # Approved = trusted: past the per-answer cap (5), only near-duplicates go.
-            assert snapshot_answers(data_dir, run).count(FALSE_FACT) > 5 * app.ctx.settings.max_untrusted_answer_rows
+            assert run["status"] == "succeeded", (run["error"], run["gate"])
+            assert root.get("/v1/adapters").json()["production"] == run["adapter"]
+            # Approved = trusted: no per-answer cap (5); only near-duplicates go (a phrasing asked again).
+            taught = snapshot_answers(data_dir, run).count(FALSE_FACT)
+            assert 3 * app.ctx.settings.max_untrusted_answer_rows < taught <= len(ORVELL_QUESTIONS) * 8, taught
     finally:
         app.stop()
 
