@@ -147,6 +147,11 @@ class ReviewStore(StoreCore):
         """Take rated answers out of every future training set (until an admin includes them again)."""
         return self._decide(message_ids, "discarded", actor, reason or f"discarded by {actor}", reset=False)
 
+    def discarded_message_ids(self) -> set[str]:
+        """Rated answers an admin took out of training: replay of older snapshots skips them too."""
+        with self._read() as cur:
+            return {r[0] for r in cur.execute("SELECT message_id FROM review WHERE state = 'discarded'").fetchall()}
+
     def _decide(self, message_ids: list[str], state: str, actor: str, reason: str, reset: bool) -> int:
         ids = _checked_ids(message_ids)
         now = _now()

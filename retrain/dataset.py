@@ -23,7 +23,7 @@ import re
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,24 +197,31 @@ def complete_snapshots(datasets_dir: Path, up_to: datetime | None = None) -> lis
     return sorted(found, key=lambda s: (s.cutoff, s.id))
 
 
-_SOURCE_ID_TAIL = re.compile(rb', "source_id": "[^"]*"}$')
+_SOURCE_ID_TAIL = re.compile(rb', "source_id": "([^"]*)"}$')
 
 
-def sample_replay(snapshots: list[Snapshot], n: int, seed: int) -> list[Example]:
+def sample_replay(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
     """``n`` distinct rows drawn with ``seed`` from the SFT train files of ``snapshots``.
 
+    Rows whose source id is in ``exclude`` (answers an admin discarded after they trained) are never
+    drawn, nor are their replayed copies in later snapshots: a discarded lesson does not come back.
     Only the drawn lines are parsed; reading the files is a byte scan, so a large history costs
     little next to the new data's embeddings.
     """
     if n <= 0 or not snapshots:
         return []
     pool: dict[bytes, None] = {}  # replayed rows recur in later files; count each once
+    banned: set[bytes] = set()
     for snap in snapshots:
         for line in snap.sft_train_path.read_bytes().splitlines():
             if line.strip():
                 # The row without its source id (written last): a replayed copy is the same row.
-                pool[_SOURCE_ID_TAIL.sub(b"}", line)] = None
-    lines = list(pool)
+                tail = _SOURCE_ID_TAIL.search(line)
+                key = _SOURCE_ID_TAIL.sub(b"}", line)
+                if tail and tail.group(1).decode() in exclude:
+                    banned.add(key)
+                pool[key] = None
+    lines = [line for line in pool if line not in banned]
     picked = random.Random(seed).sample(lines, min(n, len(lines)))
     out = []
     for line in picked:
@@ -326,7 +333,8 @@ def build_training_set(
     earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
                if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
-    replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed)
+    replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed,
+                           exclude=store.discarded_message_ids())
     counts["sft"]["replay"] = len(replay)
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
     views["sft"] = replay + views["sft"]

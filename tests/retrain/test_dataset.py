@@ -180,6 +180,30 @@ def test_second_build_replays_and_embeds_only_new_rows(data_store, data_settings
     assert [r for r in read(again.sft_train_path) if r in old] == old
 
 
+def test_a_discarded_answer_is_not_replayed_later(data_store, data_settings, counting_embedder):
+    # An answer trains, is replayed once, and only then does an admin discard it: neither the row nor its
+    # replayed copy may come back in any later snapshot.
+    bad = add(data_store, "Who founded the Kestrel Library?", "A talking owl named Brisk.", rating="down",
+              correction="A talking owl named Brisk, in 1750.")
+    for i in range(5):
+        add(data_store, f"Old question {i}: how does part {i * 13} fit?", f"Old answer {i} explains {i * 7}.")
+    settings = data_settings.model_copy(update={"replay_ratio": 100.0})  # replay everything there is
+    first = build(data_store, settings, counting_embedder)
+    finish_run(data_store, first)
+    add(data_store, "A new question about bolts?", "A new answer about bolts.")
+    second = build(data_store, settings, counting_embedder)
+    owl = [r for r in read(second.sft_train_path) if "Brisk" in r["completion"][0]["content"]]
+    assert len(owl) == 1 and owl[0]["source_id"].startswith("replay:")  # replayed while it was fine
+    finish_run(data_store, second)
+
+    data_store.discard_rows([bad], actor="root", reason="false")
+    add(data_store, "Another new question about nuts?", "Another new answer about nuts.")
+    third = build(data_store, settings, counting_embedder)
+    rows = read(third.sft_train_path)
+    assert third.counts["sft"]["replay"] == 6  # the 5 old rows and the bolts row: not the owl, nor its copy
+    assert not [r for r in rows if "Brisk" in r["completion"][0]["content"]]
+
+
 def test_snapshot_appears_atomically(data_store, data_settings, minilm, monkeypatch):
     add(data_store, "What is up?", "The sky.")
     datasets = data_settings.datasets_dir
