@@ -1,7 +1,7 @@
 """Who may touch what, for the API and the UI alike.
 
 A user may rate, correct, regenerate (``replaces``) and continue only their own messages and
-conversations; admins may touch any. Anything else is answered exactly as an unknown id is (404, same
+conversations, and vote only on their own arena battles; admins may touch any. Anything else is answered exactly as an unknown id is (404, same
 words), so a guessed or leaked id tells nothing about whether it exists. Users may chat with
 ``production``, ``base`` and the adapters an admin marked public; A/B routing and the arena still
 choose other adapters for them.
@@ -9,7 +9,7 @@ choose other adapters for them.
 
 from __future__ import annotations
 
-from feedback.errors import UnknownConversation, UnknownMessage
+from feedback.errors import UnknownBattle, UnknownConversation, UnknownMessage
 from feedback.models import StoredMessage
 from feedback.store import FeedbackStore
 from serving.errors import UnknownAdapter
@@ -31,6 +31,13 @@ def check_conversation(store: FeedbackStore, user: Principal, conversation_id: s
     if owner is None or not (user.is_admin or owner == user.name):
         raise UnknownConversation(f"unknown conversation {conversation_id!r}: send no conversation_id to start "
                                   "one, then send back the conversation_id of the response")
+
+
+def check_battle(store: FeedbackStore, user: Principal, battle_id: str) -> None:
+    """Voting on a battle: only the user it was shown to (admins: any); its answers and prompt are theirs."""
+    battle = store.get_battle(battle_id)
+    if battle is None or not (user.is_admin or battle.user == user.name):
+        raise UnknownBattle(f"unknown battle {battle_id!r}")
 
 
 def public_models(store: FeedbackStore) -> set[str]:

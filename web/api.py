@@ -28,7 +28,7 @@ from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web import openai_compat as oa
 from web import review
-from web.access import chat_choices, owned_message
+from web.access import chat_choices, check_battle, owned_message
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
 from web.errors import ApiError, install_handlers
@@ -378,6 +378,7 @@ def create_battle(body: BattleRequest, ctx: Ctx, user: User):
 @users.post("/v1/arena/battles/{battle_id}/vote")
 def vote_battle(battle_id: str, body: VoteRequest, ctx: Ctx, user: User):
     check_id(battle_id, "battle")
+    check_battle(ctx.store, user, battle_id)
     vote = ctx.store.vote(battle_id, user.name, body.winner)
     ctx.metrics.arena_votes.labels(vote.winner).inc()
     return {"ok": True, "id": battle_id, "winner": vote.winner, "a": vote.adapter_a, "b": vote.adapter_b}

@@ -8,6 +8,7 @@ import threading
 import gradio as gr
 
 from serving.types import SamplingParams
+from web.access import check_battle
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_chat import display
@@ -90,7 +91,9 @@ def build_arena_tab(ctx: AppContext):
         if not battle_id:
             raise gr.Error("Start a comparison first.")
         try:
-            v = ctx.store.vote(battle_id, principal_of(ctx, request).name, WINNERS[label])
+            user = principal_of(ctx, request)
+            check_battle(ctx.store, user, battle_id)
+            v = ctx.store.vote(battle_id, user.name, WINNERS[label])
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         return f"Thanks! **A** was `{v.adapter_a}`, **B** was `{v.adapter_b}`."

@@ -94,6 +94,18 @@ def test_regenerating_anothers_answer_is_refused(trust):
     assert trust.ctx.store.get_message(answer).superseded
 
 
+def test_voting_on_anothers_battle_looks_like_an_unknown_one(trust):
+    battle = trust.clients["alice"].post("/v1/arena/battles", json={"prompt": "hi", "max_tokens": 2}).json()["id"]
+    bob = trust.clients["bob"]
+    theirs = bob.post(f"/v1/arena/battles/{battle}/vote", json={"winner": "a"})
+    unknown = bob.post(f"/v1/arena/battles/{'e' * 32}/vote", json={"winner": "a"})
+    assert theirs.status_code == unknown.status_code == 404
+    assert error(theirs)["code"] == error(unknown)["code"] == "battle_not_found"
+    assert trust.ctx.store.get_battle(battle).votes == []
+    assert trust.clients["alice"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "b"}).status_code == 200
+    assert trust.clients["admin"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "tie"}).status_code == 200
+
+
 def test_users_chat_only_with_production_base_and_public_adapters(trust):
     admin, bob = trust.clients["admin"], trust.clients["bob"]
     for name in ("demo-a", "demo-b"):
