@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from retrain import fsdp
 from retrain.train_worker import Progress, exit_with_parent, remove_staging
 from retrain.training import TrainSpec
 
@@ -29,6 +30,10 @@ log = logging.getLogger("retrain.launch")
 LAUNCH_SPEC = "launch-spec.json"
 
 
+# Checked with deepspeed x.y (see docs/deploy.md): DEEPSPEED_PLACEHOLDER
+DEEPSPEED_ON_CPU = "train_strategy 'deepspeed' needs GPUs; on the CPU use ddp or fsdp"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,8 +42,8 @@ def _free_port() -> int:
 
 def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
     """The ``accelerate launch`` arguments for ``spec`` (the Trainer sets mixed precision itself)."""
-    if cpu and spec.strategy != "ddp":
-        raise ValueError(f"train_strategy {spec.strategy!r} needs GPUs; on the CPU use ddp")
+    if cpu and spec.strategy == "deepspeed":
+        raise ValueError(DEEPSPEED_ON_CPU)
     # One machine: any free port (two apps on one box must not collide); several: the agreed one.
     port = spec.main_process_port if spec.num_machines > 1 else _free_port()
     args = ["--num_processes", str(spec.processes), "--num_machines", str(spec.num_machines),
@@ -49,7 +54,7 @@ def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
     if spec.accelerate_config:
         args = ["--config_file", spec.accelerate_config, *args]
     if spec.strategy == "fsdp":
-        args += ["--use_fsdp"]
+        args += fsdp.LAUNCH_ARGS  # torchrun starts the ranks, on the CPU too (retrain.fsdp)
     elif spec.strategy == "deepspeed":
         args += ["--use_deepspeed", "--zero_stage", str(spec.zero_stage)]
     else:
