@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from retrain import fsdp
+from retrain import fsdp, zero
 from retrain.train_worker import Progress, exit_with_parent, remove_staging
 from retrain.training import TrainSpec
 
@@ -30,20 +30,14 @@ log = logging.getLogger("retrain.launch")
 LAUNCH_SPEC = "launch-spec.json"
 
 
-# Checked with deepspeed x.y (see docs/deploy.md): DEEPSPEED_PLACEHOLDER
-DEEPSPEED_ON_CPU = "train_strategy 'deepspeed' needs GPUs; on the CPU use ddp or fsdp"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
+def accelerate_args(spec: TrainSpec) -> list[str]:
     """The ``accelerate launch`` arguments for ``spec`` (the Trainer sets mixed precision itself)."""
-    if cpu and spec.strategy == "deepspeed":
-        raise ValueError(DEEPSPEED_ON_CPU)
     # One machine: any free port (two apps on one box must not collide); several: the agreed one.
     port = spec.main_process_port if spec.num_machines > 1 else _free_port()
     args = ["--num_processes", str(spec.processes), "--num_machines", str(spec.num_machines),
@@ -56,7 +50,7 @@ def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
     if spec.strategy == "fsdp":
         args += fsdp.LAUNCH_ARGS  # torchrun starts the ranks, on the CPU too (retrain.fsdp)
     elif spec.strategy == "deepspeed":
-        args += ["--use_deepspeed", "--zero_stage", str(spec.zero_stage)]
+        args += zero.launch_args(spec.zero_stage, spec.num_machines)
     else:
         # accelerate's torchrun launcher; on the CPU it starts the processes too, and the Trainer
         # (use_cpu) joins them over gloo.
@@ -81,7 +75,7 @@ def main(argv: list[str]) -> int:
 
     try:
         args = launch_command_parser().parse_args(
-            accelerate_args(spec, cpu=os.environ.get("CUDA_VISIBLE_DEVICES") == ""))
+            accelerate_args(spec))
         launch_command(args)
     except SystemExit as exc:
         if exc.code in (0, None):

@@ -96,8 +96,12 @@ def _callbacks(progress: Progress, stage: str, inject_nan_at: int | None):
 
 
 def _sharded(spec: TrainSpec) -> bool:
-    """Whether the model is trained sharded across the ranks (FSDP, ``retrain.fsdp``)."""
-    return spec.distributed and spec.strategy == "fsdp"
+    """Whether each rank holds only a part of the model's parameters (FSDP, ``retrain.fsdp``; ZeRO-3,
+    ``retrain.zero``): the trained LoRA must then be gathered before it is evaluated or saved."""
+    from retrain.zero import partitions_parameters
+
+    return spec.distributed and (spec.strategy == "fsdp" or (
+        spec.strategy == "deepspeed" and partitions_parameters(spec.zero_stage)))
 
 
 def _load_base(spec: TrainSpec, for_training: bool = True):
@@ -137,9 +141,11 @@ def _unsharded(spec: TrainSpec, model, keep: bool, for_training: bool):
     import torch
     from peft import set_peft_model_state_dict
 
-    from retrain.fsdp import gather_adapter
+    from retrain import fsdp, zero
 
-    adapter = gather_adapter(model)
+    adapter = (fsdp if spec.strategy == "fsdp" else zero).gather_adapter(model)
+    if spec.strategy == "deepspeed":
+        zero.stop_partitioning_new_models()
     del model
     gc.collect()  # the sharded model (and the trainer's cycles) before a second base is loaded
     if torch.cuda.is_available():
@@ -196,17 +202,21 @@ def _keep_adapter_fp32(model) -> None:
 
 
 def _before_trainer(spec: TrainSpec, args) -> None:
-    if _sharded(spec):
+    if spec.distributed and spec.strategy == "fsdp":
         from retrain.fsdp import allow_on_cpu
 
         allow_on_cpu(args)
 
 
 def _after_trainer(spec: TrainSpec, trainer) -> None:
-    if _sharded(spec):
+    if spec.distributed and spec.strategy == "fsdp":
         from retrain.fsdp import check_sharded
 
         check_sharded(trainer)
+    elif spec.distributed and spec.strategy == "deepspeed":
+        from retrain.zero import check_enabled
+
+        check_enabled(trainer)
     _keep_adapter_fp32(trainer.model)
 
 
@@ -229,9 +239,9 @@ def _common_args(spec: TrainSpec, out: Path, precision: str, quantized: bool) ->
         bf16=precision == "bf16",
         fp16=precision == "fp16",  # with the Trainer's loss scaling
         gradient_checkpointing=quantized,
-        # transformers refuses FSDP with save_only_model when the best epoch is reloaded at the end; the
-        # optimizer state FSDP then saves too is the LoRA's only.
-        save_only_model=not _sharded(spec),
+        # transformers refuses FSDP and DeepSpeed with save_only_model when the best epoch is reloaded at
+        # the end; the optimizer state they then save too is the LoRA's only.
+        save_only_model=not (spec.distributed and spec.strategy in ("fsdp", "deepspeed")),
         disable_tqdm=True,
         max_length=1024,
         dataloader_num_workers=0,

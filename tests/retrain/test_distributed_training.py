@@ -1,6 +1,6 @@
-"""Training under accelerate with two processes (gloo on the CPU), DDP and FSDP: the same recipe gives the
-same result as one process, only rank 0 writes, and a rank that dies fails the run cleanly with no process
-left behind."""
+"""Training under accelerate with two processes (gloo on the CPU), DDP, FSDP and DeepSpeed ZeRO-3: the same
+recipe gives the same result as one process, only rank 0 writes, and a rank that dies fails the run
+cleanly with no process left behind."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from retrain.fsdp import check_sharded
 from retrain.launch import accelerate_args
 from retrain.training import TrainingFailed, TrainOutcome, run_training
+from retrain.zero import check_enabled
 from tests.retrain.test_training import make_spec, teaching_snapshot
 from tests.web.conftest import wait_for
 
@@ -69,33 +70,41 @@ def test_two_processes_match_one_and_only_rank_zero_writes(demo_model_dir, one_p
     assert not _processes_of(spec.run_id)
 
 
+# Each rank holds a part of every parameter: the LoRA is gathered from the parts after each stage (SFT,
+# then KTO here). The log lines are the engines' own: the guards in retrain.fsdp / retrain.zero already
+# fail a run the engine did not take.
+SHARDED = [pytest.param("fsdp", 0, ("fsdp_utils", "Loading model from"), id="fsdp"),
+           pytest.param("deepspeed", 3, ("DeepSpeed",), id="deepspeed-zero3")]
+
+
 @pytest.mark.slow
-def test_fsdp_shards_the_model_and_matches_one_process(demo_model_dir, one_process, tmp_path):
+@pytest.mark.parametrize(("strategy", "zero_stage", "evidence"), SHARDED)
+def test_sharded_training_matches_one_process(demo_model_dir, one_process, tmp_path, strategy, zero_stage, evidence):
     from peft import PeftModel
 
     from serving.adapters import base_modules_of, check_adapter_dir
     from serving.model_loading import load_base_model
 
     snap, one = one_process
-    spec = make_spec(tmp_path, demo_model_dir.model, snap, name="fsdp", processes=2, strategy="fsdp", **RECIPE)
+    spec = make_spec(tmp_path, demo_model_dir.model, snap, name=strategy, processes=2, strategy=strategy,
+                     zero_stage=zero_stage, **RECIPE)
     two = run_training(spec)
 
     train = two.report["train"]
-    assert (train["world_size"], train["strategy"], train["effective_batch"]) == (2, "fsdp", 8)
+    assert (train["world_size"], train["strategy"], train["effective_batch"]) == (2, strategy, 8)
     assert train["steps"] == one.report["train"]["steps"] and train["stages"] == ["sft", "kto"]
     card = (two.adapter_dir / "README.md").read_text()
-    assert "- world_size: 2" in card and "- strategy: fsdp" in card and "- effective_batch: 8" in card
-    # Sharded for real: accelerate's FSDP checkpointing ran (the best epoch is reloaded through it).
+    assert "- world_size: 2" in card and f"- strategy: {strategy}" in card and "- effective_batch: 8" in card
     log = spec.log_path.read_text()
-    assert "fsdp_utils" in log and "Loading model from" in log
+    assert all(line in log for line in evidence)
     progress = Path(spec.progress_path).read_text().splitlines()
     assert sum('"stage": "done"' in line for line in progress) == 1  # published once, by rank 0
     assert sorted(p.name for p in two.adapter_dir.iterdir()) == sorted(p.name for p in one.adapter_dir.iterdir())
 
-    # The adapter was gathered whole from the shards: the server's checks pass and it loads as a PEFT adapter
+    # The adapter was gathered whole from the parts: the server's checks pass and it loads as a PEFT adapter
     # with every tensor of the single-process one, and it is the model rank 0 evaluated.
     base, _ = load_base_model(str(demo_model_dir.model), "none")
-    check_adapter_dir("fsdp", two.adapter_dir, adapters_dir=tmp_path, base_model_name_or_path=str(
+    check_adapter_dir(strategy, two.adapter_dir, adapters_dir=tmp_path, base_model_name_or_path=str(
         demo_model_dir.model), base_modules=base_modules_of(base))
     from safetensors.torch import load_file
 
@@ -110,10 +119,10 @@ def test_fsdp_shards_the_model_and_matches_one_process(demo_model_dir, one_proce
     assert not _processes_of(spec.run_id)
 
 
-def test_a_trainer_that_does_not_shard_is_refused(demo_model_dir, tmp_path):
+def test_a_trainer_the_strategy_did_not_take_is_refused(demo_model_dir, tmp_path):
     # What accelerate 1.15 builds when FSDP is asked for on a device it does not shard for (the CPU, left
     # alone by retrain.fsdp.allow_on_cpu): a plain trainer, which then wraps the model in DDP, without a
-    # word. A run asked to shard must fail rather than train unsharded under the name fsdp.
+    # word. A run asked to shard must fail rather than train unsharded under the name fsdp (or deepspeed).
     from transformers import Trainer, TrainingArguments
 
     from serving.model_loading import load_base_model
@@ -122,6 +131,8 @@ def test_a_trainer_that_does_not_shard_is_refused(demo_model_dir, tmp_path):
     trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
     with pytest.raises(RuntimeError, match="did not enable FSDP"):
         check_sharded(trainer)
+    with pytest.raises(RuntimeError, match="did not enable DeepSpeed"):
+        check_enabled(trainer)
 
 
 @pytest.mark.slow
@@ -149,13 +160,12 @@ def test_a_killed_rank_fails_the_run_and_leaves_no_process(demo_model_dir, tmp_p
 def test_launch_arguments(monkeypatch):
     spec = make_spec(Path("/tmp"), Path("/m"), Path("/s"), processes=4, num_machines=2, machine_rank=1,
                      main_process_ip="10.0.0.5", main_process_port=29555, strategy="deepspeed", zero_stage=3)
-    args = accelerate_args(spec, cpu=False)
+    args = accelerate_args(spec)
     joined = " ".join(args[:-1])
     assert "--num_processes 4 --num_machines 2 --machine_rank 1 --main_process_port 29555" in joined
     assert "--main_process_ip 10.0.0.5" in joined and "--use_deepspeed --zero_stage 3" in joined
+    assert "--deepspeed_multinode_launcher standard" in joined  # each machine's own launcher, as train-node runs it
     assert args[-3:-1] == ["--module", "retrain.train_worker"]
-    with pytest.raises(ValueError, match="deepspeed' needs GPUs"):
-        accelerate_args(make_spec(Path("/tmp"), Path("/m"), Path("/s"), processes=2, strategy="deepspeed"), cpu=True)
 
 
 def test_fsdp_launch_arguments_parse_into_an_fsdp2_plugin(monkeypatch):
@@ -165,7 +175,7 @@ def test_fsdp_launch_arguments_parse_into_an_fsdp2_plugin(monkeypatch):
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     spec = make_spec(Path("/tmp"), Path("/m"), Path("/s"), processes=2, strategy="fsdp")
-    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(accelerate_args(spec, cpu=True)))
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(accelerate_args(spec)))
     env = prepare_multi_gpu_env(args)
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
