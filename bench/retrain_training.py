@@ -1,15 +1,15 @@
 """Retrain training bench: wall time with 10x more history at the same new data, and QLoRA throughput.
 
     python bench/retrain_training.py [--new 40] [--history 40] [--model ID_OR_PATH] [--processes 2]
-        [--strategies ddp,fsdp] [--write-results]
+        [--strategies ddp,fsdp,zero2,zero3] [--write-results]
 
 The replay sample is sized by the new data (``replay_ratio x new``, drawn from history by
 ``retrain.dataset.sample_replay``), so a 10x longer history should cost at most 1.3x the training time.
 Runs on the offline demo model on CPU; with CUDA it also trains ``--model`` (default
 Qwen/Qwen2.5-0.5B-Instruct, must be available locally) with QLoRA and prints tokens/s and peak GPU memory.
 ``--processes N`` also trains the same snapshot with one and with N processes under accelerate, once per
-strategy in ``--strategies`` (DDP; FSDP, which shards the base: gloo on the CPU; one GPU each where there
-are N GPUs) and prints each wall-time ratio and held-out loss: on a CPU box with few cores N processes
+strategy in ``--strategies`` (DDP; FSDP, which shards the base; DeepSpeed ZeRO-2 and ZeRO-3: gloo on the
+CPU; one GPU each where there are N GPUs) and prints each wall-time ratio and held-out loss: on a CPU box with few cores N processes
 share the same cores, so the ratio shows the distributed overhead, not a speed-up.
 """
 
@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="model for the CUDA QLoRA measurement")
     ap.add_argument("--processes", type=int, default=2, help="also compare 1 vs this many training processes (1: skip)")
-    ap.add_argument("--strategies", default="ddp,fsdp", help="strategies for the N-process runs (ddp, fsdp)")
+    ap.add_argument("--strategies", default="ddp,fsdp,zero2,zero3",
+                    help="strategies for the N-process runs: ddp, fsdp, zeroK (DeepSpeed ZeRO stage K)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     settings = Settings()
@@ -117,9 +118,11 @@ def main() -> None:
             common = dict(device=device, num_epochs=args.epochs, early_stopping_patience=0,
                           preference_min_pairs=10**9)
             runs = {"1 process": time_training(tmp / "dist1", base, snap, **common)}
-            for strategy in args.strategies.split(","):
-                runs[f"{args.processes} {strategy}"] = time_training(
-                    tmp / f"dist-{strategy}", base, snap, processes=args.processes, strategy=strategy, **common)
+            for name in args.strategies.split(","):
+                strategy, stage = ("deepspeed", int(name[4:])) if name.startswith("zero") else (name, 0)
+                runs[f"{args.processes} {name}"] = time_training(
+                    tmp / f"dist-{name}", base, snap, processes=args.processes, strategy=strategy, zero_stage=stage,
+                    **common)
             where = f"{args.processes} GPUs" if gpus else f"CPU, {os.cpu_count()} cores (overhead, not speed-up)"
             one = runs["1 process"]
             for name, r in runs.items():
