@@ -130,9 +130,9 @@ def _load_base(spec: TrainSpec, for_training: bool = True):
 
 
 def _unsharded(spec: TrainSpec, model, keep: bool, for_training: bool):
-    """Under FSDP, after a stage: the trained LoRA gathered from the shards (every rank takes part) on a
-    freshly loaded, unsharded base, for the next stage or rank 0's evaluation; ``None`` unless ``keep``.
-    Without FSDP: ``model`` itself.
+    """Under FSDP or ZeRO-3, after a stage: the trained LoRA gathered from the parts (every rank takes part)
+    on a freshly loaded, unsharded base, for the next stage or rank 0's evaluation; ``None`` unless ``keep``.
+    Otherwise: ``model`` itself (every rank holds it whole).
     """
     if not _sharded(spec):
         return model
@@ -464,8 +464,8 @@ def train(spec: TrainSpec) -> dict:
     model = _peft_model(spec, base)
     log.info("run %s: training on %s, examples %s", spec.run_id, device, counts)
 
-    # The stages this run has data for, decided up front: under FSDP a rank rebuilds an unsharded model
-    # after a stage only if it still needs one (the next stage, or rank 0's evaluation).
+    # The stages this run has data for, decided up front: under FSDP or ZeRO-3 a rank rebuilds an unsharded
+    # model after a stage only if it still needs one (the next stage, or rank 0's evaluation).
     run_dpo = len(data["pref_train"]) >= spec.min_dpo_pairs
     kto_rows = data["kto_train"]
     if run_dpo:
