@@ -133,7 +133,7 @@ class Settings(BaseSettings):
 
     # --- retrain: scale-out (accelerate) ----------------------------------------------------------
     train_processes: int = Field(1, ge=1, description="Training processes in all (on all machines); above 1 the child runs under `accelerate launch` (DDP by default), one process per GPU, or gloo on CPU.")
-    train_strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description="How several training processes share the work: ddp (each holds the model; QLoRA on each GPU), fsdp (shards a base that does not fit one GPU), deepspeed (ZeRO).")
+    train_strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description="How several training processes share the work: ddp (each holds the model; QLoRA on each GPU), fsdp (shards a base that does not fit one GPU), deepspeed (ZeRO, stage in train_zero_stage; needs the deepspeed package). All three run on CPU processes too (gloo).")
     train_zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage, with train_strategy=deepspeed.")
     train_num_machines: int = Field(1, ge=1, description="Machines taking part in training (each other machine runs `python app.py train-node --machine-rank N` on the shared data dir; see docs/deploy.md).")
     train_main_process_ip: str = Field("", description="Address of the rank-0 machine, with train_num_machines > 1.")

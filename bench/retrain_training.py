@@ -1,14 +1,16 @@
 """Retrain training bench: wall time with 10x more history at the same new data, and QLoRA throughput.
 
-    python bench/retrain_training.py [--new 40] [--history 40] [--model ID_OR_PATH] [--processes 2] [--write-results]
+    python bench/retrain_training.py [--new 40] [--history 40] [--model ID_OR_PATH] [--processes 2]
+        [--strategies ddp,fsdp,zero2,zero3] [--write-results]
 
 The replay sample is sized by the new data (``replay_ratio x new``, drawn from history by
 ``retrain.dataset.sample_replay``), so a 10x longer history should cost at most 1.3x the training time.
 Runs on the offline demo model on CPU; with CUDA it also trains ``--model`` (default
 Qwen/Qwen2.5-0.5B-Instruct, must be available locally) with QLoRA and prints tokens/s and peak GPU memory.
-``--processes N`` also trains the same snapshot with one and with N processes under accelerate (gloo on
-the CPU; one GPU each where there are N GPUs) and prints the wall-time ratio: on a CPU box with few cores
-N processes share the same cores, so the ratio shows the distributed overhead, not a speed-up.
+``--processes N`` also trains the same snapshot with one and with N processes under accelerate, once per
+strategy in ``--strategies`` (DDP; FSDP, which shards the base; DeepSpeed ZeRO-2 and ZeRO-3: gloo on the
+CPU; one GPU each where there are N GPUs) and prints each wall-time ratio and held-out loss: on a CPU box with few cores N processes
+share the same cores, so the ratio shows the distributed overhead, not a speed-up.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def time_training(root: Path, base: str, snapshot: Path, **fields) -> dict:
                                    **fields)
     start = time.perf_counter()
     outcome = run_training(spec)
-    return {**outcome.report["train"], "outer_wall_s": time.perf_counter() - start}
+    return {**outcome.report["train"], "outer_wall_s": time.perf_counter() - start,
+            "heldout_loss": outcome.report["candidate"]["heldout_loss"]}
 
 
 def main() -> None:
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="model for the CUDA QLoRA measurement")
     ap.add_argument("--processes", type=int, default=2, help="also compare 1 vs this many training processes (1: skip)")
+    ap.add_argument("--strategies", default="ddp,fsdp,zero2,zero3",
+                    help="strategies for the N-process runs: ddp, fsdp, zeroK (DeepSpeed ZeRO stage K)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     settings = Settings()
@@ -110,16 +115,26 @@ def main() -> None:
             snap = build_snapshot(tmp / "dist", new, args.history, settings.replay_ratio, settings.seed)
             gpus = torch.cuda.device_count() >= args.processes
             device = "cuda:0" if gpus else "cpu"
-            runs = {n: time_training(tmp / f"dist{n}", base, snap, device=device, num_epochs=args.epochs,
-                                     early_stopping_patience=0, preference_min_pairs=10**9, processes=n)
-                    for n in (1, args.processes)}
-            ratio_p = runs[args.processes]["outer_wall_s"] / runs[1]["outer_wall_s"]
+            common = dict(device=device, num_epochs=args.epochs, early_stopping_patience=0,
+                          preference_min_pairs=10**9)
+            runs = {"1 process": time_training(tmp / "dist1", base, snap, **common)}
+            for name in args.strategies.split(","):
+                strategy, stage = ("deepspeed", int(name[4:])) if name.startswith("zero") else (name, 0)
+                runs[f"{args.processes} {name}"] = time_training(
+                    tmp / f"dist-{name}", base, snap, processes=args.processes, strategy=strategy, zero_stage=stage,
+                    **common)
             where = f"{args.processes} GPUs" if gpus else f"CPU, {os.cpu_count()} cores (overhead, not speed-up)"
-            for n, r in runs.items():
-                print(f"{n} process(es): wall {r['outer_wall_s']:.1f}s incl. start-up, steps {r['steps']}, "
-                      f"effective batch {r['effective_batch']}")
-            print(f"{args.processes} processes / 1 process wall time: {ratio_p:.2f}x ({where})")
-            line += f"; {args.processes} vs 1 training processes on {where}: {ratio_p:.2f}x wall"
+            one = runs["1 process"]
+            for name, r in runs.items():
+                print(f"{name}: wall {r['outer_wall_s']:.1f}s incl. start-up (training {r['wall_s']:.1f}s), "
+                      f"steps {r['steps']}, effective batch {r['effective_batch']}, "
+                      f"held-out loss {r['heldout_loss']:.4f}")
+            ratios = {name: r["outer_wall_s"] / one["outer_wall_s"] for name, r in runs.items() if r is not one}
+            for name, ratio_p in ratios.items():
+                print(f"{name} / 1 process wall time: {ratio_p:.2f}x ({where})")
+            line += f"; training processes on {where}, wall vs 1 process: " + ", ".join(
+                f"{name} {ratio_p:.2f}x (held-out loss {runs[name]['heldout_loss']:.4f} vs "
+                f"{one['heldout_loss']:.4f})" for name, ratio_p in ratios.items())
 
         if torch.cuda.is_available():
             snap = build_snapshot(tmp / "qlora", new * 5, args.history, settings.replay_ratio, settings.seed)

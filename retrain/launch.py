@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from retrain import fsdp, zero
 from retrain.train_worker import Progress, exit_with_parent, remove_staging
 from retrain.training import TrainSpec
 
@@ -35,10 +36,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
+def accelerate_args(spec: TrainSpec) -> list[str]:
     """The ``accelerate launch`` arguments for ``spec`` (the Trainer sets mixed precision itself)."""
-    if cpu and spec.strategy != "ddp":
-        raise ValueError(f"train_strategy {spec.strategy!r} needs GPUs; on the CPU use ddp")
     # One machine: any free port (two apps on one box must not collide); several: the agreed one.
     port = spec.main_process_port if spec.num_machines > 1 else _free_port()
     args = ["--num_processes", str(spec.processes), "--num_machines", str(spec.num_machines),
@@ -49,9 +48,9 @@ def accelerate_args(spec: TrainSpec, cpu: bool) -> list[str]:
     if spec.accelerate_config:
         args = ["--config_file", spec.accelerate_config, *args]
     if spec.strategy == "fsdp":
-        args += ["--use_fsdp"]
+        args += fsdp.LAUNCH_ARGS  # torchrun starts the ranks, on the CPU too (retrain.fsdp)
     elif spec.strategy == "deepspeed":
-        args += ["--use_deepspeed", "--zero_stage", str(spec.zero_stage)]
+        args += zero.launch_args(spec.zero_stage, spec.num_machines)
     else:
         # accelerate's torchrun launcher; on the CPU it starts the processes too, and the Trainer
         # (use_cpu) joins them over gloo.
@@ -76,7 +75,7 @@ def main(argv: list[str]) -> int:
 
     try:
         args = launch_command_parser().parse_args(
-            accelerate_args(spec, cpu=os.environ.get("CUDA_VISIBLE_DEVICES") == ""))
+            accelerate_args(spec))
         launch_command(args)
     except SystemExit as exc:
         if exc.code in (0, None):

@@ -95,8 +95,19 @@ def _callbacks(progress: Progress, stage: str, inject_nan_at: int | None):
     return [ProgressCallback()]
 
 
-def _load_base(spec: TrainSpec):
-    """``(model, tokenizer, quantized)``; the same loader serving uses, so training sees the served base.
+def _sharded(spec: TrainSpec) -> bool:
+    """Whether each rank holds only a part of the model's parameters (FSDP, ``retrain.fsdp``; ZeRO-3,
+    ``retrain.zero``): the trained LoRA must then be gathered before it is evaluated or saved."""
+    from retrain.zero import partitions_parameters
+
+    return spec.distributed and (spec.strategy == "fsdp" or (
+        spec.strategy == "deepspeed" and partitions_parameters(spec.zero_stage)))
+
+
+def _load_base(spec: TrainSpec, for_training: bool = True):
+    """``(model, tokenizer, quantized, device)``; the same loader serving uses, so training sees the served
+    base. ``device`` is where training computes (an FSDP base may still sit in CPU RAM: ``fully_shard``
+    moves each rank's shard there).
 
     The parent made exactly the training GPU visible (or none), so "auto" is that one GPU here. Under
     accelerate each rank loads its own copy (4-bit too) on its own GPU, as peft and TRL document for
@@ -104,16 +115,49 @@ def _load_base(spec: TrainSpec):
     """
     import torch
 
+    from serving.hardware import resolve_device
     from serving.model_loading import load_base_model
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if spec.distributed and torch.cuda.is_available() else "auto"
-    model, tokenizer = load_base_model(spec.base_model, spec.quantization, device, spec.precision)
+    model, tokenizer = load_base_model(spec.base_model, spec.quantization, device, spec.precision,
+                                       shard=for_training and _sharded(spec))
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if quantized:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    return model, tokenizer, quantized
+    return model, tokenizer, quantized, resolve_device(device)
+
+
+def _unsharded(spec: TrainSpec, model, keep: bool, for_training: bool):
+    """Under FSDP or ZeRO-3, after a stage: the trained LoRA gathered from the parts (every rank takes part)
+    on a freshly loaded, unsharded base, for the next stage or rank 0's evaluation; ``None`` unless ``keep``.
+    Otherwise: ``model`` itself (every rank holds it whole).
+    """
+    if not _sharded(spec):
+        return model
+    import gc
+
+    import torch
+    from peft import set_peft_model_state_dict
+
+    from retrain import fsdp, zero
+
+    adapter = (fsdp if spec.strategy == "fsdp" else zero).gather_adapter(model)
+    if spec.strategy == "deepspeed":
+        zero.stop_partitioning_new_models()
+    del model
+    gc.collect()  # the sharded model (and the trainer's cycles) before a second base is loaded
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if not keep:
+        return None
+    base, _, _, _ = _load_base(spec, for_training=for_training)
+    model = _peft_model(spec, base)
+    result = set_peft_model_state_dict(model, adapter)
+    if result.unexpected_keys:
+        raise RuntimeError(f"gathered adapter has unexpected keys: {result.unexpected_keys[:3]}")
+    return model
 
 
 def _peft_model(spec: TrainSpec, base):
@@ -157,6 +201,25 @@ def _keep_adapter_fp32(model) -> None:
             param.data = param.data.float()
 
 
+def _before_trainer(spec: TrainSpec, args) -> None:
+    if spec.distributed and spec.strategy == "fsdp":
+        from retrain.fsdp import allow_on_cpu
+
+        allow_on_cpu(args)
+
+
+def _after_trainer(spec: TrainSpec, trainer) -> None:
+    if spec.distributed and spec.strategy == "fsdp":
+        from retrain.fsdp import check_sharded
+
+        check_sharded(trainer)
+    elif spec.distributed and spec.strategy == "deepspeed":
+        from retrain.zero import check_enabled
+
+        check_enabled(trainer)
+    _keep_adapter_fp32(trainer.model)
+
+
 def _common_args(spec: TrainSpec, out: Path, precision: str, quantized: bool) -> dict:
     per_device, accumulation = spec.batch_plan()
     return dict(
@@ -176,7 +239,9 @@ def _common_args(spec: TrainSpec, out: Path, precision: str, quantized: bool) ->
         bf16=precision == "bf16",
         fp16=precision == "fp16",  # with the Trainer's loss scaling
         gradient_checkpointing=quantized,
-        save_only_model=True,
+        # transformers refuses FSDP and DeepSpeed with save_only_model when the best epoch is reloaded at
+        # the end; the optimizer state they then save too is the LoRA's only.
+        save_only_model=not (spec.distributed and spec.strategy in ("fsdp", "deepspeed")),
         disable_tqdm=True,
         max_length=1024,
         dataloader_num_workers=0,
@@ -206,12 +271,13 @@ def _sft(spec, model, tokenizer, train, heldout, progress, precision, quantized,
     callbacks = _callbacks(progress, "sft", spec.debug_inject_nan_at_step)
     if evaluating and spec.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    _before_trainer(spec, args)
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer, callbacks=callbacks,
         train_dataset=Dataset.from_list(_rendered(tokenizer, train)),
         eval_dataset=Dataset.from_list(_rendered(tokenizer, heldout)) if evaluating else None,
     )
-    _keep_adapter_fp32(trainer.model)
+    _after_trainer(spec, trainer)
     result = trainer.train()
     return trainer.model, result, trainer.state
 
@@ -277,11 +343,14 @@ def _dpo(spec, model, tokenizer, rows, progress, precision, quantized, work: Pat
         loss_type=["sigmoid", "sft"],
         save_strategy="no",
     )
+    _before_trainer(spec, args)
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(data),
                          callbacks=_callbacks(progress, "dpo", None))
-    _keep_adapter_fp32(trainer.model)
+    _after_trainer(spec, trainer)
     result = trainer.train()
     model = trainer.model
+    if _sharded(spec):
+        return model, result  # train() gathers the "default" adapter; the sharded "ref" copy goes with it
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
     model.set_adapter("default")
@@ -312,14 +381,17 @@ def _kto(spec, model, tokenizer, rows, progress, precision, quantized, work: Pat
         desirable_weight=1.0,
         undesirable_weight=min(max(n_good / max(n_bad, 1), 1.0), 4 / 3),
     )
+    _before_trainer(spec, args)
     trainer = KTOTrainer(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_list(_rendered(tokenizer, rows, label=True)),
         callbacks=_callbacks(progress, "kto", None),
     )
-    _keep_adapter_fp32(trainer.model)
+    _after_trainer(spec, trainer)
     result = trainer.train()
     model = trainer.model
+    if _sharded(spec):
+        return model, result  # as in _dpo
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # TRL's frozen copy of the SFT adapter; not part of the result
     model.set_adapter("default")
@@ -384,33 +456,45 @@ def train(spec: TrainSpec) -> dict:
         raise ValueError("snapshot has no sft_train examples")
 
     progress.write(stage="loading", step=0)
-    base, tokenizer, quantized = _load_base(spec)
+    base, tokenizer, quantized, device = _load_base(spec)
     from serving.hardware import resolve_precision
 
-    cuda = base.device.type == "cuda"
-    precision = resolve_precision(spec.precision, str(base.device))
+    cuda = device.startswith("cuda")
+    precision = resolve_precision(spec.precision, device)
     model = _peft_model(spec, base)
-    log.info("run %s: training on %s, examples %s", spec.run_id, base.device, counts)
+    log.info("run %s: training on %s, examples %s", spec.run_id, device, counts)
+
+    # The stages this run has data for, decided up front: under FSDP or ZeRO-3 a rank rebuilds an unsharded
+    # model after a stage only if it still needs one (the next stage, or rank 0's evaluation).
+    run_dpo = len(data["pref_train"]) >= spec.min_dpo_pairs
+    kto_rows = data["kto_train"]
+    if run_dpo:
+        # A correction's two KTO rows restate the pair DPO trains on; KTO keeps the unpaired thumbs.
+        paired = {r.get("source_id") for r in data["pref_train"]} - {None}
+        kto_rows = [r for r in kto_rows if r.get("source_id") not in paired]
+    run_kto = _kto_ready(spec, kto_rows)
+
+    def after_stage(model, more: bool):
+        return _unsharded(spec, model, keep=more or rank() == 0, for_training=more)
 
     anchors = _anchors(spec, model, tokenizer, data["sft_train"])
     counts["distill_anchors"] = len(anchors)
     model, sft_result, sft_state = _sft(
         spec, model, tokenizer, data["sft_train"] + anchors, data["sft_heldout"], progress, precision, quantized, work)
+    model = after_stage(model, run_dpo or run_kto)
     steps, final_loss = sft_state.global_step, sft_result.training_loss
     tokens = int(getattr(sft_state, "num_input_tokens_seen", 0) or 0)
     stages = ["sft"]
-    kto_rows = data["kto_train"]
-    if len(data["pref_train"]) >= spec.min_dpo_pairs:
+    if run_dpo:
         progress.write(stage="dpo", step=steps)
         model, dpo_result = _dpo(spec, model, tokenizer, data["pref_train"], progress, precision, quantized, work)
+        model = after_stage(model, run_kto)
         steps += dpo_result.global_step
         stages.append("dpo")
-        # A correction's two KTO rows restate the pair DPO just trained on; KTO keeps the unpaired thumbs.
-        paired = {r.get("source_id") for r in data["pref_train"]} - {None}
-        kto_rows = [r for r in kto_rows if r.get("source_id") not in paired]
-    if _kto_ready(spec, kto_rows):
+    if run_kto:
         progress.write(stage="kto", step=steps)
         model, kto_result = _kto(spec, model, tokenizer, kto_rows, progress, precision, quantized, work)
+        model = after_stage(model, False)
         steps += kto_result.global_step
         stages.append("kto")
     if not math.isfinite(final_loss):
@@ -448,7 +532,7 @@ def train(spec: TrainSpec) -> dict:
               "suspects": {b["id"]: suspects(by_id[b["id"]], b["candidate"], taught)
                            for b in broken_facts(cand_facts, prod_facts)}}
     train_info = {"steps": steps, "final_loss": final_loss, "wall_s": round(time.monotonic() - started, 2),
-                  "tokens": tokens, "device": str(base.device), "quantized": quantized, "precision": precision,
+                  "tokens": tokens, "device": device, "quantized": quantized, "precision": precision,
                   "world_size": world_size(), "strategy": spec.strategy if spec.distributed else "single process",
                   "effective_batch": _effective_batch(spec), "stages": stages, "distill_anchors": len(anchors),
                   "dpo_pairs": len(data["pref_train"]) if "dpo" in stages else 0}

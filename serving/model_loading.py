@@ -33,14 +33,15 @@ def resolve_quantization(quantization: str, cuda: bool) -> str:
     return quantization
 
 
-def _model_kwargs(quantization: str, device: str, precision: str) -> dict:
+def _model_kwargs(quantization: str, device: str, precision: str, shard: bool = False) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
 
     from serving.hardware import device_index, torch_dtype
 
     index = device_index(device)
-    placement = {"device_map": {"": index}} if index is not None else {}
+    # FSDP (training only) places the shards itself: a full-precision base stays in CPU RAM until then.
+    placement = {"device_map": {"": index}} if index is not None and not (shard and quantization == "none") else {}
     dtype = torch_dtype(precision)
     if quantization == "4bit":
         config = BitsAndBytesConfig(
@@ -49,19 +50,25 @@ def _model_kwargs(quantization: str, device: str, precision: str) -> dict:
             # The compute dtype follows the hardware: bf16 emulated on a T4/V100 is slow or fails in kernels.
             bnb_4bit_compute_dtype=dtype if index is not None else torch.float32,
             bnb_4bit_use_double_quant=True,
+            # FSDP shards only float tensors: 4-bit weights packed in the compute dtype (bitsandbytes' and
+            # peft's FSDP-QLoRA guides); uint8 packing otherwise.
+            **({"bnb_4bit_quant_storage": dtype} if shard and index is not None else {}),
         )
-        return {"quantization_config": config, **placement}
+        # Sharded: the unquantized rest (embeddings, norms) in the same dtype, as those guides load it.
+        return {"quantization_config": config, **({"dtype": dtype} if shard else {}), **placement}
     if quantization == "8bit":
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), **placement}
     return {"dtype": dtype, **placement}
 
 
-def load_base_model(model: str, quantization: str = "auto", device: str = "auto", precision: str = "auto"):
+def load_base_model(model: str, quantization: str = "auto", device: str = "auto", precision: str = "auto",
+                    shard: bool = False):
     """Load ``(model, tokenizer)`` for generation; raises ``ModelUnavailable`` when it cannot be had.
 
     ``device`` and ``precision`` are settings (``serving.hardware`` resolves them: one GPU, never
     whatever happens to be visible; bf16 only where the GPU has it natively). The tokenizer pads on the
-    left (batched generation appends on the right) and always has a pad token.
+    left (batched generation appends on the right) and always has a pad token. ``shard``: loaded for FSDP
+    training (``retrain.fsdp``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +82,7 @@ def load_base_model(model: str, quantization: str = "auto", device: str = "auto"
     source = str(Path(model).expanduser()) if _looks_like_path(model) else model
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(quant, device, dtype))
+        lm = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(quant, device, dtype, shard))
     except (OSError, ValueError) as exc:
         # OSError covers hub-offline, not-cached, missing files and HTTP errors (HfHubHTTPError is one);
         # ValueError covers malformed repo ids (HFValidationError). Both mean "no model here" to a user.

@@ -75,8 +75,20 @@ def test_loader_places_the_model_on_the_chosen_gpu_in_its_precision(gpus):
     assert hardware_kwargs("none", "cpu", "fp32") == {"dtype": torch.float32}
 
 
-def hardware_kwargs(quantization: str, device: str, precision: str) -> dict:
+def test_a_base_loaded_for_fsdp_is_placed_by_fsdp_and_stores_4bit_in_the_compute_dtype():
+    import torch
+
+    # Full precision: left in CPU RAM, so the whole base never has to fit one GPU (FSDP moves the shards).
+    assert hardware_kwargs("none", "cuda:0", "bf16", shard=True) == {"dtype": torch.bfloat16}
+    # 4-bit: on the rank's GPU, packed in bf16, since FSDP shards only float tensors.
+    kwargs = hardware_kwargs("4bit", "cuda:1", "bf16", shard=True)
+    assert kwargs["device_map"] == {"": 1} and kwargs["dtype"] == torch.bfloat16
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    assert hardware_kwargs("4bit", "cuda:1", "bf16")["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+
+
+def hardware_kwargs(quantization: str, device: str, precision: str, shard: bool = False) -> dict:
     from serving.model_loading import _model_kwargs
 
-    return _model_kwargs(quantization, device, precision)
+    return _model_kwargs(quantization, device, precision, shard)
 
