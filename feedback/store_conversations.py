@@ -118,6 +118,11 @@ class ConversationStore(StoreCore):
             else:
                 scope = "SELECT id FROM conversations WHERE id = $c OR parent_id = $c"
                 messages = f"SELECT id FROM messages WHERE conversation_id IN ({scope})"
+                # Scrubbed copies of its texts go too (keyed by the raw text's sha256, as retrain.pii hashes).
+                cur.execute(f"""DELETE FROM scrubbed WHERE key IN (
+                                SELECT sha256(content) FROM messages WHERE conversation_id IN ({scope})
+                                UNION SELECT sha256(content) FROM corrections WHERE message_id IN ({messages}))""",
+                            {"c": conversation_id})
                 cur.execute(f"DELETE FROM ratings WHERE message_id IN ({messages})", {"c": conversation_id})
                 cur.execute(f"DELETE FROM corrections WHERE message_id IN ({messages})", {"c": conversation_id})
                 cur.execute(f"DELETE FROM messages WHERE conversation_id IN ({scope})", {"c": conversation_id})

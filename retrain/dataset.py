@@ -40,7 +40,7 @@ from retrain.clean import (
     normalise,
 )
 from retrain.dedup import CachedEmbedder, EmbeddingCache, exact_dedup, near_dedup
-from retrain.pii import scrub, scrub_messages
+from retrain.pii import CachedScrubber
 from retrain.split import split
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,23 @@ def select(store, now: datetime) -> Selection:
     return Selection(rated=rated, pairs=pairs, previous_cutoff=since, cutoff=now)
 
 
-def scrub_selection(sel: Selection, counts: Counter) -> Selection:
-    """The selection with PII scrubbed from every prompt, answer and correction."""
-    rated = [dataclasses.replace(r, prompt=scrub_messages(r.prompt, counts), answer=scrub(r.answer, counts),
-                                 correction=scrub(r.correction, counts) if r.correction else r.correction)
+def scrub_selection(sel: Selection, counts: Counter, cache=None) -> Selection:
+    """The selection with PII scrubbed from every prompt, answer and correction.
+
+    ``cache`` (the store) holds texts scrubbed before by this scrubber version: a rebuild, or a window
+    whose prompts share history with earlier ones, scrubs only texts it has not seen.
+    """
+    scrubber = CachedScrubber(cache)
+    texts = [m.get("content") or "" for r in sel.rated for m in r.prompt]
+    texts += [t for r in sel.rated for t in (r.answer, r.correction) if t]
+    texts += [m.get("content") or "" for p in sel.pairs for m in p.prompt]
+    texts += [t for p in sel.pairs for t in (p.chosen, p.rejected)]
+    scrubber.prime(texts)
+    rated = [dataclasses.replace(r, prompt=scrubber.messages(r.prompt, counts), answer=scrubber(r.answer, counts),
+                                 correction=scrubber(r.correction, counts) if r.correction else r.correction)
              for r in sel.rated]
-    pairs = [dataclasses.replace(p, prompt=scrub_messages(p.prompt, counts), chosen=scrub(p.chosen, counts),
-                                 rejected=scrub(p.rejected, counts))
+    pairs = [dataclasses.replace(p, prompt=scrubber.messages(p.prompt, counts), chosen=scrubber(p.chosen, counts),
+                                 rejected=scrubber(p.rejected, counts))
              for p in sel.pairs]
     return dataclasses.replace(sel, rated=rated, pairs=pairs)
 
@@ -320,7 +330,7 @@ def build_training_set(
     counts: dict = {"sft": {}, "kto": {}, "pref": {}}
     pii: Counter = Counter()
 
-    sel = scrub_selection(select(store, now), pii)
+    sel = scrub_selection(select(store, now), pii, cache=store)
     views = build_views(sel.rated, sel.pairs)
     unpublished = store.unpublished_snapshot_ids()  # a rejected run's rows come back as new data instead
     earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
