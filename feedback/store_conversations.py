@@ -127,4 +127,5 @@ class ConversationStore(StoreCore):
                 cur.execute(f"DELETE FROM corrections WHERE message_id IN ({messages})", {"c": conversation_id})
                 cur.execute(f"DELETE FROM messages WHERE conversation_id IN ({scope})", {"c": conversation_id})
                 cur.execute("DELETE FROM conversations WHERE id = $c OR parent_id = $c", {"c": conversation_id})
+        self._note_judged()  # its ratings leave the stats (forget) or it leaves a list
         log.info("conversation deleted id=%s user=%s forget=%s", conversation_id, user, forget)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -57,6 +59,10 @@ JOIN (SELECT id, conversation_id, adapter, position, seq, content FROM messages 
 LEFT JOIN (SELECT * FROM corrections WHERE message_id IN ({ids})) c
   ON c.message_id = r.message_id AND c."user" = r."user"
 """
+# Messages per range of an export: DuckDB sorts one range at a time (tens of MB), and each range reads
+# the messages table once, so fewer, larger ranges are faster. Batches of rows go to Python.
+EXPORT_CHUNK_MESSAGES = 50_000
+EXPORT_BATCH_ROWS = 4096
 MAX_DATA_PAGE = 500  # most rows one Data tab page shows
 # Below DuckDB's index_scan_max_count (2048), so each chunk is index lookups, not a scan.
 KEY_CHUNK = 1000
@@ -167,14 +173,30 @@ class RatingStore(StoreCore):
                 from feedback.store_review import review_after_rating  # store_review builds on this module
 
                 review_after_rating(cur, rating.message_id, rating.user, trust, rating.correction is not None, now)
+        self._note_judged()
         log.info("rating stored message=%s user=%s rating=%s reason=%s correction=%s", rating.message_id,
                  rating.user, rating.rating, rating.reason, rating.correction is not None)
         return Rating(message_id=rating.message_id, user=rating.user, rating=rating.rating, comment=rating.comment,
                       correction=rating.correction, implicit=rating.implicit, created_at=_from_db(now),
                       reason=rating.reason)
 
-    def stats(self) -> dict:
-        """Totals, per adapter and per day. Implicit thumbs-down (from regenerates) count as downs."""
+    def stats(self, max_age_s: float = 0) -> dict:
+        """Totals, per adapter and per day. Implicit thumbs-down (from regenerates) count as downs.
+
+        ``max_age_s`` > 0 may serve the result of an earlier call, computed at most that long ago and
+        with no rating or correction stored since: the full scans behind it grow with the history, and
+        the Data tab asks on every load. New chat turns may then show up to ``max_age_s`` late.
+        """
+        cached = self._stats_cache
+        now = time.monotonic()
+        if cached and now - cached[0] < max_age_s and cached[1] == self._judged:
+            return copy.deepcopy(cached[2])
+        judged = self._judged
+        out = self._compute_stats()
+        self._stats_cache = (now, judged, out)
+        return copy.deepcopy(out)
+
+    def _compute_stats(self) -> dict:
         with self._read(settle=True) as cur:
             totals = _rows(cur.execute("""
                 SELECT (SELECT count(*) FROM messages) AS messages,
@@ -353,37 +375,81 @@ class RatingStore(StoreCore):
         return pairs
 
     def export_table(self, since: datetime | None = None, rated_only: bool = False):
-        """Every message of the selected conversations, with judgements, as a pyarrow Table (for export).
+        """Every message of the selected conversations, with judgements, as one pyarrow Table (small exports)."""
+        import pyarrow as pa
+
+        batches = list(self.export_batches(since=since, rated_only=rated_only))
+        return pa.Table.from_batches(batches) if batches else pa.Table.from_batches([], schema=self._export_schema())
+
+    def _export_schema(self):
+        with self._read() as cur:
+            return cur.sql(_EXPORT_SQL, params={**_export_params(_FAR_FUTURE, False), "lo": "",
+                                                "hi": None}).to_arrow_table().schema
+
+    def export_batches(self, since: datetime | None = None, rated_only: bool = False,
+                       chunk_messages: int | None = None):
+        """The export's rows as pyarrow RecordBatches, in conversation order (a conversation may span two).
 
         Selected: conversations with a message at or after ``since``; with ``rated_only``, only those
         with at least one rated or corrected answer. ``rating``/``comment``/``correction`` are the latest
-        by anyone; ``ups``/``downs`` count all raters (implicit downs included).
+        by anyone; ``ups``/``downs`` count all raters (implicit downs included). The query runs over
+        ranges of conversation ids of about ``chunk_messages`` messages each, and the rows stream out
+        of each in batches, so memory stays flat however large the export.
         """
+        params = _export_params(since, rated_only)
         with self._read(settle=True) as cur:
-            return cur.sql("""
-                WITH lr AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
-                            FROM ratings),
-                     lc AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
-                            FROM corrections),
-                     counts AS (SELECT message_id, count(*) FILTER (rating = 'up') AS ups,
-                                       count(*) FILTER (rating = 'down') AS downs FROM ratings GROUP BY message_id),
-                     picked AS (SELECT DISTINCT conversation_id FROM messages WHERE created_at >= ?
-                                INTERSECT
-                                SELECT DISTINCT m.conversation_id FROM messages m
-                                WHERE NOT ? OR m.id IN (SELECT message_id FROM ratings UNION SELECT message_id FROM corrections))
-                SELECT m.id AS message_id, m.conversation_id, cv.parent_id AS parent_conversation_id, m.position,
-                       m.role, m.content, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
-                       m.experiment_id, m.arm, m.created_at, r.rating, r.reason, r.implicit, r.comment,
-                       coalesce(n.ups, 0) AS ups, coalesce(n.downs, 0) AS downs, c.content AS correction,
-                       c."user" AS corrected_by
-                FROM messages m JOIN picked p ON p.conversation_id = m.conversation_id
-                JOIN conversations cv ON cv.id = m.conversation_id
-                LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
-                LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
-                LEFT JOIN counts n ON n.message_id = m.id
-                ORDER BY m.conversation_id, m.position, m.seq""",
-                           params=[_to_db(since) or _FAR_PAST, rated_only]).to_arrow_table()
+            cur.execute(_EXPORT_RANGES_SQL, {**params, "chunk": max(1, int(chunk_messages or EXPORT_CHUNK_MESSAGES))})
+            starts = [r[0] for r in cur.fetchall()]
+            for i, lo in enumerate(starts):
+                hi = starts[i + 1] if i + 1 < len(starts) else None
+                cur.execute(_EXPORT_SQL, {**params, "lo": lo, "hi": hi})
+                reader = cur.to_arrow_reader(EXPORT_BATCH_ROWS)
+                yield from reader
 
+
+def _export_params(since: datetime | None, rated_only: bool) -> dict:
+    return {"since": _to_db(since) or _FAR_PAST, "rated_only": rated_only}
+
+
+# The conversations an export selects (see RatingStore.export_batches).
+_EXPORT_PICKED = """
+picked AS (SELECT DISTINCT conversation_id FROM messages WHERE created_at >= $since {range}
+           INTERSECT
+           SELECT DISTINCT m.conversation_id FROM messages m
+           WHERE (NOT $rated_only OR m.id IN (SELECT message_id FROM ratings UNION SELECT message_id FROM corrections))
+                 {range})
+"""
+_IN_RANGE = "AND conversation_id >= $lo AND ($hi::VARCHAR IS NULL OR conversation_id < $hi)"
+# The first conversation id of each range of about $chunk selected messages.
+_EXPORT_RANGES_SQL = "WITH " + _EXPORT_PICKED.format(range="") + """,
+sizes AS (SELECT m.conversation_id, count(*) AS n FROM messages m SEMI JOIN picked p
+          ON p.conversation_id = m.conversation_id GROUP BY m.conversation_id),
+running AS (SELECT conversation_id, sum(n) OVER (ORDER BY conversation_id ROWS UNBOUNDED PRECEDING) - n AS before
+            FROM sizes)
+SELECT min(conversation_id) AS start FROM running GROUP BY before // $chunk ORDER BY start
+"""
+# One range of the export: conversations with ids in [$lo, $hi) ($hi NULL: to the end).
+_EXPORT_SQL = ("""
+WITH inrange AS (SELECT id FROM messages WHERE true {range}),
+lr AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
+       FROM ratings WHERE message_id IN (SELECT id FROM inrange)),
+lc AS (SELECT *, row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, "user") rn
+       FROM corrections WHERE message_id IN (SELECT id FROM inrange)),
+counts AS (SELECT message_id, count(*) FILTER (rating = 'up') AS ups, count(*) FILTER (rating = 'down') AS downs
+           FROM ratings WHERE message_id IN (SELECT id FROM inrange) GROUP BY message_id),
+""" + _EXPORT_PICKED + """
+SELECT m.id AS message_id, m.conversation_id, cv.parent_id AS parent_conversation_id, m.position,
+       m.role, m.content, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
+       m.experiment_id, m.arm, m.created_at, r.rating, r.reason, r.implicit, r.comment,
+       coalesce(n.ups, 0) AS ups, coalesce(n.downs, 0) AS downs, c.content AS correction,
+       c."user" AS corrected_by
+FROM messages m JOIN picked p ON p.conversation_id = m.conversation_id
+JOIN conversations cv ON cv.id = m.conversation_id
+LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
+LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
+LEFT JOIN counts n ON n.message_id = m.id
+ORDER BY m.conversation_id, m.position, m.seq
+""").format(range=_IN_RANGE)
 
 
 _PER_ADAPTER_SQL = """
