@@ -341,7 +341,8 @@ def build_training_set(
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
     views["sft"] = replay + views["sft"]
 
-    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder)
+    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder,
+                           embedders_dir=getattr(settings, "embedders_dir", None))
     sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts)
     kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts)
     pref_train, pref_heldout = clean_view("pref", views["pref"], settings, embed, count_tokens, counts)
