@@ -70,7 +70,8 @@ KEY_CHUNK = 1000
 MAX_KEYED = 50_000
 
 
-def _chunks(items: list, size: int = KEY_CHUNK):
+def _chunks(items: list, size: int | None = None):
+    size = size or KEY_CHUNK
     for i in range(0, len(items), size):
         yield items[i:i + size]
 

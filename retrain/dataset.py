@@ -39,7 +39,7 @@ from retrain.clean import (
     drop_short,
     normalise,
 )
-from retrain.dedup import CachedEmbedder, EmbeddingCache, exact_dedup, near_dedup
+from retrain.dedup import CachedEmbedder, EmbeddingCache, _dialogue, exact_dedup, near_dedup, text_key
 from retrain.pii import CachedScrubber
 from retrain.split import split
 
@@ -366,6 +366,11 @@ def build_training_set(
         PREF_TRAIN: pref_train, PREF_HELDOUT: pref_heldout,
     }, manifest)
     snapshot = Snapshot.load(path)
+    if embedding_cache is None and hasattr(store, "prune_embeddings"):
+        # The cache keeps what a later build can use: the texts of rows some snapshot holds (replay draws
+        # from them); vectors of rows that were dropped or of another embedder go.
+        store.prune_embeddings(settings.embedding_model, snapshot_text_keys(
+            complete_snapshots(Path(settings.datasets_dir))))
     store.record_snapshot(snapshot.id, path, snapshot.cutoff, counts, snapshot.content_hash,
                           created_at=snapshot.created_at)
     log.info("snapshot %s: sft %d train / %d heldout (%d replayed), kto %d, pref %d / %d; %d texts embedded; "
@@ -373,6 +378,28 @@ def build_training_set(
              snapshot.n_kto_train, snapshot.n_pref_train, snapshot.n_pref_heldout, embed.n_encoded,
              counts["pii"] or "none")
     return snapshot
+
+
+def snapshot_text_keys(snapshots: list[Snapshot]) -> set[str]:
+    """The embedding-cache keys (``text_key``) of the texts near-dup detection embeds for the rows of ``snapshots``:
+    each row's dialogue without the system prompt, and its answer(s)."""
+    keys: set[str] = set()
+    for snap in snapshots:
+        for name in DATA_FILES:
+            path = snap.path / name
+            if not path.is_file():
+                continue
+            for line in path.read_bytes().splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                answers = [row["completion"][0]["content"]] if "completion" in row else \
+                    [row["chosen"][0]["content"], row["rejected"][0]["content"]]
+                example = Example(prompt=row["prompt"], completion=answers[0],
+                                  rejected=answers[1] if len(answers) > 1 else None)
+                keys.add(text_key(_dialogue(example)))
+                keys.add(text_key("\n".join(example.answers())))
+    return keys
 
 
 def _snapshot_id(datasets_dir: Path, now: datetime) -> str:
