@@ -403,9 +403,8 @@ class RatingStore(StoreCore):
             starts = [r[0] for r in cur.fetchall()]
             for i, lo in enumerate(starts):
                 hi = starts[i + 1] if i + 1 < len(starts) else None
-                cur.execute(_EXPORT_SQL, {**params, "lo": lo, "hi": hi})
-                reader = cur.to_arrow_reader(EXPORT_BATCH_ROWS)
-                yield from reader
+                yield from cur.sql(_EXPORT_SQL, params={**params, "lo": lo, "hi": hi}).to_arrow_reader(
+                    EXPORT_BATCH_ROWS)
 
 
 def _export_params(since: datetime | None, rated_only: bool) -> dict:

@@ -11,7 +11,7 @@ import json
 import pyarrow as pa
 
 from feedback.store_core import StoreCore
-from feedback.store_ratings import _chunks, _placeholders
+from feedback.store_ratings import MAX_KEYED, _chunks, _placeholders
 
 
 class ScrubStore(StoreCore):
@@ -20,12 +20,24 @@ class ScrubStore(StoreCore):
     def get_scrubbed(self, version: str, keys: list[str]) -> dict[str, tuple[str, dict]]:
         """The cached (scrubbed text, counts by kind) among ``keys`` for scrubber ``version``."""
         found: dict[str, tuple[str, dict]] = {}
+        unique = sorted(set(keys))
         with self._read() as cur:
-            for chunk in _chunks(sorted(set(keys))):
-                cur.execute(f"SELECT key, version, text, counts FROM scrubbed WHERE key IN ({_placeholders(len(chunk))})",
-                            chunk)
-                found.update((k, (text, json.loads(counts) if counts else {}))
-                             for k, v, text, counts in cur.fetchall() if v == version)
+            if len(unique) <= MAX_KEYED:  # a night's texts: primary-key lookups
+                rows = []
+                for chunk in _chunks(unique):
+                    cur.execute(f"SELECT key, version, text, counts FROM scrubbed "
+                                f"WHERE key IN ({_placeholders(len(chunk))})", chunk)
+                    rows += cur.fetchall()
+            else:  # a rebuild of much of the history: one join beats a million lookups
+                cur.register("wanted_keys", pa.table({"key": pa.array(unique, pa.string())}))
+                try:
+                    rows = cur.execute("""SELECT s.key, s.version, s.text, s.counts FROM scrubbed s
+                                          SEMI JOIN wanted_keys w ON w.key = s.key""").fetchall()
+                finally:
+                    cur.unregister("wanted_keys")
+        for k, v, text, counts in rows:
+            if v == version:
+                found[k] = (text, json.loads(counts) if counts else {})
         return found
 
     def put_scrubbed(self, version: str, items: dict[str, tuple[str, dict]]) -> None:
