@@ -14,7 +14,7 @@ from scipy import integrate, stats
 
 log = logging.getLogger(__name__)
 
-Vote = Sequence[str]  # (adapter_a, adapter_b, winner) with winner in WINNERS
+Vote = Sequence  # (adapter_a, adapter_b, winner), winner in WINNERS; or (..., winner, count) for counted votes
 WINNERS = ("a", "b", "tie", "both_bad")
 
 # Chatbot Arena's Elo-like scale: a 400-point gap means 10:1 odds of winning.
@@ -93,19 +93,19 @@ def pairwise_win_rates(votes: Iterable[Vote]) -> dict[str, dict[str, dict]]:
     def cell(x: str, y: str) -> dict:
         return table.setdefault(x, {}).setdefault(y, {"wins": 0, "losses": 0, "ties": 0})
 
-    for a, b, winner in votes:
+    for a, b, winner, n in _counted(votes):
         _check_winner(winner)
         if a == b:
             continue
         if winner == "a":
-            cell(a, b)["wins"] += 1
-            cell(b, a)["losses"] += 1
+            cell(a, b)["wins"] += n
+            cell(b, a)["losses"] += n
         elif winner == "b":
-            cell(a, b)["losses"] += 1
-            cell(b, a)["wins"] += 1
+            cell(a, b)["losses"] += n
+            cell(b, a)["wins"] += n
         else:
-            cell(a, b)["ties"] += 1
-            cell(b, a)["ties"] += 1
+            cell(a, b)["ties"] += n
+            cell(b, a)["ties"] += n
     for row in table.values():
         for c in row.values():
             c["n"] = c["wins"] + c["losses"] + c["ties"]
@@ -171,10 +171,17 @@ def bradley_terry(
     return rows
 
 
+def _counted(votes: Iterable) -> Iterable[tuple[str, str, str, int]]:
+    """Votes as (a, b, winner, count): a plain (a, b, winner) counts once; the store's
+    ``arena_vote_counts`` gives them already counted."""
+    for v in votes:
+        yield (*v, 1) if len(v) == 3 else tuple(v)
+
+
 def _aggregate(votes: Iterable[Vote]) -> tuple[list[str], list[tuple[int, int]], np.ndarray]:
     """Adapters (sorted), the pairs that met (i < j), and counts[pair] = (i won, j won, tie)."""
     tallies: dict[tuple[str, str], list[int]] = {}
-    for a, b, winner in votes:
+    for a, b, winner, n in _counted(votes):
         _check_winner(winner)
         if a == b:
             continue
@@ -182,7 +189,7 @@ def _aggregate(votes: Iterable[Vote]) -> tuple[list[str], list[tuple[int, int]],
         if b < a:
             a, b = b, a
             outcome = {0: 1, 1: 0}.get(outcome, 2)
-        tallies.setdefault((a, b), [0, 0, 0])[outcome] += 1
+        tallies.setdefault((a, b), [0, 0, 0])[outcome] += n
     names = sorted({n for pair in tallies for n in pair})
     index = {n: i for i, n in enumerate(names)}
     pairs = sorted(tallies)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, time
 from itertools import groupby
 from pathlib import Path
@@ -29,28 +30,43 @@ OPENAI_MESSAGE_KEYS = ("role", "content")
 
 def export(store: FeedbackStore, out: Path, fmt: Literal["openai", "parquet"], since: date | None = None,
            rated_only: bool = False) -> int:
-    """Write the export to ``out`` atomically; returns rows written (conversations or messages)."""
+    """Write the export to ``out`` atomically; returns rows written (conversations or messages).
+
+    Written a batch of rows at a time (``FeedbackStore.export_batches``), so memory stays flat
+    however large the export is.
+    """
     if fmt not in ("openai", "parquet"):
         raise ValueError(f"unknown export format {fmt!r}; use 'openai' or 'parquet'")
     start = datetime.combine(since, time.min) if since is not None else None
-    table = store.export_table(since=start, rated_only=rated_only)
+    batches = store.export_batches(since=start, rated_only=rated_only)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    written = 0
     try:
         if fmt == "openai":
-            lines = openai_examples(table.to_pylist())
             with tmp.open("w", encoding="utf-8") as f:
-                for example in lines:
-                    f.write(json.dumps(example, ensure_ascii=False) + "\n")
+                for rows in _conversations(batches):
+                    for example in openai_examples(rows):
+                        f.write(json.dumps(example, ensure_ascii=False) + "\n")
+                        written += 1
                 f.flush()
                 os.fsync(f.fileno())
-            written = len(lines)
         else:
             import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
-            written = table.num_rows
+            writer = None
+            try:
+                for batch in batches:
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, batch.schema)
+                    writer.write_batch(batch)
+                    written += batch.num_rows
+                if writer is None:  # nothing selected: an empty file with the export's columns
+                    writer = pq.ParquetWriter(tmp, store.export_table(since=start, rated_only=rated_only).schema)
+            finally:
+                if writer is not None:
+                    writer.close()
         os.replace(tmp, out)  # readers see the old file or the whole new one, never a partial one
     finally:
         tmp.unlink(missing_ok=True)
@@ -58,8 +74,23 @@ def export(store: FeedbackStore, out: Path, fmt: Literal["openai", "parquet"], s
     return written
 
 
+def _conversations(batches) -> Iterator[list[dict]]:
+    """The rows of each conversation in turn, from record batches in conversation order."""
+    pending: list[dict] = []
+    for batch in batches:
+        for cid, group in groupby(batch.to_pylist(), key=lambda r: r["conversation_id"]):
+            if pending and pending[0]["conversation_id"] != cid:
+                yield pending
+                pending = []
+            pending.extend(group)
+    if pending:
+        yield pending
+
+
 def openai_examples(rows: list[dict]) -> list[dict]:
-    """Rows of ``FeedbackStore.export_table`` (ordered by conversation, position) -> OpenAI examples."""
+    """Rows of ``FeedbackStore.export_batches`` (ordered by conversation, position) -> OpenAI examples.
+
+    """
     examples = []
     for _cid, group in groupby(rows, key=lambda r: r["conversation_id"]):
         messages = []

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add;
 # v3: review states of rated answers and per-user trust.
-# v8: conversation titles, soft delete, thumbs-down reasons.
+# v8: conversation titles, soft delete, thumbs-down reasons. v9, v10: indexes and caches for a year of data.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -208,6 +208,24 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE conversations ADD COLUMN deleted_at TIMESTAMP",
         # Why a thumbs-down (feedback.store_core.RATING_REASONS); NULL for thumbs-up and unexplained downs.
         "ALTER TABLE ratings ADD COLUMN reason VARCHAR",
+    ]),
+    (9, [
+        # Issue 21: nightly work sized by the window. Ratings and corrections are looked up by answer (the
+        # window's answers, the Data tab's page) with IN lists an ART index serves instead of a scan.
+        "CREATE INDEX ratings_message ON ratings (message_id)",
+        "CREATE INDEX corrections_message ON corrections (message_id)",
+        # The PII scrubber's result per text (key: sha256 of the text), so a text this version of the
+        # scrubber (retrain.pii.SCRUBBER_VERSION) has scrubbed is not scrubbed again.
+        """CREATE TABLE scrubbed (
+            key VARCHAR PRIMARY KEY,
+            version VARCHAR NOT NULL,
+            text VARCHAR NOT NULL,
+            counts JSON)""",
+    ]),
+    (10, [
+        # The embedding cache looked up by key (IN lists the index serves), not by a scan of every
+        # vector of the model; rows no snapshot needs are pruned (RunStore.prune_embeddings).
+        "CREATE INDEX embeddings_key ON embeddings (key)",
     ]),
 ]
 

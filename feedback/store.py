@@ -11,6 +11,7 @@ writes and durability work):
 - ``store_arena``: arena battles and votes
 - ``store_review``: review states of rated answers (what may train) and per-user trust
 - ``store_conversations``: a user's own conversation list: search, resume, rename, delete
+- ``store_scrub``: the PII scrubber's results per text (nightly builds scrub only new text)
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from feedback.store_core import BASE, MAX_TEXT_CHARS, RATING_REASONS, RATINGS, R
 from feedback.store_ratings import RatingStore
 from feedback.store_review import ReviewStore
 from feedback.store_runs import RunStore
+from feedback.store_scrub import ScrubStore
 from feedback.store_turns import TurnStore
 
 __all__ = ["BASE", "MAX_TEXT_CHARS", "RATING_REASONS", "RATINGS", "RUN_STATUSES", "WINNERS", "FeedbackStore", "new_id"]
 
 
-class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore, ReviewStore, ConversationStore):
+class FeedbackStore(TurnStore, RatingStore, RunStore, AdapterStore, ArenaStore, ReviewStore, ConversationStore,
+                    ScrubStore):
     """Conversations, ratings, corrections, arena votes, experiments, adapters, runs, caches and review states."""

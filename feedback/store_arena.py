@@ -62,3 +62,12 @@ class ArenaStore(StoreCore):
         with self._read() as cur:
             return self._votes(cur, "WHERE v.created_at >= ?", [_to_db(since) or _FAR_PAST])
 
+
+    def arena_vote_counts(self) -> list[tuple[str, str, str, int]]:
+        """Votes per (adapter_a, adapter_b, winner), counted in SQL: what the leaderboard's ratings need,
+        without a Python object per vote of the whole history."""
+        with self._read() as cur:
+            cur.execute("""SELECT b.adapter_a, b.adapter_b, v.winner, count(*) AS n
+                           FROM arena_votes v JOIN battles b ON b.id = v.battle_id
+                           GROUP BY ALL ORDER BY ALL""")
+            return [(a, b, w, int(n)) for a, b, w, n in cur.fetchall()]

@@ -118,8 +118,14 @@ class ConversationStore(StoreCore):
             else:
                 scope = "SELECT id FROM conversations WHERE id = $c OR parent_id = $c"
                 messages = f"SELECT id FROM messages WHERE conversation_id IN ({scope})"
+                # Scrubbed copies of its texts go too (keyed by the raw text's sha256, as retrain.pii hashes).
+                cur.execute(f"""DELETE FROM scrubbed WHERE key IN (
+                                SELECT sha256(content) FROM messages WHERE conversation_id IN ({scope})
+                                UNION SELECT sha256(content) FROM corrections WHERE message_id IN ({messages}))""",
+                            {"c": conversation_id})
                 cur.execute(f"DELETE FROM ratings WHERE message_id IN ({messages})", {"c": conversation_id})
                 cur.execute(f"DELETE FROM corrections WHERE message_id IN ({messages})", {"c": conversation_id})
                 cur.execute(f"DELETE FROM messages WHERE conversation_id IN ({scope})", {"c": conversation_id})
                 cur.execute("DELETE FROM conversations WHERE id = $c OR parent_id = $c", {"c": conversation_id})
+        self._note_judged()  # its ratings leave the stats (forget) or it leaves a list
         log.info("conversation deleted id=%s user=%s forget=%s", conversation_id, user, forget)

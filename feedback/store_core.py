@@ -96,6 +96,12 @@ def _same(stored: list[dict], request: list[Message]) -> bool:
 class StoreCore:
     """The DuckDB connection, its write lock, the turn journal and the read/write cursors."""
 
+    _judged = 0  # ratings, corrections and forgets stored by this process: a change voids cached stats
+    _stats_cache: tuple | None = None  # (monotonic time, _judged then, stats) of RatingStore.stats
+
+    def _note_judged(self) -> None:
+        self._judged += 1
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,13 @@ class StoreCore:
         if missing:
             self._apply_turns(missing)
         log.info("journal replayed: %d turns, %d were missing from the database", len(journaled), len(missing))
+
+    def limit_memory(self, megabytes: int) -> None:
+        """Cap DuckDB's memory (cached blocks, sorts, joins) for this process; past it DuckDB spills to disk.
+
+        For one-shot processes such as the export command, whose peak should not grow with the file.
+        """
+        self._con.execute(f"SET memory_limit = '{int(megabytes)}MB'")
 
     def close(self) -> None:
         """Store pending turns, checkpoint the write-ahead log into the file and close."""

@@ -26,7 +26,15 @@ from datetime import datetime
 from feedback.errors import InvalidReview, UnknownMessage
 from feedback.models import RatedExample
 from feedback.store_core import _FAR_FUTURE, _FAR_PAST, StoreCore, _from_db, _now, _rows, _to_db
-from feedback.store_ratings import _RATED_CTE, RatingStore
+from feedback.store_ratings import (
+    _RATED_CTE,
+    MAX_KEYED,
+    RatingStore,
+    _chunks,
+    _placeholders,
+    rated_by_ids,
+    touched_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,30 @@ MAX_IDS = 1000  # ids one include/discard call may name
 # The stored state, or the default for answers without a row.
 _STATE = """coalesce(rv.state, CASE WHEN coalesce(t.rating_user, t.correction_user) = 'local'
                                 THEN 'trusted' ELSE 'untrusted' END)"""
+# What trains of the rated answers t: not held, judged in the window or approved in it.
+_TRAINABLE_SQL = f"""
+SELECT t.*, {_STATE} AS state FROM t LEFT JOIN review rv ON rv.message_id = t.id
+WHERE {_STATE} NOT IN {HELD}
+  AND ((t.rated_at >= ? AND t.rated_at < ?) OR (rv.state = 'approved' AND rv.decided_at >= ? AND rv.decided_at < ?))
+ORDER BY t.rated_at, t.id"""
+_APPROVED_SQL = "SELECT message_id FROM review WHERE state = 'approved' AND decided_at >= $since AND decided_at < $until"
 _SHOWN = f"""CASE WHEN {_STATE} IN ('trusted', 'untrusted', 'approved') AND coalesce(rv.rejections, 0) > 0
                    AND rv.trained_run IS NULL THEN 'retrying' ELSE {_STATE} END"""
+
+
+def _with_review(cur, rows: list[dict]) -> list[dict]:
+    """``rows`` of rated answers with their review row's state and decision time (``rv_state``,
+    ``decided_at``) and the state they are in (``state``: as _STATE, the default for answers without one)."""
+    found: dict[str, tuple] = {}
+    for chunk in _chunks(sorted(r["id"] for r in rows)):
+        found.update((m, (st, at)) for m, st, at in cur.execute(
+            f"SELECT message_id, state, decided_at FROM review WHERE message_id IN ({_placeholders(len(chunk))})",
+            chunk).fetchall())
+    for r in rows:
+        r["rv_state"], r["decided_at"] = found.get(r["id"], (None, None))
+        default = "trusted" if (r["rating_user"] or r["correction_user"]) == LOCAL_USER else "untrusted"
+        r["state"] = r["rv_state"] or default
+    return rows
 
 
 def review_after_rating(cur, message_id: str, user: str, trust: str, has_correction: bool, now: datetime) -> None:
@@ -81,13 +111,15 @@ class ReviewStore(StoreCore):
         """
         window = [_to_db(since) or _FAR_PAST, _to_db(until) or _FAR_FUTURE]
         with self._read(settle=True) as cur:
-            cur.execute(_RATED_CTE + f"""
-                SELECT t.*, {_STATE} AS state FROM t LEFT JOIN review rv ON rv.message_id = t.id
-                WHERE {_STATE} NOT IN {HELD}
-                  AND ((t.rated_at >= ? AND t.rated_at < ?)
-                       OR (rv.state = 'approved' AND rv.decided_at >= ? AND rv.decided_at < ?))
-                ORDER BY t.rated_at, t.id""", [*window, *window])
-            rows = _rows(cur)
+            ids = touched_ids(cur, *window, extra_sql=_APPROVED_SQL) if since is not None else None
+            if ids is not None and len(ids) <= MAX_KEYED:  # the nightly case: only the window's answers
+                rows = [r for r in _with_review(cur, rated_by_ids(cur, ids))
+                        if r["state"] not in HELD and (window[0] <= r["rated_at"] < window[1] or (
+                            r["rv_state"] == "approved" and window[0] <= r["decided_at"] < window[1]))]
+                rows.sort(key=lambda r: (r["rated_at"], r["id"]))
+            else:
+                cur.execute(_RATED_CTE + _TRAINABLE_SQL, [*window, *window])
+                rows = _rows(cur)
             prompts = RatingStore._prompts(cur, rows)
         return [RatedExample(message_id=r["id"], conversation_id=r["conversation_id"],
                              user=r["rating_user"] or r["correction_user"], adapter=r["adapter"], prompt=prompt,

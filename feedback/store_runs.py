@@ -25,6 +25,7 @@ from feedback.store_core import (
     _to_db,
     new_id,
 )
+from feedback.store_ratings import MAX_KEYED, _chunks, _placeholders
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,44 @@ class RunStore(StoreCore):
         if not keys:
             return {}
         import pyarrow as pa
+        import pyarrow.compute as pc
 
+        unique = sorted(set(keys))
         with self._read() as cur:
-            cur.register("wanted", pa.table({"key": pa.array(keys, pa.string())}))
-            try:
-                found = cur.sql("""SELECT e.key, e.vector FROM embeddings e
-                                   SEMI JOIN wanted w ON w.key = e.key WHERE e.model = ?""",
-                                params=[model]).to_arrow_table()
-            finally:
-                cur.unregister("wanted")
+            if len(unique) <= MAX_KEYED:
+                # Index lookups (embeddings_key, schema v10) in chunks; the model is checked after, since a
+                # second condition in the WHERE makes DuckDB scan every cached vector instead.
+                parts = []
+                for chunk in _chunks(unique):
+                    parts.append(cur.sql(f"SELECT key, vector, model FROM embeddings WHERE key IN "
+                                         f"({_placeholders(len(chunk))})", params=chunk).to_arrow_table())
+                found = pa.concat_tables(parts)
+                found = found.filter(pc.equal(found.column("model"), model))
+            else:  # most of the cache: one scan is cheaper than the lookups
+                cur.register("wanted", pa.table({"key": pa.array(unique, pa.string())}))
+                try:
+                    found = cur.sql("""SELECT e.key, e.vector FROM embeddings e
+                                       SEMI JOIN wanted w ON w.key = e.key WHERE e.model = ?""",
+                                    params=[model]).to_arrow_table()
+                finally:
+                    cur.unregister("wanted")
         return _vectors_from_arrow(found)
+
+    def prune_embeddings(self, model: str, keep: list[str]) -> int:
+        """Delete cached vectors of other models, and of ``model`` whose key is not in ``keep`` (the texts of
+        the rows some snapshot still holds); returns how many went."""
+        import pyarrow as pa
+
+        with self._write() as cur:
+            cur.register("keep_keys", pa.table({"key": pa.array(sorted(set(keep)), pa.string())}))
+            try:
+                cur.execute("""DELETE FROM embeddings WHERE model <> ? OR key NOT IN (SELECT key FROM keep_keys)
+                               RETURNING 1""", [model])
+                gone = len(cur.fetchall())
+            finally:
+                cur.unregister("keep_keys")
+        log.info("embedding cache pruned: %d vectors removed, %d keys kept for %s", gone, len(set(keep)), model)
+        return gone
 
 
 

@@ -39,8 +39,8 @@ from retrain.clean import (
     drop_short,
     normalise,
 )
-from retrain.dedup import CachedEmbedder, EmbeddingCache, exact_dedup, near_dedup
-from retrain.pii import scrub, scrub_messages
+from retrain.dedup import CachedEmbedder, EmbeddingCache, _dialogue, exact_dedup, near_dedup, text_key
+from retrain.pii import CachedScrubber
 from retrain.split import split
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,23 @@ def select(store, now: datetime) -> Selection:
     return Selection(rated=rated, pairs=pairs, previous_cutoff=since, cutoff=now)
 
 
-def scrub_selection(sel: Selection, counts: Counter) -> Selection:
-    """The selection with PII scrubbed from every prompt, answer and correction."""
-    rated = [dataclasses.replace(r, prompt=scrub_messages(r.prompt, counts), answer=scrub(r.answer, counts),
-                                 correction=scrub(r.correction, counts) if r.correction else r.correction)
+def scrub_selection(sel: Selection, counts: Counter, cache=None) -> Selection:
+    """The selection with PII scrubbed from every prompt, answer and correction.
+
+    ``cache`` (the store) holds texts scrubbed before by this scrubber version: a rebuild, or a window
+    whose prompts share history with earlier ones, scrubs only texts it has not seen.
+    """
+    scrubber = CachedScrubber(cache)
+    texts = [m.get("content") or "" for r in sel.rated for m in r.prompt]
+    texts += [t for r in sel.rated for t in (r.answer, r.correction) if t]
+    texts += [m.get("content") or "" for p in sel.pairs for m in p.prompt]
+    texts += [t for p in sel.pairs for t in (p.chosen, p.rejected)]
+    scrubber.prime(texts)
+    rated = [dataclasses.replace(r, prompt=scrubber.messages(r.prompt, counts), answer=scrubber(r.answer, counts),
+                                 correction=scrubber(r.correction, counts) if r.correction else r.correction)
              for r in sel.rated]
-    pairs = [dataclasses.replace(p, prompt=scrub_messages(p.prompt, counts), chosen=scrub(p.chosen, counts),
-                                 rejected=scrub(p.rejected, counts))
+    pairs = [dataclasses.replace(p, prompt=scrubber.messages(p.prompt, counts), chosen=scrubber(p.chosen, counts),
+                                 rejected=scrubber(p.rejected, counts))
              for p in sel.pairs]
     return dataclasses.replace(sel, rated=rated, pairs=pairs)
 
@@ -327,7 +337,7 @@ def build_training_set(
     counts: dict = {"sft": {}, "kto": {}, "pref": {}}
     pii: Counter = Counter()
 
-    sel = scrub_selection(select(store, now), pii)
+    sel = scrub_selection(select(store, now), pii, cache=store)
     views = build_views(sel.rated, sel.pairs)
     unpublished = store.unpublished_snapshot_ids()  # a rejected run's rows come back as new data instead
     earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
@@ -339,7 +349,8 @@ def build_training_set(
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
     views["sft"] = replay + views["sft"]
 
-    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder)
+    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder,
+                           embedders_dir=getattr(settings, "embedders_dir", None))
     sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts)
     kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts)
     pref_train, pref_heldout = clean_view("pref", views["pref"], settings, embed, count_tokens, counts)
@@ -363,6 +374,11 @@ def build_training_set(
         PREF_TRAIN: pref_train, PREF_HELDOUT: pref_heldout,
     }, manifest)
     snapshot = Snapshot.load(path)
+    if embedding_cache is None and hasattr(store, "prune_embeddings"):
+        # The cache keeps what a later build can use: the texts of rows some snapshot holds (replay draws
+        # from them); vectors of rows that were dropped or of another embedder go.
+        store.prune_embeddings(settings.embedding_model, snapshot_text_keys(
+            complete_snapshots(Path(settings.datasets_dir))))
     store.record_snapshot(snapshot.id, path, snapshot.cutoff, counts, snapshot.content_hash,
                           created_at=snapshot.created_at)
     log.info("snapshot %s: sft %d train / %d heldout (%d replayed), kto %d, pref %d / %d; %d texts embedded; "
@@ -370,6 +386,28 @@ def build_training_set(
              snapshot.n_kto_train, snapshot.n_pref_train, snapshot.n_pref_heldout, embed.n_encoded,
              counts["pii"] or "none")
     return snapshot
+
+
+def snapshot_text_keys(snapshots: list[Snapshot]) -> set[str]:
+    """The embedding-cache keys (``text_key``) of the texts near-dup detection embeds for the rows of ``snapshots``:
+    each row's dialogue without the system prompt, and its answer(s)."""
+    keys: set[str] = set()
+    for snap in snapshots:
+        for name in DATA_FILES:
+            path = snap.path / name
+            if not path.is_file():
+                continue
+            for line in path.read_bytes().splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                answers = [row["completion"][0]["content"]] if "completion" in row else \
+                    [row["chosen"][0]["content"], row["rejected"][0]["content"]]
+                example = Example(prompt=row["prompt"], completion=answers[0],
+                                  rejected=answers[1] if len(answers) > 1 else None)
+                keys.add(text_key(_dialogue(example)))
+                keys.add(text_key("\n".join(example.answers())))
+    return keys
 
 
 def _snapshot_id(datasets_dir: Path, now: datetime) -> str:

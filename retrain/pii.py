@@ -8,6 +8,7 @@ placeholders match no pattern, so scrubbing twice changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -99,6 +100,13 @@ _RULES: list[tuple[re.Pattern, Callable[[re.Match], str | None], str]] = [
 ]
 
 
+# Names what scrub() does, for the cache of scrubbed texts (feedback/store_scrub.py): the patterns' source,
+# plus a number to raise when the code around them changes what a text becomes.
+_LOGIC_VERSION = 1
+SCRUBBER_VERSION = f"{_LOGIC_VERSION}-" + hashlib.sha256(
+    "\x1f".join(f"{p.pattern}|{p.flags}|{kind}" for p, _, kind in _RULES).encode()).hexdigest()[:16]
+
+
 def scrub(text: str, counts: Counter | None = None) -> str:
     """``text`` with PII and secrets replaced by typed placeholders; ``counts`` tallies replacements by type."""
     if not text:
@@ -120,3 +128,43 @@ def scrub(text: str, counts: Counter | None = None) -> str:
 def scrub_messages(messages: list[Message], counts: Counter | None = None) -> list[Message]:
     """A copy of chat ``messages`` with every content scrubbed."""
     return [{**m, "content": scrub(m.get("content") or "", counts)} for m in messages]
+
+
+class CachedScrubber:
+    """scrub() that remembers: texts already scrubbed by this SCRUBBER_VERSION come from ``cache``.
+
+    ``prime`` looks every text up at once and scrubs (and caches) only the ones not seen; calls then
+    return the scrubbed text and add its replacement counts, exactly as scrubbing it again would.
+    """
+
+    def __init__(self, cache=None) -> None:
+        self.cache = cache  # get_scrubbed / put_scrubbed (FeedbackStore); None: remember in this process only
+        self.memo: dict[str, tuple[str, dict]] = {}
+        self.n_scrubbed = 0
+
+    def prime(self, texts) -> None:
+        todo = {hashlib.sha256(t.encode()).hexdigest(): t for t in texts if t and t not in self.memo}
+        found = self.cache.get_scrubbed(SCRUBBER_VERSION, list(todo)) if self.cache is not None and todo else {}
+        new = {}
+        for key, text in todo.items():
+            if key in found:
+                self.memo[text] = found[key]
+            else:
+                counts: Counter = Counter()
+                new[key] = self.memo[text] = (scrub(text, counts), dict(counts))
+        self.n_scrubbed += len(new)
+        if self.cache is not None and new:
+            self.cache.put_scrubbed(SCRUBBER_VERSION, new)
+
+    def __call__(self, text: str, counts: Counter | None = None) -> str:
+        if not text:
+            return text
+        if text not in self.memo:
+            self.prime([text])
+        out, found = self.memo[text]
+        if counts is not None:
+            counts.update(found)
+        return out
+
+    def messages(self, messages: list[Message], counts: Counter | None = None) -> list[Message]:
+        return [{**m, "content": self(m.get("content") or "", counts)} for m in messages]

@@ -200,7 +200,7 @@ class Promoter:
         loaded = {a.name: a for a in self.backend.list_adapters()} if self.backend else {}
         rated = [r for r in self.store.adapter_rating_stats() if r["adapter"]]  # user messages have none
         rates = {r["adapter"]: r for r in ab_stats.up_rates(rated)}
-        votes = [(v.adapter_a, v.adapter_b, v.winner) for v in self.store.arena_votes()]
+        votes = self.store.arena_vote_counts()  # (a, b, winner, n): counted in SQL, not one object per vote
         arena = {r["adapter"]: r for r in ab_stats.bradley_terry(votes, bootstrap=200)} if votes else {}
         records = {r.name: r for r in self.store.list_adapter_records()}
         names = sorted(set(records) | {n for n in loaded if n != PRODUCTION} | set(rates) | set(arena))

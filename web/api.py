@@ -360,8 +360,12 @@ def post_feedback(body: FeedbackRequest, ctx: Ctx, user: User):
 
 
 @users.get("/v1/feedback/stats")
-def feedback_stats(ctx: Ctx):
-    return ctx.store.stats()
+def feedback_stats(ctx: Ctx, user: User):
+    # The team's totals are an admin's view (the Data tab): they count every user's ratings and scan the
+    # whole history. A user's own conversations are at /v1/conversations.
+    if not user.is_admin:
+        raise ApiError(403, "feedback stats are for admins", code="forbidden")
+    return ctx.store.stats(max_age_s=ctx.settings.stats_cache_ttl_s)
 
 
 @users.post("/v1/arena/battles")
@@ -469,15 +473,27 @@ def run_detail(run_id: str, ctx: Ctx):
 @admin.get("/export")
 def export_data(ctx: Ctx, format: Literal["openai", "parquet"] = "openai", since: date | None = None,
                 rated_only: bool = False):
+    import shutil
     import tempfile
+
+    from starlette.background import BackgroundTask
+    from starlette.responses import FileResponse
 
     from feedback.export import export
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"export.{'jsonl' if format == 'openai' else 'parquet'}"
+    # Written in batches to a temp file, then streamed from disk in chunks: memory stays flat in the size.
+    tmp = tempfile.mkdtemp(prefix="tuneloop-export-")
+    try:
+        name = f"tuneloop-export{'-rated' if rated_only else ''}{f'-since-{since}' if since else ''}." \
+               f"{'jsonl' if format == 'openai' else 'parquet'}"
+        out = Path(tmp) / name
         export(ctx.store, out, format, since=since, rated_only=rated_only)
-        media = "application/jsonl" if format == "openai" else "application/vnd.apache.parquet"
-        return Response(out.read_bytes(), media_type=media)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    media = "application/jsonl" if format == "openai" else "application/vnd.apache.parquet"
+    return FileResponse(out, media_type=media, filename=name,
+                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
 
 # --- vLLM runtime LoRA routes ----------------------------------------------------------------------

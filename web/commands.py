@@ -43,6 +43,11 @@ def _store(settings):
     return FeedbackStore(settings.db_path)
 
 
+# DuckDB's memory in the export command: the export streams, so a year of data needs no more than a week's
+# (measured in bench/scale.py); DuckDB spills what does not fit to disk.
+EXPORT_MEMORY_MB = 128
+
+
 def export_cmd(args, settings) -> int:
     since = date.fromisoformat(args.since) if args.since else None
     info = find_running_app(settings.data_dir)
@@ -53,16 +58,26 @@ def export_cmd(args, settings) -> int:
         params = {"format": args.format, "rated_only": str(args.rated_only).lower()}
         if since:
             params["since"] = since.isoformat()
-        r = httpx.get(info["url"] + "/v1/admin/export", params=params, timeout=600,
-                      headers={"Authorization": f"Bearer {info['token']}"})
-        if r.status_code >= 400:
-            raise CommandError(r.text)
-        out.write_bytes(r.content)
+        # Streamed to a temp file beside ``out`` and renamed: a year of data never sits in memory, and a
+        # failed download leaves the old file as it was.
+        tmp = out.with_name(f".{out.name}.download")
+        try:
+            with httpx.stream("GET", info["url"] + "/v1/admin/export", params=params, timeout=600,
+                              headers={"Authorization": f"Bearer {info['token']}"}) as r:
+                if r.status_code >= 400:
+                    raise CommandError(r.read().decode(errors="replace"))
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        f.write(chunk)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f"exported to {out} (through the running app)")
         return 0
     from feedback.export import export
 
     store = _store(settings)
+    store.limit_memory(EXPORT_MEMORY_MB)
     try:
         n = export(store, out, args.format, since=since, rated_only=args.rated_only)
     finally:

@@ -46,6 +46,8 @@ def _guard(ctx, request, fn):
 
 
 # --- Data ------------------------------------------------------------------------------------------
+DATA_PAGE_ROWS = 200  # rated answers per page of the Data tab's table (paged in SQL)
+
 def build_data_tab(ctx: AppContext):
     totals = gr.Markdown("", elem_id="data-totals")
     per_day_plot = gr.BarPlot(x="day", y="count", color="kind", label="Ratings per day", elem_id="ratings-per-day",
@@ -57,19 +59,22 @@ def build_data_tab(ctx: AppContext):
         f_user = gr.Textbox(label="User")
         f_since = gr.Textbox(label="Since (YYYY-MM-DD)")
         f_corr = gr.Dropdown(["any", "yes", "no"], value="any", label="Has correction")
+        f_page = gr.Number(1, label=f"Page ({DATA_PAGE_ROWS} rows, newest first)", minimum=1, precision=0,
+                           elem_id="data-page")
     refresh = gr.Button("Refresh", elem_id="data-refresh")
     table = gr.HTML(elem_id="rated-table")
 
-    def load(adapter, rating, user, since, corr, request: gr.Request):
+    def load(adapter, rating, user, since, corr, page, request: gr.Request):
         def work():
-            stats = ctx.store.stats()
+            stats = ctx.store.stats(max_age_s=ctx.settings.stats_cache_ttl_s)
             days = [{"day": d["day"], "kind": k, "count": d[k]} for d in stats["per_day"] for k in ("up", "down", "corrections")]
             adapters = [{**a, "up_rate": fmt.pct(a["up"] / (a["up"] + a["down"])) if a["up"] + a["down"] else None}
                         for a in stats["per_adapter"]]
             rows = ctx.store.rated_conversations(
                 adapter=adapter or None, rating=None if rating == "any" else rating, user=user or None,
                 since=datetime.combine(date.fromisoformat(since), datetime.min.time()) if since else None,
-                has_correction=None if corr == "any" else corr == "yes")
+                has_correction=None if corr == "any" else corr == "yes", limit=DATA_PAGE_ROWS,
+                offset=(_page_number(page) - 1) * DATA_PAGE_ROWS)
             for r in rows:  # ids stay out of the table: an admin reads questions and answers, not uuids
                 r["rating"] = {"up": "👍", "down": "👎"}.get(r["rating"], r["rating"])
                 r["reason"] = fmt.REASON_LABELS.get(r["reason"], r["reason"])
@@ -82,11 +87,19 @@ def build_data_tab(ctx: AppContext):
                               "answer, or edit an answer to correct it.", elem_class="tl-rated"))
         return _guard(ctx, request, work)
 
-    inputs = [f_adapter, f_rating, f_user, f_since, f_corr]
+    inputs = [f_adapter, f_rating, f_user, f_since, f_corr, f_page]
     refresh.click(load, inputs, [totals, per_day_plot, per_adapter, table])
     review_load, review_inputs, review_outputs = build_review_panel(ctx)
     refresh.click(review_load, review_inputs, review_outputs)
     return load, inputs, [totals, per_day_plot, per_adapter, table]
+
+
+def _page_number(page) -> int:
+    """The page asked for, as a whole number from 1 (blank, NaN or nonsense: the first page)."""
+    try:
+        return max(1, min(int(page), 10**9))
+    except (TypeError, ValueError, OverflowError):
+        return 1
 
 
 def _totals_sentence(t: dict) -> str:

@@ -67,3 +67,21 @@ def test_parquet_one_row_per_message(filled, tmp_path):
 def test_unknown_format_is_refused(store, tmp_path):
     with pytest.raises(ValueError):
         export(store, tmp_path / "x", "csv")
+
+
+def test_export_in_small_batches_is_the_same_file(filled, tmp_path, monkeypatch):
+    """The export streams ranges of conversations in record batches; a conversation split across
+    batches comes out whole, and the files equal a one-batch export byte for byte."""
+    import feedback.store_ratings as store_ratings
+
+    whole = {fmt: tmp_path / f"whole.{fmt}" for fmt in ("openai", "parquet")}
+    for fmt, path in whole.items():
+        export(filled, path, fmt)
+    monkeypatch.setattr(store_ratings, "EXPORT_CHUNK_MESSAGES", 2)
+    monkeypatch.setattr(store_ratings, "EXPORT_BATCH_ROWS", 1)
+    assert len(list(filled.export_batches())) == 12  # one row per batch
+    small = tmp_path / "small.openai"
+    assert export(filled, small, "openai") == 3
+    assert small.read_bytes() == whole["openai"].read_bytes()
+    export(filled, tmp_path / "small.parquet", "parquet")
+    assert pq.read_table(tmp_path / "small.parquet").equals(pq.read_table(whole["parquet"]))

@@ -64,3 +64,34 @@ def test_scrub_is_idempotent_and_scrubs_messages():
     assert once[1]["content"] == "mail me at [EMAIL] or call [PHONE]"
     assert scrub_messages(once) == once
     assert messages[1]["content"].startswith("mail me at a@b.io")  # input untouched
+
+
+def test_a_selection_is_scrubbed_once_per_scrubber_version(tmp_path, monkeypatch):
+    """A rebuild reads scrubbed texts from the store's cache: same result and counts, nothing scrubbed again;
+    a new scrubber version scrubs everything afresh (its rules may differ)."""
+    from datetime import UTC, datetime
+
+    import retrain.pii as pii
+    from feedback.models import RatedExample
+    from feedback.store import FeedbackStore
+    from retrain.dataset import Selection, scrub_selection
+
+    rows = [RatedExample(message_id=f"m{i}", conversation_id=f"c{i}", user="u", adapter="a",
+                         prompt=[{"role": "user", "content": f"mail jane{i}@example.com, card 4111 1111 1111 1111"}],
+                         answer=f"call +1-202-555-0143 about {i}", rating="up", correction=None, implicit=False,
+                         rated_at=datetime.now(UTC)) for i in range(5)]
+    sel = Selection(rated=rows, pairs=[], previous_cutoff=None, cutoff=datetime.now(UTC))
+    calls = []
+    real = pii.scrub
+    monkeypatch.setattr(pii, "scrub", lambda text, counts=None: calls.append(text) or real(text, counts))
+    with FeedbackStore(tmp_path / "f.duckdb") as store:
+        first_counts, again_counts = Counter(), Counter()
+        first = scrub_selection(sel, first_counts, cache=store)
+        assert len(calls) == 10
+        again = scrub_selection(sel, again_counts, cache=store)
+        assert len(calls) == 10  # all from the cache
+        assert again == first and again_counts == first_counts == Counter({"[EMAIL]": 5, "[CARD]": 5, "[PHONE]": 5})
+        assert "jane0" not in str(first) and "[EMAIL]" in first.rated[0].prompt[0]["content"]
+        monkeypatch.setattr(pii, "SCRUBBER_VERSION", "changed")
+        scrub_selection(sel, Counter(), cache=store)
+        assert len(calls) == 20

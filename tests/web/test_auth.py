@@ -90,3 +90,35 @@ def test_a_user_cannot_choose_arena_adapters(multi_user_app):
     with app.client(tokens["bob"]) as bob:
         r = bob.post("/v1/arena/battles", json={"prompt": "hi", "adapters": ["demo-a", "demo-b"], "max_tokens": 2})
     assert r.status_code == 403
+
+
+def test_team_stats_are_for_admins_and_fresh_after_a_rating(multi_user_app):
+    """The team's totals count everyone's ratings: a user gets 403. An admin's are served from a short cache,
+    which a new rating voids, so a rating shows at once."""
+    app, tokens = multi_user_app
+    with app.client(tokens["bob"]) as bob:
+        r = bob.get("/v1/feedback/stats")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        answer = bob.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hey"}],
+                                                         "max_tokens": 3}).json()["id"]
+    with app.client(tokens["alice"]) as alice:
+        before = alice.get("/v1/feedback/stats").json()["totals"]
+        assert alice.get("/v1/feedback/stats").json()["totals"] == before  # from the cache
+        with app.client(tokens["bob"]) as bob:
+            assert bob.post("/v1/feedback", json={"message_id": answer, "rating": "up"}).status_code == 200
+        assert alice.get("/v1/feedback/stats").json()["totals"]["up"] == before["up"] + 1
+
+
+def test_export_is_sent_as_a_named_file(multi_user_app):
+    app, tokens = multi_user_app
+    with app.client(tokens["alice"]) as alice:
+        with alice.stream("GET", "/v1/admin/export", params={"format": "openai", "rated_only": "true"}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("application/jsonl")
+            assert 'filename="tuneloop-export-rated.jsonl"' in r.headers["content-disposition"]
+            lines = b"".join(r.iter_bytes()).decode().splitlines()
+        assert lines and all(line.startswith('{"messages": [') for line in lines)
+        r = alice.get("/v1/admin/export", params={"format": "parquet", "since": "2020-01-02"})
+        assert r.headers["content-type"] == "application/vnd.apache.parquet"
+        assert "tuneloop-export-since-2020-01-02.parquet" in r.headers["content-disposition"]
+        assert r.content[:4] == b"PAR1"
