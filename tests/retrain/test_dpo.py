@@ -25,17 +25,19 @@ def short(answer: str) -> str:
 @pytest.mark.xfail(reason="issue 11 open: held-out preference accuracy after DPO on the demo model varies between runs (0.41 to 0.77 seen; the test asks >= 0.8)", strict=False)
 def test_pairs_from_corrections_and_arena_votes(data_store, tmp_path, minilm, demo_model_dir):
     store = data_store
-    for q, a in _CHATS[:24]:  # the demo's own long answer, corrected to the short one
+    # Fixed conversation and battle ids: the held-out split is by their hash, so every run holds out the
+    # same pairs (with random ids the held-out accuracy swung between runs with the split, 0.41 to 0.77).
+    for i, (q, a) in enumerate(_CHATS[:24]):  # the demo's own long answer, corrected to the short one
         mid = new_id()
         store.record_turn(TurnRecord(
-            conversation_id=new_id(), user="ann", assistant_message_id=mid, answer=a,
+            conversation_id=f"pair-correction-{i}", user="ann", assistant_message_id=mid, answer=a,
             request_messages=[{"role": "user", "content": q}], adapter="base", base_model="demo", sampling={},
             latency_ms=1.0, first_token_ms=None, prompt_tokens=1, completion_tokens=1))
         store.rate(Rating(message_id=mid, user="ann", rating="down", correction=short(a)))
     for i, (q, a) in enumerate(_CHATS[24:]):  # arena: the short answer wins, on either side
         long_, short_ = a, short(a)
         sides = (short_, long_) if i % 2 else (long_, short_)
-        battle = new_id()
+        battle = f"pair-arena-{i}"
         store.create_battle(battle, "ben", [{"role": "user", "content": q}], "demo-a", sides[0], "demo-b", sides[1])
         store.vote(battle, "ben", "a" if i % 2 else "b")
     # Ties and both-bad are no pairs.
