@@ -25,12 +25,17 @@ from pydantic_settings import (
 # preference accuracy 0.0, 5e-4 -> 0.25 (reference ppl +11%), 1e-3 -> 0.5 (+14%), 1.5e-3 -> 0.69 (+16%,
 # past the gate). (Before the chosen-answer NLL term, 1e-3 raised the v3 demo's perplexity 9x.)
 # distill_max_new_tokens: the demo's answers are 30-45 tokens; 96 keeps its self-distillation cheap on CPU.
-# Not demo-only (demo v4, 400 pre-training steps): the canary-facts check, DPO and the self-distillation
-# anchors keep the defaults. Anchors do hold the demo's facts: one concentrated lesson (meeting, 45
+# Not demo-only (demo v4, 400 pre-training steps): DPO and the self-distillation anchors keep the
+# defaults. Anchors do hold the demo's facts: one concentrated lesson (meeting, 45
 # phrasings, lr 3e-3 x 15 epochs) broke 7 of the 7 canary facts it knows with no anchors, 3 with 16, 1 with
 # 64; but no recipe tried both kept all 7 and answered >= 9/10 held-out phrasings (issue 11 notes).
+# gate_canary_facts: demo v4 knows its facts as memorised sentences, and an update strong enough to teach
+# it anything garbles one word of some of them: the closed loop's first candidate (lesson learned, held-out
+# loss 4.9 -> 0.26, reference ppl -23%) answered "the air scatings" for "scatters" and was rejected; the
+# table in bench/RESULTS.md (issue 11) shows the same for every recipe that learns a lesson. Real models
+# keep the check on.
 DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0,
-                 "dpo_learning_rate": 1e-3, "distill_max_new_tokens": 96}
+                 "dpo_learning_rate": 1e-3, "distill_max_new_tokens": 96, "gate_canary_facts": False}
 
 # The TOML path is only known at load time; a ContextVar hands it to the source without a global.
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
