@@ -47,9 +47,6 @@ def hits(client, lesson: Lesson) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: passes on attempt 1 with demo mode's canary check off (once, 674 s), not yet "
-                          "twice; with the check on no recipe tried both learned the lesson and kept every fact the "
-                          "demo knows (bench/RESULTS.md)", strict=False)
 def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
