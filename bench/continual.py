@@ -47,7 +47,7 @@ def run_cycles(data_dir: Path, lessons, on_cycle=None) -> list[dict]:
         with app.client(timeout=1800) as c:
             for k, lesson in enumerate(lessons):
                 started = time.monotonic()
-                teach(c, lesson)
+                teach(c, lesson, app)
                 run = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
                 row = {"cycle": k + 1, "taught": lesson.name, "status": run["status"], "adapter": run.get("adapter"),
                        "attempts": len(run.get("attempts") or []), "error": run.get("error"),

@@ -76,8 +76,6 @@ def test_a_lesson_spilling_onto_an_unrelated_question_flags_nothing():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: asks about a fact the demo model does not know (a demo model pre-trained "
-                          "longer knows it)", run=False)
 def test_candidate_taught_to_contradict_a_fact_is_rejected_and_its_rows_flagged(tmp_path, demo_model_dir):
     from feedback.store import FeedbackStore
     from retrain.cycle import run_cycle

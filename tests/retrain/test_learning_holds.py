@@ -12,9 +12,23 @@ from tests.retrain.lessons import MEETING, Lesson
 from tests.web.conftest import seed_data_dir, start_app
 
 
-def teach(client, lesson: Lesson) -> int:
-    """Every training phrasing asked once; each answer thumbs-down and corrected to the fact. Nothing else."""
-    for q in lesson.train:
+def teach(client, lesson: Lesson, app=None) -> int:
+    """Every training phrasing asked once; each answer thumbs-down and corrected to the fact. Nothing else.
+
+    With ``app`` (in-process), conversation ids are fixed, so the hash-chosen held-out split, and with it
+    the run, is the same every time (the server issues the ids; the app is told which to issue).
+    """
+    try:
+        return _teach(client, lesson, app)
+    finally:
+        if app is not None:
+            vars(app.ctx.chat).pop("new_conversation_id", None)  # back to random ids
+
+
+def _teach(client, lesson: Lesson, app) -> int:
+    for i, q in enumerate(lesson.train):
+        if app is not None:
+            app.ctx.chat.new_conversation_id = lambda cid=f"{lesson.name}-{i}": cid
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 16})
         assert r.status_code == 200, r.text
         fb = client.post("/v1/feedback", json={"message_id": r.json()["id"], "rating": "down",
@@ -33,7 +47,6 @@ def hits(client, lesson: Lesson) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: on the demo model the candidate loses canary facts the base only half knows; a demo model pre-trained 400 steps instead of 120 made it pass in a helper's run; not merged yet", strict=False)
 def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
@@ -41,7 +54,7 @@ def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_
     try:
         with app.client(timeout=900) as c:
             assert hits(c, MEETING) == 0
-            teach(c, MEETING)
+            teach(c, MEETING, app)
             run = c.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
             print(json.dumps({k: run[k] for k in ("status", "error", "attempts")}, default=str, indent=1))
             assert run["status"] == "succeeded", (run["error"], run["gate"])
@@ -55,7 +68,8 @@ def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: cycles 2 and 4 are rejected after 3 attempts on the demo model (~10 min; not run)", run=False)
+@pytest.mark.xfail(reason="issue 11 open: last measured with the canary check on in demo mode (cycles 2 and 4 "
+                          "rejected on a broken fact); not re-measured with it off (~10-20 min on 2 CPU cores)", run=False)
 def test_four_lessons_in_four_cycles_are_all_kept(tmp_path, demo_model_dir):
     from bench.continual import run_cycles, table
     from tests.retrain.lessons import LESSONS
