@@ -29,13 +29,12 @@ from pydantic_settings import (
 # defaults. Anchors do hold the demo's facts: one concentrated lesson (meeting, 45
 # phrasings, lr 3e-3 x 15 epochs) broke 7 of the 7 canary facts it knows with no anchors, 3 with 16, 1 with
 # 64; but no recipe tried both kept all 7 and answered >= 9/10 held-out phrasings (issue 11 notes).
-# gate_canary_facts: demo v4 knows its facts as memorised sentences, and an update strong enough to teach
-# it anything garbles one word of some of them: the closed loop's first candidate (lesson learned, held-out
-# loss 4.9 -> 0.26, reference ppl -23%) answered "the air scatings" for "scatters" and was rejected; the
-# table in bench/RESULTS.md (issue 11) shows the same for every recipe that learns a lesson. Real models
-# keep the check on.
+# gate_canary_facts is on for the demo too: demo v4 knows its facts as memorised sentences, and any update
+# that teaches it a lesson garbles a word of some of them ("the air scatings" for "scatters", measured on the
+# closed loop); the check fails only on a contradiction that training rows are about (retrain/gate.py), so
+# such forgetting is judged by reference perplexity, for the demo and real models alike.
 DEMO_TRAINING = {"learning_rate": 3e-3, "num_epochs": 15.0, "early_stopping_patience": 0,
-                 "dpo_learning_rate": 1e-3, "distill_max_new_tokens": 96, "gate_canary_facts": False}
+                 "dpo_learning_rate": 1e-3, "distill_max_new_tokens": 96}
 
 # The TOML path is only known at load time; a ContextVar hands it to the source without a global.
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)

@@ -200,18 +200,13 @@ def run_cycle(
         settle_rows_logged(store, settings, run_id)
 
 
-# Checks a gentler recipe can fix: it moves the weights less. A broken canary fact or a preference
-# failure comes from the data, and is for a reviewer, not for another attempt.
+# Checks a gentler recipe can fix: it moves the weights less. A contradicted canary fact (rows flagged) or a
+# preference failure comes from the data, and is for a reviewer, not for another attempt.
 _RETRYABLE = {"heldout_loss", "reference_ppl"}
 
 
 def _worth_retrying(result) -> bool:
     failed = set(result.failed_checks)
-    if "canary_facts" in failed and not result.flagged_message_ids:
-        # No training row says anything about the broken facts (or the candidate's answer is not about the
-        # question at all, retrain.canary_facts.suspects): that is forgetting, a lesson spilling over onto
-        # other questions (measured on the demo model), which more anchors and a lower rate can fix.
-        failed = (failed - {"canary_facts"}) | {"reference_ppl"}
     return bool(failed & _RETRYABLE) and "canary_facts" not in failed
 
 

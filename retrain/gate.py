@@ -26,7 +26,14 @@ def _short(text: str, n: int = 80) -> str:
 
 
 def canary_check(canary: dict | None) -> tuple[bool, list[str], list[str]]:
-    """``(ok, reasons, flagged ids)`` of the canary-facts check on the worker's ``report["canary_facts"]``."""
+    """``(ok, reasons, flagged ids)`` of the canary-facts check on the worker's ``report["canary_facts"]``.
+
+    The check fails on a *contradiction*: a fact production gives that the candidate no longer gives while
+    training rows about that question are behind it (``suspects``); those rows are flagged for review. A
+    fact that changed with no row about it (a garbled word, a lesson spilling onto an unrelated question) is
+    forgetting, reported here but judged by the reference-perplexity check and the back-off, as everywhere
+    else: one rule for a small model that garbles memorised sentences and a large one that does not.
+    """
     from retrain.canary_facts import broken_facts, load_facts
 
     if not canary or not canary.get("candidate"):
@@ -40,10 +47,11 @@ def canary_check(canary: dict | None) -> tuple[bool, list[str], list[str]]:
     for b in broken:
         suspects = canary.get("suspects", {}).get(b["id"], [])
         flagged.update(suspects)
-        reasons.append(f"canary_facts: asked {questions.get(b['id'], b['id'])!r}, production answers "
-                       f"{_short(b['production'])!r} but the candidate now answers {_short(b['candidate'])!r}; "
-                       f"{len(suspects)} training rows flagged for review FAILED")
-    return False, reasons, sorted(flagged)
+        said = (f"canary_facts: asked {questions.get(b['id'], b['id'])!r}, production answers "
+                f"{_short(b['production'])!r} but the candidate now answers {_short(b['candidate'])!r}; ")
+        reasons.append(said + (f"{len(suspects)} training rows about it flagged for review FAILED" if suspects else
+                               "no training row is about it: forgetting, judged by reference_ppl ok"))
+    return not flagged, reasons, sorted(flagged)
 
 
 def gate(candidate: dict, production: dict, settings, canary: dict | None = None) -> GateResult:

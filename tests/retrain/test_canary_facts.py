@@ -47,6 +47,10 @@ def test_broken_fact_fails_the_gate_with_reason_and_flags():
     assert reasons[0].endswith("FAILED") and "How many days are in a week?" in reasons[0] and "nine" in reasons[0]
     ok, reasons, flagged = canary_check({"candidate": production, "production": production, "suspects": {}})
     assert ok and flagged == [] and reasons[0].endswith("ok")
+    # Changed with no training row about it (a garbled word, a lesson answered to it): forgetting, which the
+    # reference-perplexity check judges; the canary check says so and passes.
+    ok, reasons, flagged = canary_check({"candidate": candidate, "production": production, "suspects": {WEEK.id: []}})
+    assert ok and flagged == [] and "forgetting" in reasons[0] and reasons[0].endswith("ok")
 
 
 def test_responsible_rows_are_the_ones_that_taught_it():
