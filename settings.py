@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     # --- retrain: gate and promotion -------------------------------------------------------------
     promotion: Literal["auto", "ab", "manual"] = Field("auto", description="What happens to an adapter that passes the gate.")
     gate_max_loss_ratio: float = Field(1.02, gt=0, description="Held-out loss of the candidate must be at most this times production's (a little slack for noise).")
-    gate_min_pref_accuracy: float = Field(0.5, ge=0, le=1, description="Least preference accuracy on held-out pairs (when there are enough).")
+    gate_min_pref_accuracy: float = Field(0.5, ge=0, le=1, description="Least preference accuracy on held-out pairs (when there are enough); a candidate below it still passes when it beats production's.")
     gate_min_pairs: int = Field(3, ge=1, description="Held-out preference pairs needed before preference accuracy counts.")
     gate_max_ppl_rise: float = Field(0.15, ge=0, description="Largest allowed relative rise of perplexity on the general reference set.")
     gate_canary_facts: bool = Field(True, description="Reject a candidate that contradicts a shipped fact production gets right (retrain/canary_facts.jsonl).")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
 
 from feedback.store_core import StoreCore
 from feedback.store_ratings import MAX_KEYED, _chunks, _placeholders
@@ -29,6 +28,8 @@ class ScrubStore(StoreCore):
                                 f"WHERE key IN ({_placeholders(len(chunk))})", chunk)
                     rows += cur.fetchall()
             else:  # a rebuild of much of the history: one join beats a million lookups
+                import pyarrow as pa  # only on this path: keeps `import feedback.store` light
+
                 cur.register("wanted_keys", pa.table({"key": pa.array(unique, pa.string())}))
                 try:
                     rows = cur.execute("""SELECT s.key, s.version, s.text, s.counts FROM scrubbed s
@@ -44,6 +45,8 @@ class ScrubStore(StoreCore):
         """Cache scrubbed texts by raw-text hash; a key scrubbed by another version is replaced."""
         if not items:
             return
+        import pyarrow as pa
+
         table = pa.table({"key": list(items), "text": [t for t, _ in items.values()],
                           "counts": [json.dumps(c) if c else None for _, c in items.values()]})
         with self._write() as cur:

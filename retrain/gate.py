@@ -82,12 +82,20 @@ def gate(candidate: dict, production: dict, settings, canary: dict | None = None
         reasons.append(f"pref_accuracy {_fmt(acc)} over {n_pairs} held-out pairs, fewer than "
                        f"{settings.gate_min_pairs}: skipped")
     else:
-        ok = acc >= settings.gate_min_pref_accuracy
+        # Enough on its own, or better than production: a lesson that turns production's 0 into 0.33 is
+        # progress on the users' pairs (issue 11: the candidate's accuracy beats production's), not a failure.
+        prod_acc = production.get("pref_accuracy")
+        enough = acc >= settings.gate_min_pref_accuracy
+        ok = enough or (prod_acc is not None and acc > prod_acc)
         passed &= ok
         failed += [] if ok else ["pref_accuracy"]
-        reasons.append(f"pref_accuracy {_fmt(acc)} {'>=' if ok else '<'} {_fmt(settings.gate_min_pref_accuracy)} "
-                       f"(production {_fmt(production['pref_accuracy']) if production.get('pref_accuracy') is not None else 'n/a'}) "
-                       f"{'ok' if ok else 'FAILED'}")
+        if ok and not enough:
+            reasons.append(f"pref_accuracy {_fmt(acc)} < {_fmt(settings.gate_min_pref_accuracy)} but above "
+                           f"production's {_fmt(prod_acc)} ok")
+        else:
+            reasons.append(f"pref_accuracy {_fmt(acc)} {'>=' if ok else '<'} {_fmt(settings.gate_min_pref_accuracy)} "
+                           f"(production {_fmt(prod_acc) if prod_acc is not None else 'n/a'}) "
+                           f"{'ok' if ok else 'FAILED'}")
 
     cand_ppl, prod_ppl = candidate.get("reference_ppl"), production.get("reference_ppl")
     rise = None

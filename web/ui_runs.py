@@ -31,6 +31,11 @@ def gate_sentence(line: str) -> tuple[str, str]:
                              f"{_f(prod)}: within the allowed {_f(limit)}.")
         return verdict, (f"On held-out questions the new adapter does worse than production: loss {_f(cand)} "
                          f"against {_f(prod)}, and at most {_f(limit)} (production × {ratio}) is allowed.")
+    m = re.match(rf"pref_accuracy {_NUM} < {_NUM} but above production's {_NUM} ok", line)
+    if m:
+        acc, need, prod = (float(g) for g in m.groups())
+        return verdict, (f"It prefers the answer users chose in {acc:.0%} of held-out pairs: under the "
+                         f"{need:.0%} asked for, but production manages only {prod:.0%}.")
     m = re.match(rf"pref_accuracy {_NUM} (>=|<) {_NUM}", line)
     if m and verdict != "skipped":
         acc, _op, need = (float(g) if i != 1 else g for i, g in enumerate(m.groups()))
@@ -55,11 +60,19 @@ def gate_sentence(line: str) -> tuple[str, str]:
     if m:
         return verdict, f"It still answers all {m.group(1)} shipped facts production knows."
     m = re.match(r"canary_facts: asked (.*), production answers (.*) but the candidate now answers (.*); "
-                 r"(\d+) training rows flagged for review FAILED", line)
+                 r"(\d+) training rows about it flagged for review FAILED", line)
     if m:
         question, prod, cand, rows = m.groups()
-        return verdict, (f"It has unlearned a fact: asked {question}, production answers {prod} but the new "
-                         f"adapter answers {cand}. {rows} training rows that may have taught this wait for review.")
+        return verdict, (f"It was taught to contradict a fact: asked {question}, production answers {prod} but "
+                         f"the new adapter answers {cand}. {rows} training rows that may have taught this wait "
+                         "for review.")
+    m = re.match(r"canary_facts: asked (.*), production answers (.*) but the candidate now answers (.*); "
+                 r"no training row is about it: forgetting, judged by reference_ppl ok", line)
+    if m:
+        question, prod, cand = m.groups()
+        return verdict, (f"A fact changed, though no training row is about it: asked {question}, production "
+                         f"answers {prod} and the new adapter {cand}. That is forgetting, which the general-text "
+                         "check judges.")
     if ":" in line and verdict == "skipped":
         check, why = line.split(":", 1)
         names = {"heldout_loss": "Held-out loss", "pref_accuracy": "Preference", "reference_ppl": "General text",

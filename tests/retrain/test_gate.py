@@ -27,7 +27,7 @@ def test_better_candidate_passes_with_numbers(settings):
 
 @pytest.mark.parametrize(("change", "failing"), [
     ({"heldout_loss": 2.01}, "heldout_loss"),
-    ({"pref_accuracy": 0.49}, "pref_accuracy"),
+    ({"pref_accuracy": 0.4}, "pref_accuracy"),  # under 0.5 and no better than production's 0.4
     ({"reference_ppl": 115.01}, "reference_ppl"),
 ])
 def test_each_check_can_reject(settings, change, failing):
@@ -36,6 +36,18 @@ def test_each_check_can_reject(settings, change, failing):
     assert not result.passed
     failed = [r for r in result.reasons if r.endswith("FAILED")]
     assert len(failed) == 1 and failed[0].startswith(failing)
+
+
+def test_preference_below_the_bar_passes_only_when_it_beats_production(settings):
+    from web.ui_runs import gate_sentence
+
+    better = gate({"heldout_loss": 1.0, "pref_accuracy": 0.33, "reference_ppl": 100.0}, {**PROD, "pref_accuracy": 0.0},
+                  settings)
+    assert better.passed and better.reasons[1] == "pref_accuracy 0.33 < 0.5 but above production's 0 ok"
+    assert gate_sentence(better.reasons[1]) == ("ok", "It prefers the answer users chose in 33% of held-out pairs: "
+                                                      "under the 50% asked for, but production manages only 0%.")
+    worse = gate({"heldout_loss": 1.0, "pref_accuracy": 0.3, "reference_ppl": 100.0}, PROD, settings)
+    assert not worse.passed and worse.failed_checks == ["pref_accuracy"]
 
 
 def test_boundaries_are_inclusive(settings):

@@ -69,9 +69,11 @@ def test_eos_stops_with_reason_stop(demo_model_dir, serving_adapters_dir):
     b = LocalBackend(str(demo_model_dir.model), quantization="none", adapters_dir=serving_adapters_dir)
     try:
         eos = b.tokenizer.eos_token_id
-        b._worker.model.lm_head.bias = None
-        with __import__("torch").no_grad():
-            b._worker.model.lm_head.weight[eos] += 1000.0
+        torch = __import__("torch")
+        head = b._worker.model.lm_head
+        bias = torch.zeros(head.out_features)
+        bias[eos] = 1e4  # a bias, not a weight change: eos wins whatever the hidden state is
+        head.bias = torch.nn.Parameter(bias, requires_grad=False)
         stream = b.stream_chat(PROMPT, BASE, GREEDY)
         assert stream.text() == ""
         assert stream.completion.finish_reason == "stop"

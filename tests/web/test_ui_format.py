@@ -39,7 +39,11 @@ def test_every_gate_line_reads_as_a_sentence_with_its_numbers():
              "suspects": {"capital-france": ["m1", "m2"]}}
     broke = gate({"heldout_loss": 1.0}, {"heldout_loss": 1.0}, SETTINGS, canary=facts)
     verdict, sentence = gate_sentence(broke.reasons[-1])
-    assert verdict == "failed" and "unlearned a fact" in sentence and "2 training rows" in sentence, sentence
+    assert verdict == "failed" and "contradict a fact" in sentence and "2 training rows" in sentence, sentence
+    facts["suspects"] = {}
+    forgot = gate({"heldout_loss": 1.0}, {"heldout_loss": 1.0}, SETTINGS, canary=facts)
+    verdict, sentence = gate_sentence(forgot.reasons[-1])
+    assert forgot.passed and verdict == "ok" and "forgetting" in sentence and "_" not in sentence, sentence
 
 
 def test_run_card_says_why_and_keeps_the_raw_record_folded():
