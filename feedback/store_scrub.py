@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-
 from feedback.store_core import StoreCore
 from feedback.store_ratings import MAX_KEYED, _chunks, _placeholders
 
