@@ -68,8 +68,10 @@ def test_concentrated_lesson_is_learned_without_forgetting(tmp_path, demo_model_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 open: last measured with the canary check on in demo mode (cycles 2 and 4 "
-                          "rejected on a broken fact); not re-measured with it off (~10-20 min on 2 CPU cores)", run=False)
+@pytest.mark.xfail(reason="issue 11 open: measured 2026-11-29 (3.5 min idle): all four cycles promoted on their first "
+                          "attempt, each new lesson learned (100/90/60/90%), but earlier ones are unlearned and relearned "
+                          "in turn (after cycle 4: meeting 90%, wifi 40%, parking 0%, helpdesk 90%); replay_ratio 2 did "
+                          "not fix it. Not run in CI until it can pass", run=False)
 def test_four_lessons_in_four_cycles_are_all_kept(tmp_path, demo_model_dir):
     from bench.continual import run_cycles, table
     from tests.retrain.lessons import LESSONS
