@@ -22,7 +22,6 @@ from tests.web.conftest import ROOT, seed_data_dir, start_app
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make browser)")
-@pytest.mark.xfail(reason="issue 11: passed once (270 s) with demo mode's canary check off; not yet run twice", strict=False)
 def test_backed_off_run_shows_every_attempt(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)

@@ -32,14 +32,14 @@ def seed_data_dir(data_dir: Path, demo) -> None:
     shutil.copytree(demo.adapters, data_dir / "adapters", dirs_exist_ok=True)  # may be its own mount
 
 
-def add_users(data_dir: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Users in ``data_dir``'s users file (the one named "admin" is an admin), each with an API token."""
+def add_users(data_dir: Path, names: tuple[str, ...], admins: tuple[str, ...] = ("admin",)) -> dict[str, str]:
+    """Users in ``data_dir``'s users file (those named in ``admins`` are admins), each with an API token."""
     from web.auth import UserDirectory
 
     users = UserDirectory(data_dir / "users.toml")
     tokens = {}
     for name in names:
-        users.add_user(name, f"{name}-password", "admin" if name == "admin" else "user")
+        users.add_user(name, f"{name}-password", "admin" if name in admins else "user")
         tokens[name] = users.create_token(name)
     return tokens
 

@@ -10,19 +10,13 @@ from pathlib import Path
 import pytest
 
 from feedback.store_review import MAX_IDS
-from tests.web.conftest import seed_data_dir, start_app
-from web.auth import UserDirectory
+from tests.web.conftest import add_users, seed_data_dir, start_app
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 
 def make_users(data_dir: Path, names=("root", "ann", "ben")) -> dict[str, str]:
-    users = UserDirectory(data_dir / "users.toml")
-    tokens = {}
-    for name in names:
-        users.add_user(name, f"{name}-password", "admin" if name == "root" else "user")
-        tokens[name] = users.create_token(name)
-    return tokens
+    return add_users(data_dir, names, admins=("root",))
 
 
 @pytest.fixture(scope="module")
