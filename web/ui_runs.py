@@ -60,19 +60,17 @@ def gate_sentence(line: str) -> tuple[str, str]:
     if m:
         return verdict, f"It still answers all {m.group(1)} shipped facts production knows."
     m = re.match(r"canary_facts: asked (.*), production answers (.*) but the candidate now answers (.*); "
-                 r"(\d+) training rows about it flagged for review FAILED", line)
+                 r"(?:(\d+) training rows about it flagged for review FAILED|no training row is about it: "
+                 r"forgetting, judged by reference_ppl ok)$", line)
     if m:
         question, prod, cand, rows = m.groups()
+        if rows is None:
+            return verdict, (f"A fact changed, though no training row is about it: asked {question}, production "
+                             f"answers {prod} and the new adapter {cand}. That is forgetting, which the "
+                             "general-text check judges.")
         return verdict, (f"It was taught to contradict a fact: asked {question}, production answers {prod} but "
                          f"the new adapter answers {cand}. {rows} training rows that may have taught this wait "
                          "for review.")
-    m = re.match(r"canary_facts: asked (.*), production answers (.*) but the candidate now answers (.*); "
-                 r"no training row is about it: forgetting, judged by reference_ppl ok", line)
-    if m:
-        question, prod, cand = m.groups()
-        return verdict, (f"A fact changed, though no training row is about it: asked {question}, production "
-                         f"answers {prod} and the new adapter {cand}. That is forgetting, which the general-text "
-                         "check judges.")
     if ":" in line and verdict == "skipped":
         check, why = line.split(":", 1)
         names = {"heldout_loss": "Held-out loss", "pref_accuracy": "Preference", "reference_ppl": "General text",
