@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ PEFT_BASE = "__base__"  # how peft's mixed-batch forward names "no adapter" for 
 _END = object()  # stream sentinel: the answer is complete
 DEFAULT_BATCH_CPU = 8  # a CPU step costs about linearly more per row beyond a few rows
 DEFAULT_BATCH_GPU = 32  # a GPU step costs about the same for 1 or 32 rows of a small model
+GIL_SWITCH_INTERVAL_S = 0.0005  # see GenerationWorker.start
 
 
 def default_max_batch_size(device_type: str) -> int:
@@ -172,7 +174,8 @@ class _Control:
 class GenerationWorker:
     """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between decode steps."""
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512):
+    def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512,
+                 admit_every_steps: int = 2):
         self.model = model  # becomes a PeftModel when the first adapter is loaded
         self.tokenizer = tokenizer
         device = getattr(model, "device", None) or next(model.parameters()).device
@@ -180,6 +183,9 @@ class GenerationWorker:
         self.max_batch_size = max_batch_size or default_max_batch_size(device.type)
         # A step admits waiting prompts until their tokens reach this; a longer prompt is admitted alone.
         self.prefill_tokens_per_step = prefill_tokens_per_step
+        # While rows decode, waiting requests are admitted together every this many steps (see _admission_due).
+        self.admit_every_steps = admit_every_steps
+        self._since_admit = 0  # decode steps run since the last admission
         self._queue: queue.Queue = queue.Queue()
         self._waiting: deque[GenerationRequest] = deque()
         self._pending_controls: list[_Control] = []
@@ -195,6 +201,11 @@ class GenerationWorker:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        # Every torch op this thread runs releases the GIL and must win it back from the HTTP threads; by
+        # default a busy thread keeps it up to 5 ms, so under load a decode step of a few hundred small ops
+        # waited mostly for the GIL (``bench/load.py``: half the step time). A shorter interval bounds that
+        # wait; the request threads only lose some throughput of pure-Python work.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
 
@@ -340,16 +351,47 @@ class GenerationWorker:
             self._batch.keep(indices)
 
     def _adapter_names(self, rows: list[_Row]) -> list[str] | None:
+        """peft's ``adapter_names`` for a forward over ``rows``; None when the active adapter serves them all.
+
+        The mixed-batch forward costs forward hooks plus a gather and a scatter per LoRA layer and adapter;
+        when every row wants the same adapter, making it the active one (here, on the thread that owns the
+        model, between forwards) runs peft's plain LoRA forward: a third less per decode step on the demo
+        model, same logits. Base-only rows keep ``adapter_names``, which skips LoRA for them.
+        """
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
+            names = {row.adapter_name for row in rows}
+            if len(names) == 1 and PEFT_BASE not in names:
+                name = names.pop()
+                if self.model.active_adapter != name:
+                    self.model.set_adapter(name, inference_mode=True)
+                return None
             return [row.adapter_name for row in rows]
         if any(row.request.adapter != BASE for row in rows):
             raise BackendUnavailable("an adapter was requested but none is loaded in the model")
         return None
 
+    def _admission_due(self) -> bool:
+        """Whether this step admits the waiting requests, or lets them gather for a step or two more.
+
+        Each admission costs a prefill forward and a cache copy whatever its size, so arrivals are
+        gathered as TGI's router does (``waiting_served_ratio``, ``max_waiting_tokens``): at once when
+        nothing runs or the waiting line is as long as the running batch, else every ``admit_wait_steps``
+        decode steps (1: every step), which bounds the extra wait of a new chat to that many steps.
+        Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads) admitting at
+        every step cost 20-30% of the throughput for no better TTFT: each step paid a prefill forward.
+        """
+        if not self._waiting or len(self._rows) >= self.max_batch_size:
+            return False
+        return (not self._rows or len(self._waiting) >= len(self._rows)
+                or self.admit_every_steps <= 1 or self._since_admit >= self.admit_every_steps)
+
     def _admit(self) -> None:
         """Prefill waiting requests that fit (batch room, token budget) and join them to the running batch."""
+        if not self._admission_due():
+            return
+        self._since_admit = 0
         room = self.max_batch_size - len(self._rows)
         group: list[GenerationRequest] = []
         tokens = 0
@@ -391,6 +433,7 @@ class GenerationWorker:
         try:
             logits = self._batch.decode(self.model, [row.next_token for row in rows], self._adapter_names(rows))
             self.steps += 1
+            self._since_admit += 1
             done = self._sample(rows, logits)
         except Exception as exc:  # one failed step must not take the worker down
             self._fail(rows, exc, "decode step of %d row(s) failed")

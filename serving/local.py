@@ -77,6 +77,7 @@ class LocalBackend:
         max_new_tokens: int = 512,
         max_batch_size: int | None = None,
         prefill_tokens_per_step: int = 512,
+        admit_every_steps: int = 2,
     ):
         from serving.model_loading import load_base_model, resolve_quantization
 
@@ -90,7 +91,8 @@ class LocalBackend:
         self.device = str(lm.device)
         self.quantization = resolve_quantization(quantization, lm.device.type == "cuda")
         self._worker = self.worker_class(lm, tokenizer, max_batch_size=max_batch_size,
-                                         prefill_tokens_per_step=prefill_tokens_per_step)
+                                         prefill_tokens_per_step=prefill_tokens_per_step,
+                                         admit_every_steps=admit_every_steps)
         self.adapters = AdapterManager(
             self.adapters_dir,
             base_model_name_or_path=self.model_path,
@@ -118,6 +120,7 @@ class LocalBackend:
             max_new_tokens=settings.max_new_tokens,
             max_batch_size=settings.max_batch_size,
             prefill_tokens_per_step=settings.prefill_tokens_per_step,
+            admit_every_steps=settings.admit_every_steps,
         )
 
     # --- generation -----------------------------------------------------------------------------

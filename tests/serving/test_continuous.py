@@ -239,7 +239,7 @@ def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
 
     # A worker of its own, driven step by step on this thread (the model is only read).
     worker = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer, max_batch_size=8,
-                              prefill_tokens_per_step=25)
+                              prefill_tokens_per_step=25, admit_every_steps=1)
     prompt = list(range(10, 20))  # 10 tokens: two fit the budget of 25, a third does not
 
     def request(ids):
@@ -260,3 +260,101 @@ def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
         worker._admit()  # no room: nothing joins
         assert (worker.running, len(worker._waiting)) == (5, 1)
     assert worker._batch.rows == 5
+
+
+def _request(ids, max_tokens, adapter=BASE):
+    from serving.batching import GenerationRequest
+    from serving.types import Completion
+
+    return GenerationRequest(prompt_ids=ids, adapter=adapter, max_tokens=max_tokens, temperature=0, top_p=1.0,
+                             cancel=threading.Event(), completion=Completion())
+
+
+def _drive(worker, arrivals: dict[int, list]) -> None:
+    """Run ``worker``'s loop on this thread; ``arrivals[k]`` join the waiting line before step k."""
+    import torch
+
+    step = 0
+    with torch.inference_mode():
+        while arrivals or worker.running or worker._waiting:
+            worker._waiting.extend(arrivals.pop(step, []))
+            worker._admit()
+            if worker.running:
+                worker._decode_step()
+            step += 1
+
+
+def test_arrivals_gather_and_join_together_every_n_steps(qwen_backend):
+    """While rows decode, requests arriving over several steps are prefilled together, each as it is alone."""
+    import torch
+
+    from serving.batching import GenerationWorker
+
+    def worker(every):  # its own worker, driven on this thread (the model is only read)
+        return GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer, max_batch_size=8,
+                                admit_every_steps=every)
+
+    tok = qwen_backend.tokenizer
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    adapters = ["qa", BASE, "qb", "qa", "qb", BASE]
+    solo = []
+    for i, ids in enumerate(prompts):
+        alone = _request(ids, 12, adapters[i])
+        _drive(worker(1), {0: [alone]})
+        solo.append(alone.completion.text)
+
+    w = worker(3)
+    first = [_request(prompts[i], 12, adapters[i]) for i in range(3)]
+    late = [_request(prompts[i], 12, adapters[i]) for i in range(3, 5)]
+    w._waiting.extend(first)
+    with torch.inference_mode():
+        w._admit()  # nothing runs: admitted at once
+        assert (w.running, w.prefills) == (3, 1)
+        w._waiting.append(late[0])
+        w._admit()
+        w._decode_step()
+        w._waiting.append(late[1])
+        for _ in range(2):
+            w._admit()  # 1 and 2 steps since the last admission, 2 waiting < 3 running: they wait
+            assert (w.running, len(w._waiting), w.prefills) == (3, 2, 1)
+            w._decode_step()
+        w._admit()  # the third step: both join in one prefill
+        assert (w.running, len(w._waiting), w.prefills) == (5, 0, 2)
+        burst = [_request(prompts[5], 12, adapters[5]) for _ in range(5)]
+        w._waiting.extend(burst)  # as many waiting as running: admitted at once, whatever the step count
+        w._decode_step()
+        w._admit()
+        assert (w.running, len(w._waiting), w.prefills) == (8, 2, 3)  # as far as the batch has room
+    _drive(w, {})
+    for i, r in enumerate(first + late):
+        assert (r.completion.text, r.completion.finish_reason) == (solo[i], "length"), i
+    assert all(r.completion.text == solo[5] for r in burst)
+
+
+def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
+    """A step whose rows share an adapter runs peft's plain LoRA forward (same logits), others the mixed one."""
+    import torch
+
+    from serving.batching import GenerationWorker, _Row
+    from serving.kv_batch import RunningBatch
+
+    w = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer)
+    tok = qwen_backend.tokenizer
+    rows = [_Row(_request(tok(p, add_special_tokens=False)["input_ids"], 5, "qb"), tok) for p in PROMPTS[:3]]
+    assert w._adapter_names(rows) is None and w.model.active_adapter == "qb"
+    with torch.inference_mode():
+        prompts = [r.request.prompt_ids for r in rows]
+        _, plain = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, None)
+        _, mixed = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["qb"] * 3)
+        assert torch.equal(plain, mixed)
+        _, base = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["__base__"] * 3)
+        assert not torch.equal(plain, base)
+    rows.append(_Row(_request([5, 6], 5, BASE), tok))
+    assert w._adapter_names(rows) == ["qb", "qb", "qb", "__base__"]
+    assert w._adapter_names(rows[3:]) == ["__base__"]  # base rows skip LoRA through adapter_names
+    # Through the backend: uniform batches of one adapter, then of another, each answer as alone.
+    for adapter in ("qa", "qb", "qa"):
+        specs = [s for s in SPECS if s[1] == adapter]
+        readers = [Reader(ask(qwen_backend, *spec)) for spec in specs]
+        for spec, reader in zip(specs, readers, strict=True):
+            assert reader.join() == solo[spec][0], spec
