@@ -1,11 +1,13 @@
 """The generation worker: one thread owns the model and schedules every decode step (continuous batching).
 
 At each step the worker drops the rows that finished, were cancelled or hit a stop, admits waiting
-requests (prefilled together within a token budget, then joined to the running batch: see
-``serving/kv_batch.py``) and runs one decode step for all rows. A new chat therefore starts within one
-step, whatever else is generating. Rows of different adapters share each step through peft's
-mixed-adapter forward (``adapter_names``). Adapter loads and unloads run on this same thread between
-steps, so no forward ever sees a half-loaded adapter and no request thread changes the model.
+requests (every ``admit_every_steps`` steps while rows decode, at once when none do; prefilled together
+within a token budget, then joined to the running batch: see ``serving/kv_batch.py``) and runs one
+decode step for all rows. A new chat therefore starts within a step or two, whatever else is generating.
+Rows of different adapters share each step through peft's mixed-adapter forward (``adapter_names``);
+a step whose rows all want one adapter runs it as peft's active adapter. Adapter loads and unloads run
+on this same thread between steps, so no forward ever sees a half-loaded adapter and no request thread
+changes the model.
 """
 
 from __future__ import annotations
