@@ -358,3 +358,13 @@ def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
         readers = [Reader(ask(qwen_backend, *spec)) for spec in specs]
         for spec, reader in zip(specs, readers, strict=True):
             assert reader.join() == solo[spec][0], spec
+
+
+def test_running_worker_keeps_the_gil_switch_interval_short(qwen_backend):
+    """Each torch op of the worker gives up the GIL; the HTTP threads must hand it back within 0.5 ms."""
+    import sys
+
+    from serving.batching import GIL_SWITCH_INTERVAL_S
+
+    assert qwen_backend._worker.alive
+    assert sys.getswitchinterval() <= GIL_SWITCH_INTERVAL_S
