@@ -379,7 +379,7 @@ class GenerationWorker:
 
         Each admission costs a prefill forward and a cache copy whatever its size, so arrivals are
         gathered as TGI's router does (``waiting_served_ratio``, ``max_waiting_tokens``): at once when
-        nothing runs or the waiting line is as long as the running batch, else every ``admit_wait_steps``
+        nothing runs or the waiting line is as long as the running batch, else every ``admit_every_steps``
         decode steps (1: every step), which bounds the extra wait of a new chat to that many steps.
         Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads) admitting at
         every step cost 20-30% of the throughput for no better TTFT: each step paid a prefill forward.
