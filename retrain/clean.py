@@ -77,6 +77,19 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+# Shorter than this, a prefix says little ("I", "Yes, the"): such answers must match whole.
+MIN_PREFIX_CHARS = 20
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Whether two normalised answers are the same answer: equal, or one cut short of the other (by
+    ``max_tokens``) or followed by more text, the shorter at least ``MIN_PREFIX_CHARS`` long."""
+    if a == b:
+        return True
+    shorter = min(a, b, key=len)
+    return len(shorter) >= MIN_PREFIX_CHARS and (a.startswith(b) or b.startswith(a))
+
+
 def estimate_tokens(text: str) -> int:
     """Token count without a tokenizer: BPE vocabularies average about 4 tokens per 3 English words."""
     return math.ceil(len(text.split()) * 4 / 3)

@@ -38,6 +38,7 @@ from retrain.clean import (
     drop_long,
     drop_short,
     normalise,
+    same_answer,
 )
 from retrain.dedup import CachedEmbedder, EmbeddingCache, _dialogue, exact_dedup, near_dedup, text_key
 from retrain.pii import CachedScrubber
@@ -210,34 +211,96 @@ def complete_snapshots(datasets_dir: Path, up_to: datetime | None = None) -> lis
 _SOURCE_ID_TAIL = re.compile(rb', "source_id": "([^"]*)"}$')
 
 
-def sample_replay(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
-    """``n`` distinct rows drawn with ``seed`` from the SFT train files of ``snapshots``.
+def _replay_pools(snapshots: list[Snapshot], file: str, exclude: Collection[str]) -> list[list[bytes]]:
+    """Per snapshot, the lines of ``file`` it added (without source ids; a replayed copy belongs to the
+    snapshot the row first appeared in), less discarded answers' rows.
 
-    Rows whose source id is in ``exclude`` (answers an admin discarded after they trained) are never
-    drawn, nor are their replayed copies in later snapshots: a discarded lesson does not come back.
-    Only the drawn lines are parsed; reading the files is a byte scan, so a large history costs
-    little next to the new data's embeddings.
+    Rows whose source id is in ``exclude`` (answers an admin discarded after they trained) are left out,
+    and so are their replayed copies in later snapshots: a discarded lesson does not come back.
     """
-    if n <= 0 or not snapshots:
-        return []
-    pool: dict[bytes, None] = {}  # replayed rows recur in later files; count each once
+    owner: dict[bytes, int] = {}
     banned: set[bytes] = set()
-    for snap in snapshots:
-        for line in snap.sft_train_path.read_bytes().splitlines():
+    for i, snap in enumerate(snapshots):
+        path = snap.path / file
+        if not path.is_file():
+            continue
+        for line in path.read_bytes().splitlines():
             if line.strip():
                 # The row without its source id (written last): a replayed copy is the same row.
                 tail = _SOURCE_ID_TAIL.search(line)
                 key = _SOURCE_ID_TAIL.sub(b"}", line)
                 if tail and tail.group(1).decode() in exclude:
                     banned.add(key)
-                pool[key] = None
-    lines = [line for line in pool if line not in banned]
-    picked = random.Random(seed).sample(lines, min(n, len(lines)))
-    out = []
-    for line in picked:
-        row = json.loads(line)
-        out.append(Example(prompt=row["prompt"], completion=row["completion"][0]["content"], replay=True,
-                           source_id="replay:" + hashlib.sha256(line).hexdigest()[:16]))
+                owner.setdefault(key, i)
+    pools: list[list[bytes]] = [[] for _ in snapshots]
+    for key, i in owner.items():
+        if key not in banned:
+            pools[i].append(key)
+    return pools
+
+
+def _replayed(line: bytes) -> Example:
+    row = json.loads(line)
+    chosen = row["chosen" if "chosen" in row else "completion"][0]["content"]
+    rejected = row["rejected"][0]["content"] if "rejected" in row else None
+    return Example(prompt=row["prompt"], completion=chosen, rejected=rejected, replay=True,
+                   source_id="replay:" + hashlib.sha256(line).hexdigest()[:16])
+
+
+def sample_replay(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+    """``n`` distinct rows drawn with ``seed`` from the SFT train files of ``snapshots``, as evenly over the
+    snapshots as their rows allow, none of an answer in ``exclude``.
+
+    Even, not uniform over rows: each run's data is what one night's users taught, and a uniform draw gives
+    the oldest (and largest) runs most of the sample. Measured on the four-cycle test, a uniform draw of 22
+    rows in cycle 3 held 13 rows of the first lesson and 9 of the second, which fell from 90% to 60% of its
+    held-out phrasings (class-balanced rehearsal; Chaudhry et al. 2019, "On Tiny Episodic Memories in
+    Continual Learning"). Only the drawn lines are parsed; reading the files is a byte scan, so a large
+    history costs little next to the new data's embeddings.
+    """
+    if n <= 0 or not snapshots:
+        return []
+    rng = random.Random(seed)
+    pools = [pool for pool in _replay_pools(snapshots, SFT_TRAIN, exclude) if pool]
+    for pool in pools:
+        rng.shuffle(pool)
+    rng.shuffle(pools)
+    picked: list[bytes] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(pool) for pool in pools):
+        picked += [pool[depth] for pool in pools if depth < len(pool)][: n - len(picked)]
+        depth += 1
+    return [_replayed(line) for line in picked]
+
+
+def taught_answers(snapshots: list[Snapshot], exclude: Collection[str] = ()) -> set[str]:
+    """The chosen answers (normalised) of the earlier pairs in ``snapshots``: corrections and arena winners."""
+    return {normalise(_replayed(line).completion) for pool in _replay_pools(snapshots, PREF_TRAIN, exclude)
+            for line in pool}
+
+
+def misplaced_lessons(pairs: list[Example], taught: set[str]) -> set[str]:
+    """The source ids of the new ``pairs`` whose rejected answer is a taught answer: an earlier pair's chosen
+    answer (``taught``) or another new pair's, whole or cut short (``retrain.clean.same_answer``).
+
+    Such a pair does not say the answer is bad, only misplaced: a small model first spills a fresh lesson
+    onto neighbouring questions, and the corrections of that spill are the next lesson. DPO on the pair
+    (and KTO on its rejected half) lowers the taught answer everywhere, not only where it was misplaced:
+    on the four-cycle test (bench/continual.py), each cycle unlearned the lesson before it, to 0-40% of its
+    held-out phrasings. Also tried there and worse: replaying the earlier lesson's own pairs beside them
+    (their rejected answers were the lesson before, and so on back), and a mirrored pair for each (the
+    earlier answer chosen over the new one in the earlier lesson's context). SFT on the correction moves the
+    answer out of the wrong place without that. A question whose answer changed (the meeting moved) is
+    taught the same way: SFT on the new answer, the old answer no longer contrasted in DPO.
+    """
+    taught = taught | {normalise(p.completion) for p in pairs}
+    out = set()
+    for p in pairs:
+        if p.rejected is None:
+            continue
+        rejected, chosen = normalise(p.rejected), normalise(p.completion)
+        if any(same_answer(rejected, t) for t in taught if t != chosen):
+            out.add(p.source_id)
     return out
 
 
@@ -343,11 +406,18 @@ def build_training_set(
     earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
                if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
+    discarded = store.discarded_message_ids()
     replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed,
-                           exclude=store.discarded_message_ids())
+                           exclude=discarded)
     counts["sft"]["replay"] = len(replay)
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
     views["sft"] = replay + views["sft"]
+    # A new pair that rejects a taught answer says where that answer does not belong, not that it is bad:
+    # it trains as SFT on the correction, not as a DPO or KTO contrast (``misplaced_lessons``).
+    misplaced = misplaced_lessons(views["pref"], taught_answers(earlier, discarded))
+    counts["pref"]["misplaced_lesson"] = len(misplaced)
+    views["pref"] = [e for e in views["pref"] if e.source_id not in misplaced]
+    views["kto"] = [e for e in views["kto"] if not (e.label is False and e.source_id in misplaced)]
 
     embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder,
                            embedders_dir=getattr(settings, "embedders_dir", None))

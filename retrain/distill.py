@@ -23,7 +23,10 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
+
+from retrain.clean import normalise, same_answer
 
 PROMPTS_PATH = Path(__file__).parent / "distill_prompts.jsonl"
 
@@ -45,6 +48,20 @@ def anchor_count(n_new: int, n_replay: int, ratio: float, scale: float, availabl
     """Anchors for ``n_new`` new rows: ``ratio`` per new row, less the replayed rows already there, times
     the attempt's ``scale``; at most what the prompt set gave."""
     return max(0, min(available, round((ratio * n_new - n_replay) * scale)))
+
+
+def drop_spills(anchors: list[dict], answers: Iterable[str]) -> list[dict]:
+    """``anchors`` less those whose answer is one of ``answers`` (the training rows' answers), whole or cut.
+
+    Production answering a general prompt with a taught sentence ("How do I stay focused?" -> "The guest
+    wifi is called Harbor...") is a lesson spilled where it does not belong; distilled, it would teach the
+    spill as everyday behaviour and hold it against the next lesson's corrections. Measured on the four-cycle
+    test (bench/continual.py): after the wifi lesson, 26 of production's 76 anchors were the wifi sentence,
+    and the next lesson (parking) reached 30% of its held-out phrasings, which were answered with it.
+    """
+    taught = {normalise(a) for a in answers if a and a.strip()}
+    return [r for r in anchors
+            if not any(same_answer(normalise(r["completion"][-1]["content"]), t) for t in taught)]
 
 
 def pick(anchors: list[dict], n: int, seed: int) -> list[dict]:

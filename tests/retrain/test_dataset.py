@@ -180,6 +180,54 @@ def test_second_build_replays_and_embeds_only_new_rows(data_store, data_settings
     assert [r for r in read(again.sft_train_path) if r in old] == old
 
 
+def test_replay_draws_evenly_from_each_earlier_run(data_store, data_settings, counting_embedder):
+    # A big first night and a small second one: a uniform draw would be almost all first-night rows.
+    for i in range(40):
+        add(data_store, f"Big night question {i}: how does valve {i * 13} open?", f"Valve {i * 13} opens by {i}.")
+    finish_run(data_store, build(data_store, data_settings, counting_embedder))
+    for i in range(4):
+        add(data_store, f"Small night question {i}: where is room {i * 31}?", f"Room {i * 31} is on floor {i}.")
+    finish_run(data_store, build(data_store, data_settings, counting_embedder))
+
+    for i in range(12):
+        add(data_store, f"Third night question {i}: what colour is gate {i * 7}?", f"Gate {i * 7} is green {i}.")
+    third = build(data_store, data_settings, counting_embedder)
+    replayed = [r["completion"][0]["content"] for r in read(third.sft_train_path) if r["source_id"].startswith("replay:")]
+    assert third.counts["sft"]["replay"] == 6  # replay_ratio 0.5 x 12 new rows
+    assert sum(a.startswith("Valve") for a in replayed) == 3 and sum(a.startswith("Room") for a in replayed) == 3
+
+
+def test_a_pair_that_rejects_a_taught_answer_trains_as_sft_only(data_store, data_settings, counting_embedder):
+    # The first lesson's answer spills onto printer questions, and their corrections reject it. Those pairs
+    # say where the answer does not belong, not that it is bad: they train as SFT on the correction, with no
+    # DPO pair and no KTO "bad" row that would lower the first lesson everywhere.
+    shelf = "Atlases are on shelf K, under the skylight."
+    for i in range(8):
+        add(data_store, f"Which shelf holds atlas volume {i * 11}?", f"Draft {i}: no idea.", rating="down",
+            correction=shelf)
+    first = build(data_store, data_settings, counting_embedder)
+    assert first.n_pref_train >= 4 and first.counts["pref"]["misplaced_lesson"] == 0
+    finish_run(data_store, first)
+
+    for i in range(4):
+        spilled = shelf.upper() if i % 2 else shelf[:30]  # whole, or cut short by max_tokens
+        add(data_store, f"Where does printer {i * 7} jam most?", spilled, rating="down",
+            correction=f"Printer {i * 7} jams at its rear tray.")
+    # Not a taught answer: a short shared opening, and a wrong answer nobody taught.
+    add(data_store, "Where are the maps kept?", "Atlases are", rating="down", correction="Maps are in drawer 3.")
+    add(data_store, "What is 6 times 7?", "41, I think.", rating="down", correction="6 times 7 is 42.")
+    second = build(data_store, data_settings, counting_embedder)
+
+    assert second.counts["pref"]["misplaced_lesson"] == 4
+    pairs = read(second.pref_train_path) + read(second.pref_heldout_path)
+    assert sorted(r["chosen"][0]["content"] for r in pairs) == ["6 times 7 is 42.", "Maps are in drawer 3."]
+    sft = [r["completion"][0]["content"] for r in read(second.sft_train_path) + read(second.sft_heldout_path)]
+    assert sum(a.startswith("Printer") for a in sft) == 4
+    kto = read(second.kto_train_path)
+    assert not [r for r in kto if not r["label"] and "SHELF K" in r["completion"][0]["content"].upper()]
+    assert sum(r["label"] and r["completion"][0]["content"].startswith("Printer") for r in kto) >= 3
+
+
 def test_a_discarded_answer_is_not_replayed_later(data_store, data_settings, counting_embedder):
     # An answer trains, is replayed once, and only then does an admin discard it: neither the row nor its
     # replayed copy may come back in any later snapshot.

@@ -8,6 +8,7 @@ from retrain.distill import (
     PROMPTS_PATH,
     anchor_count,
     cache_path,
+    drop_spills,
     generate_anchors,
     load_or_generate,
     load_prompts,
@@ -50,3 +51,18 @@ def test_unfinished_answers_are_dropped_and_the_cache_is_reused(tmp_path):
     again = load_or_generate(path, lambda: generate_anchors(generate, ["x?"], ""))
     assert again == rows and calls == [4]
     assert pick(rows, 1, seed=1) == pick(rows, 1, seed=1) and len(pick(rows, 5, seed=1)) == 2
+
+
+def test_an_anchor_that_says_a_taught_answer_is_a_spill_and_is_dropped():
+    def anchor(prompt, answer):
+        return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant",
+                                                                                "content": answer}]}
+
+    lesson = "The recycling truck comes on Thursdays before eight."
+    anchors = [anchor("How do I stay focused?", lesson),  # the lesson spilled onto a general prompt
+               anchor("Any tip for sleep?", "THE RECYCLING TRUCK COMES ON THURSDAYS"),  # the same, cut short
+               anchor("What is 3 + 4?", "3 + 4 = 7."),
+               anchor("Say hello.", "The recycling is")]  # a short shared opening is not the lesson
+    kept = drop_spills(anchors, [lesson, "Some other answer entirely."])
+    assert [r["prompt"][0]["content"] for r in kept] == ["What is 3 + 4?", "Say hello."]
+    assert drop_spills(anchors, []) == anchors
