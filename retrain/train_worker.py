@@ -320,18 +320,14 @@ def _anchors(spec: TrainSpec, model, tokenizer, sft_train: list[dict], answers: 
 
     if not spec.distill_cache_path or spec.distill_ratio <= 0:
         return []
-    n_new = len(_new_rows(sft_train))
-    n_replay = len(sft_train) - n_new
+    n_replay = sum(str(r.get("source_id", "")).startswith("replay:") for r in sft_train)
+    n_new = len(sft_train) - n_replay
     if anchor_count(n_new, n_replay, spec.distill_ratio, spec.distill_scale, 1) == 0:
         return []  # enough replay already: no need to generate
     rows = drop_spills(load_or_generate(spec.distill_cache_path, lambda: generate_anchors(
         lambda prompts: _greedy(model, tokenizer, prompts, spec.distill_max_new_tokens),
         load_prompts(), spec.system_prompt)), answers)
     return pick(rows, anchor_count(n_new, n_replay, spec.distill_ratio, spec.distill_scale, len(rows)), spec.seed)
-
-
-def _new_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if not str(r.get("source_id", "")).startswith("replay:")]
 
 
 def _dpo(spec, model, tokenizer, rows, progress, precision, quantized, work: Path):
@@ -348,8 +344,7 @@ def _dpo(spec, model, tokenizer, rows, progress, precision, quantized, work: Pat
         **_common_args(spec, work / "dpo", precision, quantized),
         learning_rate=spec.dpo_learning_rate,
         # A few dozen pairs need more than one pass on the demo model (fp32 = the CPU; a GPU run is bf16/fp16).
-        # Counted without replayed pairs: replaying older lessons must not make the new one train less.
-        num_train_epochs=1 if precision != "fp32" or len(_new_rows(rows)) >= 64 else 3,
+        num_train_epochs=1 if precision != "fp32" or len(rows) >= 64 else 3,
         beta=spec.dpo_beta,
         # Plus the NLL of the chosen answer (RPO, Pang et al. 2024): DPO alone may lower both answers'
         # likelihood as long as the gap grows, which drags down everyday text the rejected answers resemble.
