@@ -60,8 +60,12 @@ def drop_spills(anchors: list[dict], answers: Iterable[str]) -> list[dict]:
     and the next lesson (parking) reached 30% of its held-out phrasings, which were answered with it.
     """
     taught = {normalise(a) for a in answers if a and a.strip()}
-    return [r for r in anchors
-            if not any(same_answer(normalise(r["completion"][-1]["content"]), t) for t in taught)]
+
+    def spilled(row: dict) -> bool:
+        said = normalise(row["completion"][-1]["content"])  # once per anchor, not once per taught answer
+        return any(same_answer(said, t) for t in taught)
+
+    return [r for r in anchors if not spilled(r)]
 
 
 def pick(anchors: list[dict], n: int, seed: int) -> list[dict]:
