@@ -231,7 +231,7 @@ def test_max_batch_size_defaults():
 
 
 def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
-    """A burst of waiting prompts is admitted as far as the step's token budget goes; one is always admitted."""
+    """Waiting prompts take the step's token budget in order; the one that reaches its end goes in chunks."""
     import torch
 
     from serving.batching import GenerationRequest, GenerationWorker
@@ -240,26 +240,35 @@ def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
     # A worker of its own, driven step by step on this thread (the model is only read).
     worker = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer, max_batch_size=8,
                               prefill_tokens_per_step=25, admit_every_steps=1)
-    prompt = list(range(10, 20))  # 10 tokens: two fit the budget of 25, a third does not
+    prompt = list(range(10, 20))  # 10 tokens: two fit the budget of 25, the third gets 5 of its 10
 
     def request(ids):
         return GenerationRequest(prompt_ids=ids, adapter=BASE, max_tokens=50, temperature=0, top_p=1.0,
                                  cancel=threading.Event(), completion=Completion())
 
+    def step():
+        feeds = worker._plan()
+        worker._step()
+        return [len(f) for f in feeds]
+
     worker._waiting.extend(request(prompt) for _ in range(5))
     with torch.inference_mode():
         worker._admit()
-        assert (worker.running, len(worker._waiting)) == (2, 3)
-        worker._decode_step()
+        assert (worker.running, len(worker._waiting)) == (3, 2)
+        assert step() == [10, 10, 5]
+        worker._admit()  # 5 tokens of the third prompt are left: 20 for newcomers, two of 10
+        assert (worker.running, len(worker._waiting)) == (5, 0)
+        assert step() == [1, 1, 5, 10, 10]  # one forward: two rows decode, three take prompt tokens
+        assert step() == [1] * 5
+        worker._waiting.append(request(list(range(10, 70))))  # 60 tokens, over the budget on its own
         worker._admit()
-        assert (worker.running, len(worker._waiting)) == (4, 1)
-        worker._waiting.appendleft(request(list(range(10, 70))))  # 60 tokens, over the budget on its own
-        worker._admit()
-        assert (worker.running, len(worker._waiting)) == (5, 1)
-        worker.max_batch_size = 5
+        assert [step(), step(), step()] == [[1] * 5 + [25], [1] * 5 + [25], [1] * 5 + [10]]
+        assert len(worker._rows[5].tokens) == 1  # sampled once, when its prompt was all in
+        worker._waiting.append(request(prompt))
+        worker.max_batch_size = 6
         worker._admit()  # no room: nothing joins
-        assert (worker.running, len(worker._waiting)) == (5, 1)
-    assert worker._batch.rows == 5
+        assert (worker.running, len(worker._waiting)) == (6, 1)
+    assert worker._batch.rows == 6
 
 
 def _request(ids, max_tokens, adapter=BASE):
@@ -280,7 +289,7 @@ def _drive(worker, arrivals: dict[int, list]) -> None:
             worker._waiting.extend(arrivals.pop(step, []))
             worker._admit()
             if worker.running:
-                worker._decode_step()
+                worker._step()
             step += 1
 
 
@@ -309,26 +318,37 @@ def test_arrivals_gather_and_join_together_every_n_steps(qwen_backend):
     w._waiting.extend(first)
     with torch.inference_mode():
         w._admit()  # nothing runs: admitted at once
-        assert (w.running, w.prefills) == (3, 1)
+        assert w.running == 3
         w._waiting.append(late[0])
         w._admit()
-        w._decode_step()
+        w._step()
+        assert w.prefills == 1
         w._waiting.append(late[1])
         for _ in range(2):
             w._admit()  # 1 and 2 steps since the last admission, 2 waiting < 3 running: they wait
             assert (w.running, len(w._waiting), w.prefills) == (3, 2, 1)
-            w._decode_step()
-        w._admit()  # the third step: both join in one prefill
-        assert (w.running, len(w._waiting), w.prefills) == (5, 0, 2)
+            w._step()
+        w._admit()  # the third step: both join, their prompts in that step's one forward
+        w._step()
+        assert (w.running, len(w._waiting), w.prefills, w.steps) == (5, 0, 2, 4)
         burst = [_request(prompts[5], 12, adapters[5]) for _ in range(5)]
         w._waiting.extend(burst)  # as many waiting as running: admitted at once, whatever the step count
-        w._decode_step()
+        w._step()
         w._admit()
-        assert (w.running, len(w._waiting), w.prefills) == (8, 2, 3)  # as far as the batch has room
+        assert (w.running, len(w._waiting)) == (8, 2)  # as far as the batch has room
     _drive(w, {})
     for i, r in enumerate(first + late):
         assert (r.completion.text, r.completion.finish_reason) == (solo[i], "length"), i
     assert all(r.completion.text == solo[5] for r in burst)
+
+
+def _prefill(worker, prompts, adapter_names):
+    """Last-position logits of ``prompts`` fed together into a fresh batch."""
+    from serving.kv_batch import RunningBatch
+
+    batch = RunningBatch.empty(worker.device, worker.tokenizer.pad_token_id)
+    batch.add_rows(len(prompts))
+    return batch.step(worker.model, prompts, adapter_names)
 
 
 def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
@@ -336,7 +356,6 @@ def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
     import torch
 
     from serving.batching import GenerationWorker, _Row
-    from serving.kv_batch import RunningBatch
 
     w = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer)
     tok = qwen_backend.tokenizer
@@ -344,10 +363,10 @@ def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
     assert w._adapter_names(rows) is None and w.model.active_adapter == "qb"
     with torch.inference_mode():
         prompts = [r.request.prompt_ids for r in rows]
-        _, plain = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, None)
-        _, mixed = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["qb"] * 3)
+        plain = _prefill(w, prompts, None)
+        mixed = _prefill(w, prompts, ["qb"] * 3)
         assert torch.equal(plain, mixed)
-        _, base = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["__base__"] * 3)
+        base = _prefill(w, prompts, ["__base__"] * 3)
         assert not torch.equal(plain, base)
     rows.append(_Row(_request([5, 6], 5, BASE), tok))
     assert w._adapter_names(rows) == ["qb", "qb", "qb", "__base__"]
