@@ -180,7 +180,7 @@ class GenerationWorker:
     """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between steps."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512,
-                 admit_every_steps: int = 2):
+                 admit_every_steps: int = 1):
         self.model = model  # becomes a PeftModel when the first adapter is loaded
         self.tokenizer = tokenizer
         device = getattr(model, "device", None) or next(model.parameters()).device
@@ -416,8 +416,8 @@ class GenerationWorker:
         if not rows:
             return
         if self._batch is None:
-            self._batch = RunningBatch.empty(self.device, self.tokenizer.pad_token_id)
-        self._batch.add_rows(len(rows))
+            self._batch = RunningBatch(self.device, self.tokenizer.pad_token_id)
+        self._batch.add_rows([row.adapter_name for row in rows])  # a lane per adapter
         self._rows.extend(rows)
 
     def _plan(self) -> list[list[int]]:
@@ -445,7 +445,8 @@ class GenerationWorker:
         rows = self._rows
         feeds = self._plan()
         try:
-            logits = self._batch.step(self.model, feeds, self._adapter_names(rows))
+            names = self._adapter_names(rows)  # None: one adapter, made the active one
+            logits = self._batch.step(self.model, feeds, None if names is None else self._batch.lanes)
             self.steps += 1
             self.prefills += any(not row.tokens for row in rows)
             self._since_admit += 1
@@ -454,7 +455,7 @@ class GenerationWorker:
             # A row samples once its prompt is all in; a row mid-prompt waits for its next chunk.
             ready = [i for i, row in enumerate(rows) if not row.feed]
             if len(ready) < len(rows):
-                logits = logits.index_select(0, torch.tensor(ready, device=logits.device))
+                logits = logits.index_select(0, torch.tensor(ready, dtype=torch.long, device=logits.device))
             done = {ready[i] for i in self._sample([rows[i] for i in ready], logits)}
         except Exception as exc:  # one failed step must not take the worker down
             self._fail(rows, exc, "step of %d row(s) failed")
