@@ -62,13 +62,12 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(
         None, gt=0, description="Most requests decoding together in one step; unset: 8 on CPU, 32 on a GPU.")
     prefill_tokens_per_step: int = Field(
-        512, gt=0, description="Prompt tokens the worker feeds per step, in the same forward as the running "
-        "answers' next tokens; bounds how much new prompts slow the running answers (a longer prompt goes in "
-        "chunks over several steps).")
+        512, gt=0, description="Prompt tokens the worker prefills per decode step for joining requests; bounds "
+        "how much a long new prompt slows the running answers (a longer prompt is prefilled alone).")
     admit_every_steps: int = Field(
-        1, ge=1, description="While answers are decoding, waiting requests join them every this many steps (1: "
-        "every step). A join costs no forward of its own (new prompts ride in the decoding rows' forward), only a "
-        "wider step; gathering arrivals trades at most this many steps more before a new chat's first token.")
+        2, ge=1, description="While answers are decoding, waiting requests join them together every this many "
+        "decode steps (1: every step); each join costs a prefill forward, so gathering arrivals raises throughput "
+        "at the price of at most this many steps more before a new chat's first token.")
     max_choices: int = Field(4, ge=1, description="Largest n (choices per chat completion) the API accepts.")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. [\"https://app.example\"]; none by default.")
 

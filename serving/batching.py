@@ -1,10 +1,9 @@
-"""The generation worker: one thread owns the model and schedules every step (continuous batching).
+"""The generation worker: one thread owns the model and schedules every decode step (continuous batching).
 
 At each step the worker drops the rows that finished, were cancelled or hit a stop, admits waiting
-requests as new rows (while the batch has room and the step's prompt budget is not spent), and runs one
-forward for all rows: decoding rows feed their next token, new rows a chunk of their prompt, in the same
-input (mixed, chunked prefill: see ``serving/kv_batch.py``). A new chat therefore starts within a step,
-whatever else is generating, and its admission costs the running rows a wider step, not an extra forward.
+requests (every ``admit_every_steps`` steps while rows decode, at once when none do; prefilled together
+within a token budget, then joined to the running batch: see ``serving/kv_batch.py``) and runs one
+decode step for all rows. A new chat therefore starts within a step or two, whatever else is generating.
 Rows of different adapters share each step through peft's mixed-adapter forward (``adapter_names``);
 a step whose rows all want one adapter runs it as peft's active adapter. Adapter loads and unloads run
 on this same thread between steps, so no forward ever sees a half-loaded adapter and no request thread
@@ -95,9 +94,7 @@ class _Row:
         self.tokens: list[int] = []
         self.emitted = ""
         self.closed = False
-        # Tokens the model has not seen yet: the prompt (fed in chunks within the step's budget), then
-        # each sampled token.
-        self.feed: list[int] = list(request.prompt_ids)
+        self.next_token: int | None = None  # sampled, not yet fed to the model
         self.stops = StopStrings(request.stop)
         self.sampler: RowSampler | None = None  # built on the worker thread (it imports torch)
         # Incremental detokenizing, as transformers' TextStreamer (batch 1 only) and TGI do it: decode a
@@ -144,7 +141,7 @@ class _Row:
         if self.request.stop_at_eos and token in eos_ids:
             return "stop"  # the eos token is not part of the answer
         self.add(token)
-        self.feed = [token]
+        self.next_token = token
         if self.stopped or (constraint is not None and constraint.is_terminated()):
             return "stop"
         if len(self.tokens) >= self.request.max_tokens:
@@ -177,20 +174,20 @@ class _Control:
 
 
 class GenerationWorker:
-    """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between steps."""
+    """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between decode steps."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512,
-                 admit_every_steps: int = 1):
+                 admit_every_steps: int = 2):
         self.model = model  # becomes a PeftModel when the first adapter is loaded
         self.tokenizer = tokenizer
         device = getattr(model, "device", None) or next(model.parameters()).device
         self.device = device
         self.max_batch_size = max_batch_size or default_max_batch_size(device.type)
-        # Prompt tokens fed per step, shared by the rows still being prefilled; a longer prompt goes in chunks.
+        # A step admits waiting prompts until their tokens reach this; a longer prompt is admitted alone.
         self.prefill_tokens_per_step = prefill_tokens_per_step
-        # While rows decode, waiting requests are admitted every this many steps (see _admission_due).
+        # While rows decode, waiting requests are admitted together every this many steps (see _admission_due).
         self.admit_every_steps = admit_every_steps
-        self._since_admit = 0  # steps run since the last admission
+        self._since_admit = 0  # decode steps run since the last admission
         self._queue: queue.Queue = queue.Queue()
         self._waiting: deque[GenerationRequest] = deque()
         self._pending_controls: list[_Control] = []
@@ -201,8 +198,8 @@ class GenerationWorker:
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {e for e in [*eos_list, tokenizer.eos_token_id] if e is not None}
-        self.steps = 0  # forwards run (one per step), for tests and the bench
-        self.prefills = 0  # steps that fed prompt tokens
+        self.steps = 0  # decode steps run, for tests and the bench
+        self.prefills = 0  # prefill passes run (one per admitted group)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -262,7 +259,7 @@ class GenerationWorker:
         self._queue.put(request)
 
     def call(self, fn: Callable[[], object], timeout_s: float | None = None):
-        """Run ``fn`` on the worker thread between steps and return its result (or raise its error)."""
+        """Run ``fn`` on the worker thread between decode steps and return its result (or raise its error)."""
         if self._stopped.is_set():
             raise BackendUnavailable("the generation worker is stopped")
         control = _Control(fn, Future())
@@ -315,7 +312,7 @@ class GenerationWorker:
             with torch.inference_mode():
                 self._admit()
                 if self._rows:
-                    self._step()
+                    self._decode_step()
         self._run_controls()
         shutting = BackendUnavailable("the server is shutting down")
         for row in self._rows:
@@ -380,10 +377,12 @@ class GenerationWorker:
     def _admission_due(self) -> bool:
         """Whether this step admits the waiting requests, or lets them gather for a step or two more.
 
-        Admitting costs no forward of its own (newcomers' prompts ride in the step's one forward), only
-        wider steps while their prompts are fed; arrivals can still be gathered as TGI's router does
-        (``waiting_served_ratio``, ``max_waiting_tokens``): at once when nothing runs or the waiting line is
-        as long as the running batch, else every ``admit_every_steps`` steps (1, the default: every step).
+        Each admission costs a prefill forward and a cache copy whatever its size, so arrivals are
+        gathered as TGI's router does (``waiting_served_ratio``, ``max_waiting_tokens``): at once when
+        nothing runs or the waiting line is as long as the running batch, else every ``admit_every_steps``
+        decode steps (1: every step), which bounds the extra wait of a new chat to that many steps.
+        Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads) admitting at
+        every step cost 20-30% of the throughput for no better TTFT: each step paid a prefill forward.
         """
         if not self._waiting or len(self._rows) >= self.max_batch_size:
             return False
@@ -391,74 +390,55 @@ class GenerationWorker:
                 or self.admit_every_steps <= 1 or self._since_admit >= self.admit_every_steps)
 
     def _admit(self) -> None:
-        """Turn waiting requests into rows of the running batch while there is room and prompt budget left.
-
-        A row's prompt is fed over the next steps, out of ``prefill_tokens_per_step`` shared by every row
-        still being prefilled, oldest first (see ``_plan``); so a newcomer is admitted only while that
-        budget is not yet spent by the rows before it.
-        """
+        """Prefill waiting requests that fit (batch room, token budget) and join them to the running batch."""
         if not self._admission_due():
             return
         self._since_admit = 0
-        budget = self.prefill_tokens_per_step - sum(len(row.feed) for row in self._rows if not row.tokens)
         room = self.max_batch_size - len(self._rows)
-        rows: list[_Row] = []
-        while self._waiting and len(rows) < room and budget > 0:
-            request = self._waiting.popleft()
-            row = _Row(request, self.tokenizer)
-            try:
-                row.sampler = RowSampler(request.temperature, request.top_p, request.seed, request.constraint)
-            except Exception as exc:  # a bad request fails alone
-                self._fail([row], exc, "admission of %d request(s) failed")
-                continue
-            rows.append(row)
-            budget -= len(request.prompt_ids)
-        if not rows:
+        group: list[GenerationRequest] = []
+        tokens = 0
+        while self._waiting and len(group) < room:
+            n = len(self._waiting[0].prompt_ids)
+            if group and tokens + n > self.prefill_tokens_per_step:
+                break
+            group.append(self._waiting.popleft())
+            tokens += n
+        if not group:
             return
+        rows = [_Row(r, self.tokenizer) for r in group]
+        try:
+            for row in rows:
+                req = row.request
+                row.sampler = RowSampler(req.temperature, req.top_p, req.seed, req.constraint)
+            batch, logits = RunningBatch.prefill(
+                self.model, [r.prompt_ids for r in group], self.tokenizer.pad_token_id, self.device,
+                self._adapter_names(rows))
+            self.prefills += 1
+            done = self._sample(rows, logits)
+        except Exception as exc:  # a failed prefill fails its own requests only; the running rows go on
+            self._fail(rows, exc, "prefill of %d request(s) failed")
+            return
+        keep = [i for i in range(len(rows)) if i not in done]
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            batch.keep(keep)
+        rows = [rows[i] for i in keep]
         if self._batch is None:
-            self._batch = RunningBatch(self.device, self.tokenizer.pad_token_id)
-        self._batch.add_rows([row.adapter_name for row in rows])  # a lane per adapter
+            self._batch = batch
+        else:
+            self._batch.join(batch)
         self._rows.extend(rows)
 
-    def _plan(self) -> list[list[int]]:
-        """Each row's tokens for this step: its sampled token, or the next chunk of its prompt.
-
-        Prompts take ``prefill_tokens_per_step`` in admission order, as vLLM's scheduler hands its token
-        budget to prefills (``long_prefill_token_threshold`` aside): the row that reaches the end of the
-        budget gets a chunk and the rest next step; a row past the budget is fed nothing this step.
-        """
-        budget = self.prefill_tokens_per_step
-        feeds = []
-        for row in self._rows:
-            if row.tokens:  # decoding: its one sampled token
-                feeds.append(row.feed)
-                continue
-            chunk = row.feed[:max(budget, 0)]
-            budget -= len(chunk)
-            feeds.append(chunk)
-        return feeds
-
-    def _step(self) -> None:
-        """One forward over every row: decoding rows' next tokens and prompt chunks together."""
-        import torch
-
+    def _decode_step(self) -> None:
         rows = self._rows
-        feeds = self._plan()
         try:
-            names = self._adapter_names(rows)  # None: one adapter, made the active one
-            logits = self._batch.step(self.model, feeds, None if names is None else self._batch.lanes)
+            logits = self._batch.decode(self.model, [row.next_token for row in rows], self._adapter_names(rows))
             self.steps += 1
-            self.prefills += any(not row.tokens for row in rows)
             self._since_admit += 1
-            for row, fed in zip(rows, feeds, strict=True):
-                row.feed = row.feed[len(fed):]
-            # A row samples once its prompt is all in; a row mid-prompt waits for its next chunk.
-            ready = [i for i, row in enumerate(rows) if not row.feed]
-            if len(ready) < len(rows):
-                logits = logits.index_select(0, torch.tensor(ready, dtype=torch.long, device=logits.device))
-            done = {ready[i] for i in self._sample([rows[i] for i in ready], logits)}
+            done = self._sample(rows, logits)
         except Exception as exc:  # one failed step must not take the worker down
-            self._fail(rows, exc, "step of %d row(s) failed")
+            self._fail(rows, exc, "decode step of %d row(s) failed")
             self._rows, self._batch = [], None
             return
         if done:

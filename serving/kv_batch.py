@@ -1,29 +1,34 @@
-"""The running batch's KV cache: rows that join, leave and take prompt chunks in one forward per step.
+"""The running batch's KV cache: left-padded rows that join and leave between decode steps.
 
-What a step feeds follows vLLM's V1 scheduler and SGLang's mixed chunked prefill
-(``vllm/v1/core/sched/scheduler.py``): one forward holds the running requests' next tokens and the
-waiting requests' prompt tokens, out of a per-step prompt budget, a long prompt split in chunks over
-steps. Those engines pack the step's tokens ragged, one flat sequence, and let paged attention keep
-each request to its own blocks. This module does the same on transformers' own ``DynamicCache`` and
-SDPA: the tokens of all rows that share an adapter are packed into one sequence of the batch (a
-*lane*), their keys and values stay packed in that lane's cache, and a 4-D mask built each step lets a
-token see only its own row's columns, causally. Position ids are given per token (real tokens only, as
-``generate()`` derives them), so every row computes what it computes alone. A lane per adapter keeps
-peft's per-sequence ``adapter_names`` working: the mixed-adapter forward runs one LoRA per lane.
+This follows the transformers path of TGI (``server/text_generation_server/models/causal_lm.py``,
+``CausalLMBatch.concatenate`` and ``.filter``), on transformers' own ``DynamicCache`` layers:
 
-Why not a dense ``[rows, longest chunk]`` input, each row's tokens right-aligned after masked padding
-(TGI's left-padded ``CausalLMBatch`` with the prompt fed into the decode step)? Every decoding row then
-computes the chunk's width in padding: on the demo model (1 CPU thread) a step of 30 decoding rows and
-two 19-token prompts took 41 ms dense, against 10 ms for the decode step plus 8 ms for a separate
-prefill. Packed, the step computes only real tokens (plus the padding that evens the lanes).
+- every row's keys and values sit right-aligned in one left-padded cache, with a 0/1 padding mask;
+- a joining group is prefilled on its own, then both caches are left-padded to the longer width and
+  concatenated on the batch axis;
+- a leaving row is dropped with an index-select, and the columns that are padding for every row left
+  are trimmed off the left.
 
-A leaving row's columns become holes (masked); ``keep`` gathers every lane's live columns into a fresh
-layout once holes are half the width, and trims columns that are holes in every lane.
+No running row's keys and values are ever recomputed; joins and leaves cost one copy of the cache.
 
+Joining costs a prefill forward of its own. Feeding newcomers' prompts in the decoding rows' forward
+(vLLM's and SGLang's mixed chunked prefill) was built and measured on the demo model (2 CPU threads,
+issue 15; branch history of ``i15``) and lost, so it is not used:
+- dense, each row's tokens right-aligned after masked padding in a ``[rows, longest chunk]`` input:
+  every decoding row computes the chunk's width. A step of 30 decoding rows and two 19-token prompts
+  took 41 ms (1 thread) against 10 ms for the decode step plus 8 ms for a separate prefill;
+  ``bench/load.py`` 0.79x / 0.94x static's TTFT p50 / p95, 0.48x its tokens/s.
+- packed, the rows of one adapter in one sequence with a 4-D mask keeping each row to its own columns
+  (what paged attention does without padding): 13 ms for that step, but every step's attention and
+  mask then span all rows' columns (quadratic in the batch), and its larger tensors run on torch's
+  intra-op threads, which stall when the HTTP threads and the load's client share the 2 cores. In-process
+  (32 closed-loop clients, 1 thread) 104-118 ms TTFT p50 and ~440 tok/s against 54-58 ms and
+  555-609 tok/s here; ``bench/load.py`` 1.03x / 1.01x static's TTFT, 0.46x its tokens/s.
+Without varlen attention (a kernel that reads each row's own columns) the fused step pays either in
+padding or in attention; this layout keeps decode steps at ``[rows, 1]``.
 transformers' paged continuous batching (``generate_batch``) was not used: it brings its own scheduler
-and attention kernels, while this worker needs peft's ``adapter_names``, per-row stop strings, seeds and
-constraints inside its own loop. The 4-D mask needs the ``sdpa`` or ``eager`` attention (transformers'
-default), not flash-attention 2.
+and attention kernels, while this worker needs peft's per-row ``adapter_names``, per-row stop strings,
+seeds and constraints inside its own loop.
 """
 
 from __future__ import annotations
@@ -34,136 +39,94 @@ if TYPE_CHECKING:
     import torch
 
 
+def _forward(model, ids, mask, positions, cache, adapter_names):
+    kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1, **kwargs)
+    return out.logits[:, -1, :]
+
+
 class RunningBatch:
-    """Rows in one forward: lanes (one per adapter) of packed keys and values, and which row owns each column."""
+    """Rows decoding together: one left-padded ``DynamicCache``, its padding mask, each row's next position."""
 
-    def __init__(self, device, pad_id: int):
-        import torch
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()  # per layer: keys/values [lanes, kv_heads, width, head_dim]
-        self.owner = torch.zeros((0, 0), dtype=torch.long, device=device)  # [lanes, width]: row id, -1 hole
-        self.device = device
-        self.pad_id = pad_id
-        self.lanes: list[str] = []  # each lane's key (the rows' adapter)
-        self.row_ids: list[int] = []  # per row, in the worker's row order: its id in ``owner``
-        self.row_lanes: list[int] = []  # per row: its lane
-        self.positions: list[int] = []  # per row: the position id its next token gets
-        self._next_id = 0
-        self.compactions = 0  # for tests and the bench
+    def __init__(self, cache, mask: torch.Tensor, positions: torch.Tensor):
+        self.cache = cache  # per layer: keys/values [rows, kv_heads, width, head_dim]
+        self.mask = mask  # [rows, width]: 1 where a real token's keys and values are
+        self.positions = positions  # [rows]: the position id the row's next token gets
 
     @property
     def rows(self) -> int:
-        return len(self.row_ids)
+        return self.mask.shape[0]
 
     @property
     def width(self) -> int:
-        return self.owner.shape[1]
+        return self.mask.shape[1]
+
+    @classmethod
+    def prefill(cls, model, prompts: list[list[int]], pad_id: int, device, adapter_names=None):
+        """Run ``prompts`` (left-padded together) through ``model``: ``(batch, last-position logits)``."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        # Positions count real tokens only, as generate() derives them, so a padded row sees the same
+        # rotary positions as when it runs alone.
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache()
+        logits = _forward(model, ids, mask, positions, cache, adapter_names)
+        return cls(cache, mask, mask.sum(-1)), logits
+
+    def decode(self, model, tokens: list[int], adapter_names=None) -> torch.Tensor:
+        """Feed each row its next token; returns the logits for the token after it, [rows, vocab]."""
+        import torch
+
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.mask.device)[:, None]
+        mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=-1)
+        logits = _forward(model, ids, mask, self.positions[:, None], self.cache, adapter_names)
+        self.mask = mask
+        self.positions = self.positions + 1
+        return logits
 
     def _layers(self):
         return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None
                 and layer.keys.numel() > 0]
 
-    def add_rows(self, lanes: list[str]) -> None:
-        """Append rows with nothing in the cache yet, each in the lane of its key (a new lane if none)."""
-        import torch
-
-        for key in lanes:
-            if key not in self.lanes:
-                self.lanes.append(key)
-                for layer in self._layers():
-                    k, v = layer.keys, layer.values
-                    layer.keys = torch.cat([k, k.new_zeros((1, *k.shape[1:]))])
-                    layer.values = torch.cat([v, v.new_zeros((1, *v.shape[1:]))])
-                self.owner = torch.cat([self.owner, self.owner.new_full((1, self.width), -1)])
-            self.row_lanes.append(self.lanes.index(key))
-            self.row_ids.append(self._next_id)
-            self._next_id += 1
-            self.positions.append(0)
-
-    def step(self, model, feeds: list[list[int]], lane_adapters: list[str] | None = None) -> torch.Tensor:
-        """Feed each row its tokens (one for a decoding row, a prompt chunk, or none) in one forward.
-
-        ``lane_adapters``: peft's ``adapter_names``, one per lane (None: the active adapter for all).
-        Returns the logits after each row's last fed token, [rows, vocab] (a row fed nothing gets junk).
-        """
-        import torch
-
-        lanes = len(self.lanes)
-        ids: list[list[int]] = [[] for _ in range(lanes)]
-        owner: list[list[int]] = [[] for _ in range(lanes)]
-        pos: list[list[int]] = [[] for _ in range(lanes)]
-        last: list[tuple[int, int] | None] = []  # per row: (lane, column in the lane's step) of its last token
-        for r, feed in enumerate(feeds):
-            lane = self.row_lanes[r]
-            ids[lane] += feed
-            owner[lane] += [self.row_ids[r]] * len(feed)
-            pos[lane] += range(self.positions[r], self.positions[r] + len(feed))
-            last.append((lane, len(ids[lane]) - 1) if feed else None)
-            self.positions[r] += len(feed)
-        n = max(len(x) for x in ids)
-        pad = [n - len(x) for x in ids]  # lanes are left-padded to the longest
-        ids_t = torch.tensor([[self.pad_id] * p + x for p, x in zip(pad, ids, strict=True)], device=self.device)
-        new_owner = torch.tensor([[-1] * p + x for p, x in zip(pad, owner, strict=True)], device=self.device)
-        pos_t = torch.tensor([[0] * p + x for p, x in zip(pad, pos, strict=True)], device=self.device)
-        owner_t = torch.cat([self.owner, new_owner], dim=1)
-        # A token sees the columns of its own row up to itself: earlier steps' columns all precede this
-        # step's, and this step's tokens of one row are contiguous and in order.
-        col = torch.arange(owner_t.shape[1], device=self.device)
-        see = (owner_t[:, None, :] == new_owner[:, :, None]) & (col[None, None, :] <= (self.width + torch.arange(
-            n, device=self.device))[None, :, None])
-        # Padding queries see nothing; their outputs are never read, and the dtype's minimum (not -inf)
-        # keeps their softmax finite.
-        dtype = model.get_input_embeddings().weight.dtype
-        mask = torch.zeros(see.shape, dtype=dtype, device=self.device).masked_fill_(~see, torch.finfo(dtype).min)
-        keep = torch.zeros((lanes, n), dtype=torch.bool)
-        for x in last:
-            if x is not None:
-                keep[x[0], pad[x[0]] + x[1]] = True
-        kwargs = {} if lane_adapters is None else {"adapter_names": lane_adapters}
-        out = model(input_ids=ids_t, attention_mask=mask[:, None], position_ids=pos_t, cache=self.cache,
-                    use_cache=True, logits_to_keep=keep.to(self.device), **kwargs)
-        self.owner = owner_t
-        # logits_to_keep as a boolean [lanes, n] returns the kept positions flattened, lane by lane.
-        kept = sorted(x for x in last if x is not None)
-        where = {x: i for i, x in enumerate(kept)}
-        index = [where[x] if x is not None else 0 for x in last]
-        return out.logits.reshape(-1, out.logits.shape[-1]).index_select(
-            0, torch.tensor(index, device=out.logits.device))
-
     def keep(self, indices: list[int]) -> None:
-        """Keep only the rows at ``indices`` (in that order); the others' columns become holes."""
+        """Keep only the rows at ``indices`` (in that order) and trim the padding no row needs any more."""
         import torch
 
-        gone = [self.row_ids[i] for i in set(range(self.rows)) - set(indices)]
-        self.row_ids = [self.row_ids[i] for i in indices]
-        self.row_lanes = [self.row_lanes[i] for i in indices]
-        self.positions = [self.positions[i] for i in indices]
-        if gone:
-            self.owner = self.owner.masked_fill(torch.isin(self.owner, torch.tensor(gone, device=self.device)), -1)
-        used = sorted(set(self.row_lanes))
-        if len(used) < len(self.lanes):  # a lane with no row left goes
-            self.lanes = [self.lanes[i] for i in used]
-            self.row_lanes = [used.index(lane) for lane in self.row_lanes]
-            idx = torch.tensor(used, dtype=torch.long, device=self.device)
-            self.owner = self.owner.index_select(0, idx)
-            for layer in self._layers():
-                layer.keys = layer.keys.index_select(0, idx)
-                layer.values = layer.values.index_select(0, idx)
-        live = (self.owner >= 0).sum(-1)
-        if self.lanes and self.width > 2 * int(live.max()):
-            self.compact()
-
-    def compact(self) -> None:
-        """Move every lane's live columns, in order, to the right of a layout as wide as the fullest lane."""
-        live = self.owner >= 0
-        width = int(live.sum(-1).max()) if self.lanes else 0
-        # A stable sort of the 0/1 liveness puts each lane's holes first, then its live columns in order.
-        order = live.long().argsort(dim=-1, stable=True)[:, self.width - width:]
-        self.owner = self.owner.gather(1, order)
+        idx = torch.tensor(indices, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, idx)
+        # The first column some kept row still attends to; everything left of it is padding for all.
+        start = int(mask.any(dim=0).int().argmax()) if len(indices) else 0
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, idx)
         for layer in self._layers():
-            k = layer.keys
-            index = order[:, None, :, None].expand(k.shape[0], k.shape[1], width, k.shape[3])
-            layer.keys = k.gather(2, index)
-            layer.values = layer.values.gather(2, index)
-        self.compactions += 1
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+
+    def join(self, other: RunningBatch) -> None:
+        """Append ``other``'s rows after this batch's, left-padding the narrower cache to the wider."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(self.width, other.width)
+
+        def widen(t, extra):  # pad dim -2 (the sequence axis of keys/values) on the left
+            return F.pad(t, (0, 0, extra, 0)) if extra else t
+
+        mine, theirs = self._layers(), other._layers()
+        if len(mine) != len(theirs):
+            raise RuntimeError("cannot join caches with different layer counts")
+        a, b = width - self.width, width - other.width
+        for x, y in zip(mine, theirs, strict=True):
+            x.keys = torch.cat([widen(x.keys, a), widen(y.keys, b)], dim=0)
+            x.values = torch.cat([widen(x.values, a), widen(y.values, b)], dim=0)
+        self.mask = torch.cat([F.pad(self.mask, (a, 0)), F.pad(other.mask, (b, 0))], dim=0)
+        self.positions = torch.cat([self.positions, other.positions])

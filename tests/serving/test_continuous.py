@@ -231,7 +231,7 @@ def test_max_batch_size_defaults():
 
 
 def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
-    """Waiting prompts take the step's token budget in order; the one that reaches its end goes in chunks."""
+    """A burst of waiting prompts is admitted as far as the step's token budget goes; one is always admitted."""
     import torch
 
     from serving.batching import GenerationRequest, GenerationWorker
@@ -240,43 +240,34 @@ def test_prefill_budget_splits_a_burst_over_steps(qwen_backend):
     # A worker of its own, driven step by step on this thread (the model is only read).
     worker = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer, max_batch_size=8,
                               prefill_tokens_per_step=25, admit_every_steps=1)
-    prompt = list(range(10, 20))  # 10 tokens: two fit the budget of 25, the third gets 5 of its 10
+    prompt = list(range(10, 20))  # 10 tokens: two fit the budget of 25, a third does not
 
     def request(ids):
         return GenerationRequest(prompt_ids=ids, adapter=BASE, max_tokens=50, temperature=0, top_p=1.0,
                                  cancel=threading.Event(), completion=Completion())
 
-    def step():
-        feeds = worker._plan()
-        worker._step()
-        return [len(f) for f in feeds]
-
     worker._waiting.extend(request(prompt) for _ in range(5))
     with torch.inference_mode():
         worker._admit()
-        assert (worker.running, len(worker._waiting)) == (3, 2)
-        assert step() == [10, 10, 5]
-        worker._admit()  # 5 tokens of the third prompt are left: 20 for newcomers, two of 10
-        assert (worker.running, len(worker._waiting)) == (5, 0)
-        assert step() == [1, 1, 5, 10, 10]  # one forward: two rows decode, three take prompt tokens
-        assert step() == [1] * 5
-        worker._waiting.append(request(list(range(10, 70))))  # 60 tokens, over the budget on its own
+        assert (worker.running, len(worker._waiting)) == (2, 3)
+        worker._decode_step()
         worker._admit()
-        assert [step(), step(), step()] == [[1] * 5 + [25], [1] * 5 + [25], [1] * 5 + [10]]
-        assert len(worker._rows[5].tokens) == 1  # sampled once, when its prompt was all in
-        worker._waiting.append(request(prompt))
-        worker.max_batch_size = 6
+        assert (worker.running, len(worker._waiting)) == (4, 1)
+        worker._waiting.appendleft(request(list(range(10, 70))))  # 60 tokens, over the budget on its own
+        worker._admit()
+        assert (worker.running, len(worker._waiting)) == (5, 1)
+        worker.max_batch_size = 5
         worker._admit()  # no room: nothing joins
-        assert (worker.running, len(worker._waiting)) == (6, 1)
-    assert worker._batch.rows == 6
+        assert (worker.running, len(worker._waiting)) == (5, 1)
+    assert worker._batch.rows == 5
 
 
-def _request(ids, max_tokens, adapter=BASE, **kw):
+def _request(ids, max_tokens, adapter=BASE):
     from serving.batching import GenerationRequest
     from serving.types import Completion
 
     return GenerationRequest(prompt_ids=ids, adapter=adapter, max_tokens=max_tokens, temperature=0, top_p=1.0,
-                             cancel=threading.Event(), completion=Completion(), **kw)
+                             cancel=threading.Event(), completion=Completion())
 
 
 def _drive(worker, arrivals: dict[int, list]) -> None:
@@ -287,10 +278,9 @@ def _drive(worker, arrivals: dict[int, list]) -> None:
     with torch.inference_mode():
         while arrivals or worker.running or worker._waiting:
             worker._waiting.extend(arrivals.pop(step, []))
-            worker._drop_cancelled()
             worker._admit()
             if worker.running:
-                worker._step()
+                worker._decode_step()
             step += 1
 
 
@@ -319,40 +309,26 @@ def test_arrivals_gather_and_join_together_every_n_steps(qwen_backend):
     w._waiting.extend(first)
     with torch.inference_mode():
         w._admit()  # nothing runs: admitted at once
-        assert w.running == 3
+        assert (w.running, w.prefills) == (3, 1)
         w._waiting.append(late[0])
         w._admit()
-        w._step()
-        assert w.prefills == 1
+        w._decode_step()
         w._waiting.append(late[1])
         for _ in range(2):
             w._admit()  # 1 and 2 steps since the last admission, 2 waiting < 3 running: they wait
             assert (w.running, len(w._waiting), w.prefills) == (3, 2, 1)
-            w._step()
-        w._admit()  # the third step: both join, their prompts in that step's one forward
-        w._step()
-        assert (w.running, len(w._waiting), w.prefills, w.steps) == (5, 0, 2, 4)
+            w._decode_step()
+        w._admit()  # the third step: both join in one prefill
+        assert (w.running, len(w._waiting), w.prefills) == (5, 0, 2)
         burst = [_request(prompts[5], 12, adapters[5]) for _ in range(5)]
         w._waiting.extend(burst)  # as many waiting as running: admitted at once, whatever the step count
-        w._step()
+        w._decode_step()
         w._admit()
-        assert (w.running, len(w._waiting)) == (8, 2)  # as far as the batch has room
+        assert (w.running, len(w._waiting), w.prefills) == (8, 2, 3)  # as far as the batch has room
     _drive(w, {})
     for i, r in enumerate(first + late):
         assert (r.completion.text, r.completion.finish_reason) == (solo[i], "length"), i
     assert all(r.completion.text == solo[5] for r in burst)
-
-
-def _prefill(worker, prompts, adapter, active=False):
-    """Last-position logits of ``prompts`` fed together into a fresh batch, on ``adapter``'s lane.
-
-    ``active``: run on peft's active adapter instead of passing ``adapter_names``.
-    """
-    from serving.kv_batch import RunningBatch
-
-    batch = RunningBatch(worker.device, worker.tokenizer.pad_token_id)
-    batch.add_rows([adapter] * len(prompts))
-    return batch.step(worker.model, prompts, None if active else [adapter])
 
 
 def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
@@ -360,6 +336,7 @@ def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
     import torch
 
     from serving.batching import GenerationWorker, _Row
+    from serving.kv_batch import RunningBatch
 
     w = GenerationWorker(qwen_backend._worker.model, qwen_backend.tokenizer)
     tok = qwen_backend.tokenizer
@@ -367,10 +344,10 @@ def test_rows_of_one_adapter_run_on_the_active_adapter(qwen_backend, solo):
     assert w._adapter_names(rows) is None and w.model.active_adapter == "qb"
     with torch.inference_mode():
         prompts = [r.request.prompt_ids for r in rows]
-        plain = _prefill(w, prompts, "qb", active=True)
-        mixed = _prefill(w, prompts, "qb")
+        _, plain = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, None)
+        _, mixed = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["qb"] * 3)
         assert torch.equal(plain, mixed)
-        base = _prefill(w, prompts, "__base__")
+        _, base = RunningBatch.prefill(w.model, prompts, tok.pad_token_id, w.device, ["__base__"] * 3)
         assert not torch.equal(plain, base)
     rows.append(_Row(_request([5, 6], 5, BASE), tok))
     assert w._adapter_names(rows) == ["qb", "qb", "qb", "__base__"]
@@ -391,135 +368,3 @@ def test_running_worker_keeps_the_gil_switch_interval_short(qwen_backend):
 
     assert qwen_backend._worker.alive
     assert sys.getswitchinterval() <= GIL_SWITCH_INTERVAL_S
-
-
-def _fused_worker(backend, **kw):
-    from serving.batching import GenerationWorker
-
-    return GenerationWorker(backend._worker.model, backend.tokenizer, max_batch_size=8, admit_every_steps=1, **kw)
-
-
-def _long_prompts(backend) -> list[list[int]]:
-    """Prompts of a dozen tokens or more, so a joining prompt leaves the decoding rows wide holes."""
-    tok = backend.tokenizer
-    return [tok(f"Question: {p} Answer the question above in a few words.", add_special_tokens=False)["input_ids"]
-            for p in PROMPTS]
-
-
-def _solo_text(backend, ids, max_tokens, adapter, **kw) -> str:
-    alone = _request(ids, max_tokens, adapter, **kw)
-    _drive(_fused_worker(backend), {0: [alone]})
-    return alone.completion.text
-
-
-def _holes(owner) -> bool:
-    """Whether some lane of the cache has a hole (a column no row owns) between two live columns."""
-    real = owner >= 0
-    seen = real.cumsum(-1) > 0
-    return bool((seen & ~real & (real.flip(-1).cumsum(-1).flip(-1) > 0)).any())
-
-
-def test_fused_step_joins_mid_generation_with_holes_and_mixed_adapters(qwen_backend):
-    """Newcomers' prompts ride in the decoding rows' forward; each row's greedy answer is the one it gets alone."""
-    import torch
-
-    prompts = _long_prompts(qwen_backend)
-    adapters = ["qa", BASE, "qb", "qa", "qb", BASE]
-    specs = [(prompts[i], 20 - i, adapters[i]) for i in range(6)]
-    solo = [_solo_text(qwen_backend, *spec) for spec in specs]
-    requests = [_request(*spec) for spec in specs]
-    arrivals = {0: requests[:1], 3: requests[1:2], 5: requests[2:4], 6: requests[4:5], 9: requests[5:]}
-    w = _fused_worker(qwen_backend)
-    fused_steps = holes = mixed = 0
-    with torch.inference_mode():
-        for step in range(60):
-            w._waiting.extend(arrivals.pop(step, []))
-            w._admit()
-            if not w.running:
-                break
-            widths = [len(f) for f in w._plan()]
-            if 1 in widths and max(widths) > 1:  # rows decode while others take their prompt
-                fused_steps += 1
-                mixed += w._adapter_names(w._rows) is not None
-            w._step()
-            assert w.steps == step + 1  # one forward per step, admissions included
-            holes += _holes(w._batch.owner) if w._batch is not None else 0
-    assert not arrivals and w.running == 0
-    assert fused_steps == 4 and mixed >= 3
-    assert holes > 0 and w._batch is None  # the last rows left; the batch was compacted on the way
-    for i, r in enumerate(requests):
-        assert (r.completion.text, r.completion.finish_reason) == (solo[i], "length"), i
-
-
-def test_cache_compaction_keeps_every_row_exact(qwen_backend):
-    """Holes gathered out of the cache (width back to the longest row) change no row's answer."""
-    import torch
-
-    prompts = _long_prompts(qwen_backend)
-    specs = [(prompts[i % 6], 24, ("qa", "qb", BASE)[i % 3]) for i in range(7)]
-    solo = [_solo_text(qwen_backend, *spec) for spec in specs]
-    requests = [_request(*spec) for spec in specs]
-    w = _fused_worker(qwen_backend)
-    compacted_with_holes = 0
-    with torch.inference_mode():
-        for step in range(80):
-            if step < len(requests):
-                w._waiting.append(requests[step])  # one newcomer per step: holes grow every step
-            w._admit()
-            if not w.running:
-                break
-            before = w._batch.compactions
-            w._step()
-            if w._batch is not None and w._batch.compactions > before:
-                compacted_with_holes += 1
-                owner = w._batch.owner
-                assert owner.shape[1] == int((owner >= 0).sum(-1).max())  # as wide as the fullest lane
-                assert not _holes(owner)
-    assert compacted_with_holes >= 2
-    for i, r in enumerate(requests):
-        assert r.completion.text == solo[i], i
-
-
-def test_chunked_prompt_cancel_and_stop_strings_in_fused_steps(qwen_backend):
-    """A prompt fed in chunks, a row cancelled mid-prompt, one cancelled mid-answer, one ended by a stop string."""
-    import torch
-
-    prompts = _long_prompts(qwen_backend)
-    budget = 8  # every prompt here is longer: each goes in over two to four steps
-    assert all(len(p) > budget for p in prompts)
-    long_text = _solo_text(qwen_backend, prompts[1], 30, "qa")
-    stop = long_text[len(long_text) // 2:len(long_text) // 2 + 3]
-    expected_stop = long_text[:long_text.find(stop)]
-    keep = [_request(prompts[0], 25, "qb"), _request(prompts[3], 15, BASE)]
-    solo = [_solo_text(qwen_backend, r.prompt_ids, r.max_tokens, r.adapter) for r in keep]
-    stopped = _request(prompts[1], 30, "qa", stop=(stop,))
-    cancel_in_prompt = _request(prompts[2], 20, "qb")
-    cancel_in_answer = _request(prompts[4], 40, BASE)
-    w = _fused_worker(qwen_backend, prefill_tokens_per_step=budget)
-    arrivals = {0: [keep[0]], 2: [cancel_in_answer], 3: [cancel_in_prompt, stopped], 6: [keep[1]]}
-    mid_prompt = mid_answer = False
-    with torch.inference_mode():
-        for step in range(200):
-            w._waiting.extend(arrivals.pop(step, []))
-            rows = {id(r.request): r for r in w._rows}
-            row = rows.get(id(cancel_in_prompt))
-            if row is not None and 0 < len(row.feed) < len(cancel_in_prompt.prompt_ids):  # part of it is in
-                cancel_in_prompt.cancel.set()
-                mid_prompt = True
-            row = rows.get(id(cancel_in_answer))
-            if row is not None and len(row.tokens) == 5:
-                cancel_in_answer.cancel.set()
-                mid_answer = True
-            w._drop_cancelled()
-            w._admit()
-            if not (w.running or w._waiting or arrivals):
-                break
-            if w.running:
-                w._step()
-    assert mid_prompt and mid_answer
-    assert [r.completion.text for r in keep] == solo
-    assert (stopped.completion.text, stopped.completion.finish_reason) == (expected_stop, "stop")
-    assert cancel_in_prompt.completion.finish_reason == "cancelled"
-    assert cancel_in_prompt.completion.completion_tokens == 0
-    assert (cancel_in_answer.completion.finish_reason, cancel_in_answer.completion.completion_tokens) == ("cancelled", 5)
-    assert long_text.startswith(expected_stop) and stop not in expected_stop
