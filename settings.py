@@ -65,10 +65,9 @@ class Settings(BaseSettings):
         512, gt=0, description="Prompt tokens the worker prefills per decode step for joining requests; bounds "
         "how much a long new prompt slows the running answers (a longer prompt is prefilled alone).")
     admit_every_steps: int = Field(
-        1, ge=1, description="While answers are decoding, waiting requests join them together every this many "
-        "decode steps (1: every step, the fastest first token); each join costs a prefill forward, so gathering "
-        "arrivals over 2 or more steps can raise throughput at the price of that many steps more before a new "
-        "chat's first token.")
+        2, ge=1, description="While answers are decoding, waiting requests join them together every this many "
+        "decode steps (1: every step); each join costs a prefill forward, so gathering arrivals raises throughput "
+        "at the price of at most this many steps more before a new chat's first token.")
     max_choices: int = Field(4, ge=1, description="Largest n (choices per chat completion) the API accepts.")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. [\"https://app.example\"]; none by default.")
 

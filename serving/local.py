@@ -77,7 +77,7 @@ class LocalBackend:
         max_new_tokens: int = 512,
         max_batch_size: int | None = None,
         prefill_tokens_per_step: int = 512,
-        admit_every_steps: int = 1,
+        admit_every_steps: int = 2,
     ):
         from serving.model_loading import load_base_model, resolve_quantization
 
