@@ -381,8 +381,10 @@ class GenerationWorker:
         gathered as TGI's router does (``waiting_served_ratio``, ``max_waiting_tokens``): at once when
         nothing runs or the waiting line is as long as the running batch, else every ``admit_every_steps``
         decode steps (1: every step), which bounds the extra wait of a new chat to that many steps.
-        Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads) admitting at
-        every step cost 20-30% of the throughput for no better TTFT: each step paid a prefill forward.
+        Under ``bench/load.py`` (32 users, answers of 8 tokens, demo model on 2 CPU threads, quiet
+        machine, 2026-12-02) admitting at every step gave 0.42x / 0.43x static's TTFT p50 / p95 and 0.83x
+        its tokens/s, every 2 steps 0.48x / 0.49x and 1.00x: a prefill forward per step costs about what a
+        decode step does. Putting the prefill into the decode forward did not pay here (``kv_batch.py``).
         """
         if not self._waiting or len(self._rows) >= self.max_batch_size:
             return False

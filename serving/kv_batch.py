@@ -10,6 +10,26 @@ This follows the transformers path of TGI (``server/text_generation_server/model
   are trimmed off the left.
 
 No running row's keys and values are ever recomputed; joins and leaves cost one copy of the cache.
+
+Joining costs a prefill forward of its own. Feeding newcomers' prompts in the decoding rows' forward
+(vLLM's and SGLang's mixed chunked prefill) was built and measured on the demo model (2 CPU threads,
+issue 15; commits 4e35649 and da1e0a3 of branch ``i15``; ``bench/RESULTS.md``) and lost, so it is
+not used:
+- dense, each row's tokens right-aligned after masked padding in a ``[rows, longest chunk]`` input:
+  every decoding row computes the chunk's width. A step of 30 decoding rows and two 19-token prompts
+  took 41 ms (1 thread) against 10 ms for the decode step plus 8 ms for a separate prefill;
+  ``bench/load.py`` (admitting at every step, quiet machine) 0.60x / 0.55x static's TTFT p50 / p95 and
+  0.74x its tokens/s, against 0.42x / 0.43x and 0.83x for this layout.
+- packed, the rows of one adapter in one sequence with a 4-D mask keeping each row to its own columns
+  (what paged attention does without padding): 13 ms for that step, but every step's attention and
+  mask then span all rows' columns (quadratic in the batch); in-process (32 closed-loop clients,
+  1 thread) 104-118 ms TTFT p50 and ~440 tok/s against 54-58 ms and 555-609 tok/s for this layout;
+  ``bench/load.py`` 0.47x / 0.48x static's TTFT and 0.88x its tokens/s (quiet machine).
+Without varlen attention (a kernel that reads each row's own columns) the fused step pays either in
+padding or in attention; this layout keeps decode steps at ``[rows, 1]``. Under contention the larger
+fused tensors also run on torch's intra-op threads, which stall when other processes share the cores
+(both fused layouts fell to 0.46-0.48x static's tokens/s on a loaded machine).
+
 transformers' paged continuous batching (``generate_batch``) was not used: it brings its own scheduler
 and attention kernels, while this worker needs peft's per-row ``adapter_names``, per-row stop strings,
 seeds and constraints inside its own loop.
