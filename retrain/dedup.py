@@ -231,14 +231,20 @@ def near_dedup(
         return []
     texts = [[_dialogue(e) for e in examples], ["\n".join(e.answers()) for e in examples]]
     parts = [embed(t) for t in texts]
-    confirmed: dict[int, list[np.ndarray]] = {}  # row -> its parts' vectors from ``confirm``
+    # ``confirm``'s vectors of each part by row, filled as rows are proposed (rows x dims, like ``parts``).
+    confirmed: list[np.ndarray] = []
+    have = np.zeros(len(examples), dtype=bool)
 
     def confirm_rows(rows: np.ndarray) -> list[np.ndarray]:
-        new = [i for i in dict.fromkeys(rows.tolist()) if i not in confirmed]
-        if new:
+        new = np.unique(rows[~have[rows]])
+        if len(new):
             vectors = [confirm([t[i] for i in new]) for t in texts]
-            confirmed.update({i: [v[k] for v in vectors] for k, i in enumerate(new)})
-        return [np.stack([confirmed[i][p] for i in rows.tolist()]) for p in range(len(texts))]
+            if not confirmed:
+                confirmed.extend(np.zeros((len(examples), v.shape[1]), dtype=np.float32) for v in vectors)
+            for c, v in zip(confirmed, vectors, strict=True):
+                c[new] = v
+            have[new] = True
+        return [c[rows] for c in confirmed]
 
     groups: dict[Hashable, list[int]] = {}
     for i, e in enumerate(examples):
