@@ -214,6 +214,12 @@ def table(small: dict, large: dict, sizes: tuple[dict, dict], emb: dict | None) 
         lines.append(f"| {label} | {fmt(small[key], unit)} | {fmt(large[key], unit)} | {ratio:.2f}x | {verdict} |")
     lines.append(f"| nightly window rows selected | {small['select_rows']} | {large['select_rows']} | | |")
     if emb:
+        # The 20-minute target is for a full year (200k conversations); a smaller run gets no verdict.
+        year = sizes[1]["conversations"] >= 200_000
+
+        def within_20_min(seconds: float) -> str:
+            return ("<= 20 min " + ("met" if seconds <= 1200 else "**not met**")) if year else "(not a full year)"
+
         lines.append(f"| near-dup embedding, `{emb['model']}` | | {emb['texts_per_s']:,.0f} texts/s wall, "
                      f"{emb['texts_per_cpu_s']:,.0f} per CPU-second | | >= 5,000 texts/s "
                      + ("met" if emb["texts_per_s"] >= 5000 else "**not met** (wall)") + " |")
@@ -221,8 +227,7 @@ def table(small: dict, large: dict, sizes: tuple[dict, dict], emb: dict | None) 
             lines.append(f"| near-dup embedding, MiniLM (for comparison) | | {emb['minilm_texts_per_s']:,.0f} texts/s "
                          "| | |")
         lines.append(f"| first full-year embedding build ({emb['texts']:,} unique texts, into the DuckDB cache) | | "
-                     f"{emb['year_build_s']:.0f} s | | <= 20 min " + ("met" if emb["year_build_s"] <= 1200 else
-                                                                     "**not met**") + " |")
+                     f"{emb['year_build_s']:.0f} s | | {within_20_min(emb['year_build_s'])} |")
         if "cascade_s" in emb:
             total = emb["year_build_s"] + emb["cascade_s"]
             lines.append(
@@ -230,8 +235,7 @@ def table(small: dict, large: dict, sizes: tuple[dict, dict], emb: dict | None) 
                 f"-> {emb['cascade_kept']:,} kept) | | {total:.0f} s = static build {emb['year_build_s']:.0f} s "
                 f"+ candidates and MiniLM {emb['cascade_s']:.0f} s; {emb['texts'] / total:,.0f} texts/s; "
                 f"**{emb['cascade_minilm_texts']:,} texts to MiniLM** "
-                f"({emb['cascade_minilm_texts'] / emb['texts']:.0%}) | | <= 20 min "
-                + ("met" if total <= 1200 else "**not met**") + " |")
+                f"({emb['cascade_minilm_texts'] / emb['texts']:.0%}) | | {within_20_min(total)} |")
     return "\n".join(lines)
 
 
