@@ -11,11 +11,16 @@ nightly selection should cost the same on both. Then, in one run, each operation
 - the nightly ``select`` of the window; the full-year ``rated_examples`` and PII scrub (first and cached);
 - the leaderboard's arena aggregation;
 - near-duplicate embedding throughput (texts/s) of the configured embedder and MiniLM, and the time a
-  first full-year embedding build takes (every unique prompt and answer of the full-year selection).
+  first full-year embedding build takes (every unique prompt and answer of the full-year selection);
+- a first full-year near-duplicate pass as the pipeline runs it (``clean_view`` on every view with the
+  settings' cascade: static vectors of every text, candidate pairs, MiniLM on the candidates' texts), with
+  how many texts went to MiniLM. Its MiniLM part grows with the candidates: on this synthetic year (one
+  template, numbers changed) nearly every text is one, so at 200k conversations it runs for over an hour;
+  ``--large-conversations 10000`` is a quick check, ``--skip-cascade`` leaves it out.
 
 Targets: export peak RSS <= 1.5x, stats and Data tab <= 2x, nightly selection <= 2x, full-year build <= 20 min.
 
-    python bench/scale.py [--large-conversations 200000] [--write-results] [--skip-minilm]
+    python bench/scale.py [--large-conversations 200000] [--write-results] [--skip-minilm] [--skip-cascade]
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ def measure(data_dir: Path, args) -> dict:
             scrub_selection(year, Counter(), cache=store)
             r[label] = time.perf_counter() - t
         r["year_texts"] = _year_texts(year)
+        r["year"] = year
     finally:
         store.close()
     return r
@@ -120,7 +126,28 @@ def _year_texts(sel) -> list[str]:
     return list(texts)
 
 
-def embedding_numbers(texts: list[str], args, cache) -> dict:
+def cascade_pass(year, cache) -> dict:
+    """A first near-dup pass over the full-year selection as the pipeline runs it (``clean_view`` on each view,
+    the default cascade, vectors into ``cache``): seconds, texts embedded by each stage, rows in and kept."""
+    from retrain.dataset import build_views, clean_view
+    from retrain.dedup import near_dup_embedders
+    from settings import Settings
+
+    settings = Settings(heldout_fraction=0.0, max_user_share=1.0, max_untrusted_user_rows=0,
+                        max_untrusted_answer_rows=0)  # only filters and dedup decide what is kept
+    embed, confirm = near_dup_embedders(settings, cache)
+    assert confirm is not None, "the default settings run the cascade"
+    counts: dict = {"sft": {}, "kto": {}, "pref": {}}
+    t = time.perf_counter()
+    for view, rows in build_views(year.rated, year.pairs).items():
+        clean_view(view, rows, settings, embed, None, counts, confirm)
+    return {"cascade_s": time.perf_counter() - t, "cascade_static_texts": embed.n_encoded,
+            "cascade_minilm_texts": confirm.n_encoded,
+            "cascade_rows": sum(c["exact_dedup"] for c in counts.values()),
+            "cascade_kept": sum(c["near_dedup"] for c in counts.values())}
+
+
+def embedding_numbers(texts: list[str], args, cache, year=None) -> dict:
     """Texts/s of the configured embedder and of MiniLM, and a first full-year build's time (cache: the store)."""
     from retrain.dedup import CachedEmbedder, load_embedder
     from settings import Settings
@@ -148,6 +175,9 @@ def embedding_numbers(texts: list[str], args, cache) -> dict:
         t = time.perf_counter()
         minilm.encode(few, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         out["minilm_texts_per_s"] = len(few) / (time.perf_counter() - t)
+    if year is not None:
+        # The static vectors are in the cache now (the build above): this is candidate search and MiniLM.
+        out.update(cascade_pass(year, cache))
     return out
 
 
@@ -184,6 +214,12 @@ def table(small: dict, large: dict, sizes: tuple[dict, dict], emb: dict | None) 
         lines.append(f"| {label} | {fmt(small[key], unit)} | {fmt(large[key], unit)} | {ratio:.2f}x | {verdict} |")
     lines.append(f"| nightly window rows selected | {small['select_rows']} | {large['select_rows']} | | |")
     if emb:
+        # The 20-minute target is for a full year (200k conversations); a smaller run gets no verdict.
+        year = sizes[1]["conversations"] >= 200_000
+
+        def within_20_min(seconds: float) -> str:
+            return ("<= 20 min " + ("met" if seconds <= 1200 else "**not met**")) if year else "(not a full year)"
+
         lines.append(f"| near-dup embedding, `{emb['model']}` | | {emb['texts_per_s']:,.0f} texts/s wall, "
                      f"{emb['texts_per_cpu_s']:,.0f} per CPU-second | | >= 5,000 texts/s "
                      + ("met" if emb["texts_per_s"] >= 5000 else "**not met** (wall)") + " |")
@@ -191,8 +227,15 @@ def table(small: dict, large: dict, sizes: tuple[dict, dict], emb: dict | None) 
             lines.append(f"| near-dup embedding, MiniLM (for comparison) | | {emb['minilm_texts_per_s']:,.0f} texts/s "
                          "| | |")
         lines.append(f"| first full-year embedding build ({emb['texts']:,} unique texts, into the DuckDB cache) | | "
-                     f"{emb['year_build_s']:.0f} s | | <= 20 min " + ("met" if emb["year_build_s"] <= 1200 else
-                                                                     "**not met**") + " |")
+                     f"{emb['year_build_s']:.0f} s | | {within_20_min(emb['year_build_s'])} |")
+        if "cascade_s" in emb:
+            total = emb["year_build_s"] + emb["cascade_s"]
+            lines.append(
+                f"| first full-year near-dup pass, cascade ({emb['texts']:,} texts; {emb['cascade_rows']:,} rows "
+                f"-> {emb['cascade_kept']:,} kept) | | {total:.0f} s = static build {emb['year_build_s']:.0f} s "
+                f"+ candidates and MiniLM {emb['cascade_s']:.0f} s; {emb['texts'] / total:,.0f} texts/s; "
+                f"**{emb['cascade_minilm_texts']:,} texts to MiniLM** "
+                f"({emb['cascade_minilm_texts'] / emb['texts']:.0%}) | | {within_20_min(total)} |")
     return "\n".join(lines)
 
 
@@ -215,6 +258,8 @@ def main() -> int:
     p.add_argument("--large-conversations", type=int, default=200_000)
     p.add_argument("--skip-minilm", action="store_true", help="skip MiniLM's throughput (slow on CPU)")
     p.add_argument("--skip-embedding", action="store_true")
+    p.add_argument("--skip-cascade", action="store_true",
+                   help="skip the full-year near-dup pass with the cascade (MiniLM on the candidates: long)")
     p.add_argument("--work", default=None, help="where the files go (default: a temp dir)")
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
@@ -232,7 +277,8 @@ def main() -> int:
             print(f"built {counts} in {time.perf_counter() - t:.1f} s", flush=True)
             sizes.append(counts)
             r = measure(data_dir, args)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "year_texts"},
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                   if k not in ("year_texts", "year")},
                   flush=True)
             results.append(r)
         emb = None
@@ -240,7 +286,8 @@ def main() -> int:
             from feedback.store import FeedbackStore
 
             with FeedbackStore(Path(args.work) / f"year-{args.large_conversations}" / "tuneloop.duckdb") as store:
-                emb = embedding_numbers(results[1]["year_texts"], args, store)
+                emb = embedding_numbers(results[1]["year_texts"], args, store,
+                                        None if args.skip_cascade else results[1]["year"])
             print(emb, flush=True)
     text = table(results[0], results[1], (sizes[0], sizes[1]), emb)
     print(text)
@@ -255,7 +302,10 @@ def main() -> int:
                            if key in results[0] and results[0][key])
         append_result("scale (issue 21)", f"{sizes[0]['messages']} vs {sizes[1]['messages']} messages: {growth}"
                       + (f"; embedding {emb['texts_per_s']:.0f} texts/s, full-year build {emb['year_build_s']:.0f} s"
-                         if emb else ""))
+                         if emb else "")
+                      + (f"; cascade pass {emb['year_build_s'] + emb['cascade_s']:.0f} s, "
+                         f"{emb['cascade_minilm_texts']} of {emb['texts']} texts to MiniLM"
+                         if emb and "cascade_s" in emb else ""))
     return 0
 
 

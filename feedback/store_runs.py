@@ -188,20 +188,22 @@ class RunStore(StoreCore):
                     cur.unregister("wanted")
         return _vectors_from_arrow(found)
 
-    def prune_embeddings(self, model: str, keep: list[str]) -> int:
-        """Delete cached vectors of other models, and of ``model`` whose key is not in ``keep`` (the texts of
-        the rows some snapshot still holds); returns how many went."""
+    def prune_embeddings(self, models: str | list[str], keep: list[str]) -> int:
+        """Delete cached vectors of other models, and of ``models`` (one, or the stages of a cascade) whose key
+        is not in ``keep`` (the texts of the rows some snapshot still holds); returns how many went."""
         import pyarrow as pa
 
+        models = [models] if isinstance(models, str) else list(models)
         with self._write() as cur:
             cur.register("keep_keys", pa.table({"key": pa.array(sorted(set(keep)), pa.string())}))
             try:
-                cur.execute("""DELETE FROM embeddings WHERE model <> ? OR key NOT IN (SELECT key FROM keep_keys)
-                               RETURNING 1""", [model])
+                cur.execute("""DELETE FROM embeddings WHERE NOT list_contains(?, model)
+                               OR key NOT IN (SELECT key FROM keep_keys) RETURNING 1""", [models])
                 gone = len(cur.fetchall())
             finally:
                 cur.unregister("keep_keys")
-        log.info("embedding cache pruned: %d vectors removed, %d keys kept for %s", gone, len(set(keep)), model)
+        log.info("embedding cache pruned: %d vectors removed, %d keys kept for %s", gone, len(set(keep)),
+                 ", ".join(models))
         return gone
 
 

@@ -40,7 +40,7 @@ from retrain.clean import (
     normalise,
     same_answer,
 )
-from retrain.dedup import CachedEmbedder, EmbeddingCache, _dialogue, exact_dedup, near_dedup, text_key
+from retrain.dedup import EmbeddingCache, _dialogue, exact_dedup, near_dedup, near_dup_embedders, text_key
 from retrain.pii import CachedScrubber
 from retrain.split import split
 
@@ -55,6 +55,7 @@ ROWS = "rows.json"  # the rated answers (message ids) in the snapshot's files: w
 
 # The settings that decide a snapshot's content, recorded in its manifest.
 DATA_SETTINGS = ("replay_ratio", "min_answer_chars", "max_example_tokens", "dedup_threshold", "embedding_model",
+                 "dedup_confirm_model", "dedup_candidate_threshold",
                  "max_user_share", "max_untrusted_user_rows", "max_untrusted_answer_rows", "heldout_fraction", "seed")
 
 
@@ -312,6 +313,7 @@ def clean_view(
     embed: Callable,
     count_tokens: CountTokens | None,
     counts: dict,
+    confirm: Callable | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """Filter, dedup, cap and split one view; returns (train, heldout) and records counts after each stage."""
     c = counts[view]
@@ -326,7 +328,8 @@ def clean_view(
     c["exact_dedup"] = len(examples)
     # KTO ups and downs of the same text are both signal; only rows with one label compete.
     group = (lambda e: e.label) if view == "kto" else None
-    examples = near_dedup(examples, embed, settings.dedup_threshold, group=group)
+    examples = near_dedup(examples, embed, settings.dedup_threshold, group=group, confirm=confirm,
+                          candidate_threshold=getattr(settings, "dedup_candidate_threshold", None))
     c["near_dedup"] = len(examples)
     examples = cap_user_share(examples, settings.max_user_share)
     c["user_cap"] = len(examples)
@@ -394,7 +397,8 @@ def build_training_set(
 
     ``count_tokens`` counts tokens with the base tokenizer (default: a word-count estimate);
     ``embedder`` is a SentenceTransformer-like model (default: ``load_embedder(settings.embedding_model)``,
-    loaded only if some text is not cached); ``embedding_cache`` defaults to ``store``.
+    loaded only if some text is not cached); the cascade's ``settings.dedup_confirm_model`` is loaded only if a
+    proposed pair's text is not cached; ``embedding_cache`` defaults to ``store``.
     """
     now = _aware(now) or datetime.now(UTC)
     counts: dict = {"sft": {}, "kto": {}, "pref": {}}
@@ -419,13 +423,13 @@ def build_training_set(
     views["pref"] = [e for e in views["pref"] if e.source_id not in misplaced]
     views["kto"] = [e for e in views["kto"] if not (e.label is False and e.source_id in misplaced)]
 
-    embed = CachedEmbedder(embedding_cache or store, settings.embedding_model, embedder,
-                           embedders_dir=getattr(settings, "embedders_dir", None))
-    sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts)
-    kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts)
-    pref_train, pref_heldout = clean_view("pref", views["pref"], settings, embed, count_tokens, counts)
+    embed, confirm = near_dup_embedders(settings, embedding_cache or store, embedder)
+    sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts, confirm)
+    kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts, confirm)
+    pref_train, pref_heldout = clean_view("pref", views["pref"], settings, embed, count_tokens, counts, confirm)
     counts["pii"] = dict(sorted(pii.items()))
     counts["embedded"] = embed.n_encoded
+    counts["embedded_confirm"] = confirm.n_encoded if confirm else 0
 
     snapshot_id = _snapshot_id(Path(settings.datasets_dir), now)
     manifest = {
@@ -447,7 +451,7 @@ def build_training_set(
     if embedding_cache is None and hasattr(store, "prune_embeddings"):
         # The cache keeps what a later build can use: the texts of rows some snapshot holds (replay draws
         # from them); vectors of rows that were dropped or of another embedder go.
-        store.prune_embeddings(settings.embedding_model, snapshot_text_keys(
+        store.prune_embeddings([m.model_name for m in (embed, confirm) if m], snapshot_text_keys(
             complete_snapshots(Path(settings.datasets_dir))))
     store.record_snapshot(snapshot.id, path, snapshot.cutoff, counts, snapshot.content_hash,
                           created_at=snapshot.created_at)

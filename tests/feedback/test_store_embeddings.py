@@ -16,3 +16,13 @@ def test_lookup_by_key_per_model_and_prune(store, monkeypatch):
     assert store.prune_embeddings("m1", ["k1", "k5", "nothing"]) == 28 + 2
     assert store.get_embeddings("m1", [f"k{i}" for i in range(30)]) == {"k1": [1.0, 1.0], "k5": [5.0, 1.0]}
     assert store.get_embeddings("m2", ["k1", "other"]) == {}
+
+
+def test_prune_keeps_every_stage_of_a_cascade(store):
+    store.put_embeddings("static", {"k1": [1.0], "k2": [2.0]})
+    store.put_embeddings("minilm", {"k1": [3.0], "k2": [4.0]})
+    store.put_embeddings("old", {"k1": [5.0]})
+    assert store.prune_embeddings(["static", "minilm"], ["k1"]) == 3
+    assert store.get_embeddings("static", ["k1", "k2"]) == {"k1": [1.0]}
+    assert store.get_embeddings("minilm", ["k1", "k2"]) == {"k1": [3.0]}
+    assert store.get_embeddings("old", ["k1"]) == {}

