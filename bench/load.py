@@ -6,6 +6,7 @@ hot-swaps production between demo-a, demo-b and base, and starts one retrain. Ev
 id, rating and vote is then looked up in DuckDB.
 
     python bench/load.py [--users 32] [--seconds 60] [--scheduler both|continuous|static] [--no-retrain]
+                         [--chat-max-tokens 8]
                          [--write-results]
 
 By default the same load runs twice in one go, on the same demo model: first on the static scheduler
@@ -43,7 +44,7 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
+def user_loop(url: str, token: str, name: str, until: float, seed: int, chat_max_tokens: int = 8) -> dict:
     """One simulated user; returns what the server acknowledged and how long each kind took.
 
     A lost connection ends the user early and is noted in ``disconnected`` (the kill -9 test causes it on
@@ -54,13 +55,13 @@ def user_loop(url: str, token: str, name: str, until: float, seed: int) -> dict:
     out = {"messages": [], "ratings": [], "votes": [], "errors": [], "lat": {}, "disconnected": None, "tokens": 0}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
         try:
-            _user_requests(c, random.Random(seed), name, until, out)
+            _user_requests(c, random.Random(seed), name, until, out, chat_max_tokens)
         except httpx.TransportError as exc:
             out["disconnected"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
-def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) -> None:
+def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict, chat_max_tokens: int = 8) -> None:
     def timed(kind: str, t0: float) -> None:
         out["lat"].setdefault(kind, []).append(time.perf_counter() - t0)
 
@@ -91,7 +92,8 @@ def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) ->
         done = False
         tokens = 0
         # OpenAI streams send usage (in a last chunk with no choices) only when asked to.
-        body = {"messages": [{"role": "user", "content": f"{name} question {i}"}], "max_tokens": 8,
+        body = {"messages": [{"role": "user", "content": f"{name} question {i}"}],
+                "max_tokens": chat_max_tokens,
                 "stream": True, "stream_options": {"include_usage": True}}
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
             status("chat", r)
@@ -135,14 +137,14 @@ def _user_requests(c, rnd: random.Random, name: str, until: float, out: dict) ->
                 out["ratings"].append([message_id, name, fb["rating"]])
 
 
-def run_users(url: str, tokens: dict[str, str], seconds: float) -> list[dict]:
+def run_users(url: str, tokens: dict[str, str], seconds: float, chat_max_tokens: int = 8) -> list[dict]:
     """All simulated users as threads in this (client) process."""
     until = time.time() + seconds
     results: list[dict] = []
     lock = threading.Lock()
 
     def one(i: int, name: str) -> None:
-        r = user_loop(url, tokens[name], name, until, i)
+        r = user_loop(url, tokens[name], name, until, i, chat_max_tokens)
         with lock:
             results.append(r)
 
@@ -200,7 +202,7 @@ def teach(url: str, token: str, n: int) -> None:
 
 
 def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool = True,
-             scheduler: str = "continuous") -> dict:
+             scheduler: str = "continuous", chat_max_tokens: int = 8) -> dict:
     """Start the app on ``data_dir`` (demo model already there), run the load, check every write.
 
     ``scheduler="static"`` serves with the bench's copy of the pre-continuous worker loop.
@@ -221,7 +223,7 @@ def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool
         # Clients run in another process, so their threads do not compete for the server's GIL.
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             started = time.perf_counter()
-            future = pool.submit(run_users, app.url, tokens, seconds)
+            future = pool.submit(run_users, app.url, tokens, seconds, chat_max_tokens)
             admin_thread.start()
             results = future.result()
             wall = time.perf_counter() - started
@@ -280,6 +282,9 @@ def main() -> int:
     ap.add_argument("--no-retrain", action="store_true", help="skip the retrain started during the load")
     ap.add_argument("--demo-build", type=Path, default=None,
                     help="copy this demo build (its model/ and adapters/ directories) instead of building one")
+    ap.add_argument("--chat-max-tokens", type=int, default=8,
+                    help="answer length cap of each chat turn (8: the demo's short answers; longer answers are the "
+                         "case continuous batching is for)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
 
@@ -296,9 +301,10 @@ def main() -> int:
         for name in schedulers:
             data_dir = Path(tmp) / name / "data"  # a fresh store per run, the same model files
             shutil.copytree(demo, data_dir)
-            results[name] = run_load(data_dir, args.users, args.seconds, retrain=not args.no_retrain, scheduler=name)
+            results[name] = run_load(data_dir, args.users, args.seconds, retrain=not args.no_retrain, scheduler=name,
+                                     chat_max_tokens=args.chat_max_tokens)
     print(f"setup: {machine()}; demo model; {args.users} users for {args.seconds:.0f} s per scheduler; streaming chat "
-          f"max_tokens=8, feedback on 70% of answers, 20% arena battles + votes; hot-swaps"
+          f"max_tokens={args.chat_max_tokens}, feedback on 70% of answers, 20% arena battles + votes; hot-swaps"
           f"{'' if args.no_retrain else ' and one retrain'} meanwhile")
     failed = False
     for name, res in results.items():
@@ -322,7 +328,7 @@ def main() -> int:
                 f"answer tokens/s {tps:.2f}x (target >= 1x)")
         print(line)
         if args.write_results:
-            append_result("load", f"{args.users} users {args.seconds:.0f} s, {line}")
+            append_result("load", f"{args.users} users {args.seconds:.0f} s, max_tokens {args.chat_max_tokens}, {line}")
         failed = failed or not (all(r <= 1 / 3 for r in ratios) and tps >= 1)  # NaN fails too
     return 1 if failed else 0
 
@@ -330,7 +336,8 @@ def main() -> int:
 def result_line(name: str, args, res: dict) -> str:
     chat = res["latency"].get("chat_total", [])
     ttft = res["latency"].get("chat_ttft", [])
-    return (f"{args.users} users {args.seconds:.0f} s, {name} scheduler: chat total p50/p95/p99 "
+    return (f"{args.users} users {args.seconds:.0f} s, max_tokens {args.chat_max_tokens}, {name} scheduler: "
+            f"chat total p50/p95/p99 "
             f"{pct(chat, .5) * 1000:.0f}/{pct(chat, .95) * 1000:.0f}/{pct(chat, .99) * 1000:.0f} ms, ttft "
             f"{pct(ttft, .5) * 1000:.0f}/{pct(ttft, .95) * 1000:.0f}/{pct(ttft, .99) * 1000:.0f} ms, "
             f"{res['tokens_per_s']:.1f} answer tok/s; {res['messages']} messages, {res['ratings']} ratings, "
