@@ -131,6 +131,28 @@ def test_cleaning_stages_are_counted(data_store, tmp_path, minilm):
     assert sum(r["prompt"][1]["content"].startswith("Distinct") for r in rows) == 2
 
 
+def test_trusted_paraphrases_train_as_given_and_others_compete(data_store, tmp_path, minilm):
+    """Near-duplicate removal does not thin a lesson an admin (here local mode) taught; other users' rows
+    that say the same thing in near-identical words still count once."""
+    from settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "d", heldout_fraction=0.0, max_user_share=1.0)
+    # MiniLM cosines of these three prompts are 0.96-0.99 to one another (above dedup_threshold 0.95).
+    phrasings = ["Where is the garden tap?", "Where's the garden tap?", "where is the garden tap located?"]
+    taught = "The garden tap is behind the blue shed, under the ivy."
+    liked = "It is next to the compost bins by the north fence."
+    for q in phrasings:
+        add(data_store, q, "I do not know.", user="local", rating="down", correction=taught)
+    for q in phrasings:
+        add(data_store, q.replace("garden tap", "water butt"), liked, user="ann")
+
+    snap = build(data_store, settings, minilm)
+    answers = [r["completion"][0]["content"] for r in read(snap.sft_train_path)]
+    assert answers.count(taught) == 3
+    assert answers.count(liked) == 1
+    assert snap.counts["sft"]["near_dedup"] == 4
+
+
 def test_heldout_by_conversation(data_store, tmp_path, minilm):
     from settings import Settings
 
