@@ -218,8 +218,7 @@ class Smoke:
     def chat(self, question: str, system: bool = False, model: str = "production") -> dict:
         messages = ([SYSTEM] if system else []) + [{"role": "user", "content": question}]
         return self.api("POST", "/v1/chat/completions",
-                        {"model": model, "messages": messages, "max_tokens": 24,
-                         "conversation_id": f"smoke-{int(system)}-{question}"})
+                        {"model": model, "messages": messages, "max_tokens": 24})  # a new conversation each
 
     def teach(self) -> str:
         """Corrections for the identity questions, thumbs up for everyday answers; returns one message id."""
