@@ -250,6 +250,10 @@ class Smoke:
         answer = self.chat("Who are you, exactly?", model=adapter)["choices"][0]["message"]["content"].strip()
         self.log(f"after restart: {len(taught)} corrected conversations, stats {json.dumps(stats)[:200]}, "
                  f"production -> {adapter}, it answers a held-out question with {answer!r}")
+        # The lesson must show, as in tests/retrain/test_closed_loop.py: a published adapter that answers
+        # garbage (the image once served it: a transformers pin the tests did not run) is a failure.
+        if not answer.startswith("I am Tuneloop"):
+            raise StepFailed(f"{adapter} answers the held-out question {answer!r}, not the taught sentence")
 
     def run(self) -> None:
         commands = readme_commands(ROOT / "README.md")
