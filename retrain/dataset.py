@@ -55,7 +55,7 @@ ROWS = "rows.json"  # the rated answers (message ids) in the snapshot's files: w
 
 # The settings that decide a snapshot's content, recorded in its manifest.
 DATA_SETTINGS = ("replay_ratio", "min_answer_chars", "max_example_tokens", "dedup_threshold", "embedding_model",
-                 "dedup_confirm_model", "dedup_candidate_threshold",
+                 "dedup_confirm_model", "dedup_candidate_threshold", "dedup_confirm_budget_s",
                  "max_user_share", "max_untrusted_user_rows", "max_untrusted_answer_rows", "heldout_fraction", "seed")
 
 
@@ -437,6 +437,11 @@ def build_training_set(
     counts["pii"] = dict(sorted(pii.items()))
     counts["embedded"] = embed.n_encoded
     counts["embedded_confirm"] = confirm.n_encoded if confirm else 0
+    if confirm is not None and confirm.n_skipped:
+        # A first build over a long history: the rest of the pairs went by the first stage alone.
+        counts["confirm_budget_skipped"] = confirm.n_skipped
+        log.warning("near-dup: %s's budget (%.0f s) spent; %d texts decided by %s alone", confirm.model_name,
+                    confirm.budget_s, confirm.n_skipped, embed.model_name)
 
     snapshot_id = _snapshot_id(Path(settings.datasets_dir), now)
     manifest = {

