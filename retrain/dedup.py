@@ -104,7 +104,7 @@ class CachedEmbedder:
         self.budget_s = budget_s
         self.autocast = autocast
         self.n_encoded = 0
-        self.n_skipped = 0  # texts a caller would have encoded had the budget allowed
+        self.n_skipped = 0  # texts (rows' parts) a caller left unconfirmed once the budget was spent
         self.encode_s = 0.0
 
     def over_budget(self) -> bool:
@@ -279,12 +279,14 @@ def near_dedup(
     # ``confirm``'s vectors of each part by row, filled as rows are asked about (rows x dims, like ``parts``).
     confirmed: list[np.ndarray | None] = [None] * len(texts)
     have = [np.zeros(len(examples), dtype=bool) for _ in texts]
+    skipped = [np.zeros(len(examples), dtype=bool) for _ in texts]  # rows' texts left unconfirmed (budget)
 
     def confirm_rows(rows: np.ndarray, part: int) -> np.ndarray | None:
         new = np.unique(rows[~have[part][rows]])
         if len(new) and getattr(confirm, "over_budget", lambda: False)():
             if hasattr(confirm, "n_skipped"):
-                confirm.n_skipped += len(new)
+                confirm.n_skipped += int((~skipped[part][new]).sum())
+            skipped[part][new] = True
             return None  # the first stage decides the rest at ``threshold`` (see near_duplicate_keep_mask)
         if len(new):
             vectors = confirm([texts[part][i] for i in new])

@@ -37,16 +37,32 @@ seeds and constraints inside its own loop.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 
+@functools.cache
+def _cache_kwarg(model_class: type) -> str:
+    """The name a causal LM's ``forward`` takes its KV cache by: ``cache`` since transformers 5.24,
+    ``past_key_values`` before it and in remote-code models written for older versions.
+
+    A name the model does not know lands in its ``**kwargs`` and is ignored without a word: every step then
+    sees only its newest token, and the answers are fluent-looking garbage (the image served that on 5.23).
+    """
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _forward(model, ids, mask, positions, cache, adapter_names):
     kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1, **kwargs)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: the model under it
+    kwargs[_cache_kwarg(type(base))] = cache
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **kwargs)
     return out.logits[:, -1, :]
 
 
@@ -84,6 +100,11 @@ class RunningBatch:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache()
         logits = _forward(model, ids, mask, positions, cache, adapter_names)
+        if cache.get_seq_length() != width:
+            # The model did not write its keys and values into our cache: decoding on would be garbage.
+            raise RuntimeError(f"{type(model).__name__} did not fill the KV cache passed to it "
+                               f"({cache.get_seq_length()} of {width} positions); this transformers version "
+                               "or model code takes it under another name")
         return cls(cache, mask, mask.sum(-1)), logits
 
     def decode(self, model, tokens: list[int], adapter_names=None) -> torch.Tensor:

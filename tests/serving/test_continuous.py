@@ -73,6 +73,63 @@ def test_random_model_answers_run_to_max_tokens(solo):
         assert n == max_tokens and text
 
 
+@pytest.mark.parametrize("adapter", [BASE, "qa"])
+def test_worker_answers_as_transformers_generate(qwen_dirs, solo, adapter):
+    """The worker's own decode loop against the reference: transformers' ``generate`` (greedy) on a fresh copy
+    of the model and adapter. Comparing the worker with itself (``solo``) cannot catch a cache the model never
+    reads: on transformers 5.23, which takes it as ``past_key_values``, every row was garbage alike."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.chat_format import render_prompt
+
+    model_dir, adapters_dir = qwen_dirs
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter != BASE:
+        model = PeftModel.from_pretrained(model, adapters_dir / adapter)
+    for spec in (s for s in SPECS if s[1] == adapter):
+        messages = [{"role": "user", "content": PROMPTS[spec[0] % len(PROMPTS)]}]
+        ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=spec[2], do_sample=False)
+        assert solo[spec][0] == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), spec
+
+
+def test_prefill_refuses_a_model_that_ignores_the_cache(qwen_dirs):
+    """A model that does not write into the cache it is given (a kwarg it does not know is swallowed by its
+    ``**kwargs``) fails loudly at prefill instead of serving garbage."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from serving.kv_batch import RunningBatch
+
+    class Forgetful(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, cache=None, **kwargs):  # takes the cache by name, then drops it
+            return self.model(**kwargs)
+
+    model = Forgetful(AutoModelForCausalLM.from_pretrained(qwen_dirs[0]))
+    with pytest.raises(RuntimeError, match="did not fill the KV cache"):
+        RunningBatch.prefill(model, [[1, 2, 3]], pad_id=0, device="cpu")
+
+
+def test_cache_kwarg_follows_the_models_signature():
+    from serving.kv_batch import _cache_kwarg
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    assert (_cache_kwarg(New), _cache_kwarg(Old)) == ("cache", "past_key_values")
+
+
 def test_rows_joining_and_leaving_mid_generation_equal_solo(qwen_backend, solo):
     worker = qwen_backend._worker
     readers, joined_running = [], []
