@@ -243,9 +243,23 @@ def run_load(data_dir: Path, users: int = 32, seconds: float = 60, retrain: bool
             "swaps": admin["swaps"], "run_status": run["status"] if run else None,
             "run_error": run.get("error") if run else None, "latency": lat,
             "tokens_per_s": sum(r["tokens"] for r in results) / wall, "scheduler": scheduler,
+            "server_ttft_mean_s": _server_ttft_mean(app.ctx.metrics),
         }
     finally:
         app.stop()
+
+
+def _server_ttft_mean(metrics) -> float:
+    """The worker's own mean time to first token (submitted to the worker -> first text), from ``/metrics``'
+    histogram: what the client's TTFT has beyond it is HTTP, auth, the store and the GIL."""
+    total = count = 0.0
+    for family in metrics.ttft.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+    return total / count if count else float("nan")
 
 
 def lost_writes(store, results: list[dict]) -> dict:
@@ -308,7 +322,10 @@ def main() -> int:
           f"{'' if args.no_retrain else ' and one retrain'} meanwhile")
     failed = False
     for name, res in results.items():
-        print(f"--- {name} scheduler: {res['tokens_per_s']:.1f} chat answer tokens/s aggregate")
+        client_ttft = res["latency"].get("chat_ttft", [])
+        print(f"--- {name} scheduler: {res['tokens_per_s']:.1f} chat answer tokens/s aggregate; mean TTFT "
+              f"{sum(client_ttft) / max(len(client_ttft), 1) * 1000:.0f} ms at the client, "
+              f"{res['server_ttft_mean_s'] * 1000:.0f} ms of it in the worker (submit -> first token)")
         for line in summary(res):
             print(line)
         print(f"acknowledged: {res['messages']} messages, {res['ratings']} ratings, {res['votes']} votes; missing in "
