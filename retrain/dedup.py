@@ -156,7 +156,11 @@ def _autocast(model, enabled: bool):
         return contextlib.nullcontext()
     import torch
 
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    try:  # a private probe (oneDNN's own check); a torch without it just runs fp32
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    if not native_bf16:
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
