@@ -13,6 +13,7 @@ has MiniLM's precision and, at the loose threshold, nearly all of its recall.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -152,17 +153,22 @@ def _autocast(model, enabled: bool):
     """
     import contextlib
 
-    if not enabled or getattr(getattr(model, "device", None), "type", None) != "cpu":
+    if not enabled or getattr(getattr(model, "device", None), "type", None) != "cpu" or not _cpu_has_bf16():
         return contextlib.nullcontext()
     import torch
 
-    try:  # a private probe (oneDNN's own check); a torch without it just runs fp32
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
-    if not native_bf16:
-        return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: asked once, not at every encode."""
+    import torch
+
+    try:  # a private probe (oneDNN's own check); a torch without it just runs fp32
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def near_dup_embedders(settings, cache: EmbeddingCache, embedder=None) -> tuple[CachedEmbedder, CachedEmbedder | None]:

@@ -159,7 +159,9 @@ def test_confirm_budget_and_autocast_are_settings():
 def test_bf16_autocast_keeps_minilm_vectors(minilm):
     """Autocast (on CPUs with native bf16; a no-op elsewhere) moves MiniLM's vectors far less than the 0.95
     threshold could notice."""
-    texts = [p["a"] for p in __import__("tests.retrain.test_static_embedder", fromlist=["PAIRS"]).PAIRS[:32]]
+    from tests.retrain.test_static_embedder import PAIRS
+
+    texts = [p["a"] for p in PAIRS[:32]]
     fp32 = CachedEmbedder(MemoryEmbeddingCache(), "m", minilm, autocast=False)(texts)
     auto = CachedEmbedder(MemoryEmbeddingCache(), "m", minilm, autocast=True)(texts)
     assert float((fp32 * auto).sum(axis=1).min()) > 0.999
