@@ -22,6 +22,7 @@ from feedback.store_core import (
     _now,
     _rows,
     _to_db,
+    upsert,
 )
 
 log = logging.getLogger(__name__)
@@ -158,18 +159,11 @@ class RatingStore(StoreCore):
                 raise UnknownMessage(f"unknown message {rating.message_id!r}")
             if row[0] != "assistant":
                 raise NotAssistantMessage(f"message {rating.message_id!r} is a {row[0]} message; rate answers")
-            cur.execute("""INSERT INTO ratings (message_id, "user", rating, comment, implicit, created_at, reason)
-                           VALUES (?, ?, ?, ?, ?, ?, ?)
-                           ON CONFLICT (message_id, "user") DO UPDATE SET rating = excluded.rating,
-                           comment = excluded.comment, implicit = excluded.implicit, created_at = excluded.created_at,
-                           reason = excluded.reason""",
-                        [rating.message_id, rating.user, rating.rating, rating.comment, rating.implicit, now,
-                         rating.reason])
+            who = {"message_id": rating.message_id, "user": rating.user}
+            upsert(cur, "ratings", who, {"rating": rating.rating, "comment": rating.comment,
+                                         "implicit": rating.implicit, "created_at": now, "reason": rating.reason})
             if rating.correction is not None:
-                cur.execute("""INSERT INTO corrections VALUES (?, ?, ?, ?)
-                               ON CONFLICT (message_id, "user") DO UPDATE SET content = excluded.content,
-                               created_at = excluded.created_at""",
-                            [rating.message_id, rating.user, rating.correction, now])
+                upsert(cur, "corrections", who, {"content": rating.correction, "created_at": now})
             if trust is not None:
                 from feedback.store_review import review_after_rating  # store_review builds on this module
 

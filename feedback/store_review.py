@@ -25,7 +25,7 @@ from datetime import datetime
 
 from feedback.errors import InvalidReview, UnknownMessage
 from feedback.models import RatedExample
-from feedback.store_core import _FAR_FUTURE, _FAR_PAST, StoreCore, _from_db, _now, _rows, _to_db
+from feedback.store_core import _FAR_FUTURE, _FAR_PAST, StoreCore, _from_db, _now, _rows, _to_db, upsert
 from feedback.store_ratings import (
     _RATED_CTE,
     MAX_KEYED,
@@ -93,11 +93,8 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
         trust = "review"
     state = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}[trust]
     reason = f"judged by {user}, who is not trusted: waits for an admin's review" if state == "pending_review" else None
-    cur.execute("""INSERT INTO review (message_id, state, reason, actor, judged_by, decided_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (message_id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
-                   actor = excluded.actor, judged_by = excluded.judged_by, decided_at = excluded.decided_at""",
-                [message_id, state, reason, user, user, now])
+    values = {"state": state, "reason": reason, "actor": user, "judged_by": user, "decided_at": now}
+    upsert(cur, "review", {"message_id": message_id}, values)
 
 
 class ReviewStore(StoreCore):
@@ -268,9 +265,7 @@ class ReviewStore(StoreCore):
         if not user or len(user) > 128:
             raise InvalidReview("user name must have 1 to 128 characters")
         with self._write() as cur:
-            cur.execute("""INSERT INTO user_trust VALUES (?, ?, ?, ?) ON CONFLICT ("user") DO UPDATE SET
-                           trusted = excluded.trusted, actor = excluded.actor, updated_at = excluded.updated_at""",
-                        [user, bool(trusted), actor, _now()])
+            upsert(cur, "user_trust", {"user": user}, {"trusted": bool(trusted), "actor": actor, "updated_at": _now()})
         log.info("user %s %s by %s", user, "trusted" if trusted else "not trusted", actor)
 
     def user_trusted(self, user: str) -> bool:
