@@ -10,6 +10,7 @@ from feedback_helpers import SYSTEM, assistant, make_turn, user
 from feedback.errors import InvalidRating, NotAssistantMessage, UnknownMessage
 from feedback.models import Rating
 from feedback.store import MAX_TEXT_CHARS
+from feedback.store_core import upsert
 
 
 @pytest.fixture
@@ -28,6 +29,18 @@ def test_re_rating_replaces_and_is_idempotent(answered):
     assert (totals["up"], totals["down"], totals["rated_messages"]) == (0, 1, 1)
     [row] = s.rated_conversations()
     assert (row["rating"], row["comment"], row["prompt"], row["answer"]) == ("down", "wrong", "who are you?", "a bot")
+
+
+def test_upsert_inserts_once_then_updates_and_takes_values_as_data(store):
+    # update-then-insert stands in for ON CONFLICT (store_core.upsert says why): one row per key, and a
+    # user's text is a bound value, never SQL.
+    name = "o'brien\"; DROP TABLE ratings; --"
+    for trusted in (True, False, True):
+        with store._write() as cur:
+            upsert(cur, "user_trust", {"user": name}, {"trusted": trusted, "actor": "admin",
+                                                        "updated_at": datetime(2026, 1, 1)})
+    assert [(r["user"], r["trusted"]) for r in store.list_user_trust()] == [(name, True)]
+    assert store.stats()["totals"]["up"] == 0  # the ratings table is still there
 
 
 def test_different_users_ratings_coexist(answered):
