@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     gate_min_pairs: int = Field(3, ge=1, description="Held-out preference pairs needed before preference accuracy counts.")
     gate_max_ppl_rise: float = Field(0.15, ge=0, description="Largest allowed relative rise of perplexity on the general reference set.")
     gate_canary_facts: bool = Field(True, description="Reject a candidate that contradicts a shipped fact production gets right (retrain/canary_facts.jsonl).")
+    gate_lesson_probes: int = Field(24, ge=0, description="How many rows of earlier published runs (their held-out rows first) candidate and production are asked, greedy, to check that earlier lessons are kept (retrain/lesson_check.py). 0: no check.")
+    gate_max_lessons_lost: float = Field(0.1, ge=0, le=1, description="Largest share of the earlier lessons production gives that a candidate may lose (answer without at least 60% of the taught answer's content words); more fails the gate and the run retries with a gentler recipe.")
     retrain_max_attempts: int = Field(3, ge=1, description="Attempts per run: a candidate rejected on forgetting or held-out loss is retrained with a gentler recipe.")
     retrain_time_budget_s: float = Field(4 * 3600.0, gt=0, description="No new attempt starts when it would likely end after this many seconds from the run's start.")
     backoff_lr_factor: float = Field(0.5, gt=0, le=1, description="Each retry multiplies the learning rates by this.")

@@ -52,7 +52,10 @@ def run_cycles(data_dir: Path, lessons, on_cycle=None) -> list[dict]:
                 row = {"cycle": k + 1, "taught": lesson.name, "status": run["status"], "adapter": run.get("adapter"),
                        "attempts": len(run.get("attempts") or []), "error": run.get("error"),
                        "hits": {earlier.name: hits(c, earlier) / len(earlier.heldout) for earlier in lessons[: k + 1]},
-                       "wall_s": round(time.monotonic() - started, 1)}
+                       "wall_s": round(time.monotonic() - started, 1),
+                       # What the gate's earlier-lessons check saw on the attempt that decided (retrain/lesson_check.py).
+                       "lessons_check": [r for r in (run.get("gate") or {}).get("reasons", [])
+                                         if r.startswith("lessons_kept")]}
                 production = c.get("/v1/adapters").json()["production"]
                 adapter = None if production == "base" else data_dir / "adapters" / production  # none promoted yet
                 row["ppl_rise_vs_base"] = reference_ppl(base, adapter) / base_ppl - 1

@@ -69,14 +69,15 @@ def _words(text: str) -> set[str]:
     return {w.removesuffix("'s") for w in re.findall(r"[\w']+", text.lower())}
 
 
-def _content(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` that carry its meaning: lower-cased, without stop words and single letters."""
     return {w for w in _words(text) if w not in _STOP and len(w) > 1}
 
 
 def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[str]:
     """Source ids of training ``rows`` (``{"prompt", "completion", "source_id"}``) that taught ``changed_answer``."""
-    said = _content(changed_answer)
-    asked = _content(fact.question)
+    said = content_words(changed_answer)
+    asked = content_words(fact.question)
     out = []
     for row in rows:
         sid = row.get("source_id") or ""
@@ -84,8 +85,8 @@ def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[
             continue  # only rated answers are message ids a reviewer can act on
         completion = row["completion"][-1]["content"] if isinstance(row["completion"], list) else row["completion"]
         question = " ".join(m.get("content") or "" for m in row["prompt"] if m.get("role") == "user")
-        says_it = bool(said) and len(said & _content(completion)) / len(said) >= ANSWER_OVERLAP
-        asks_it = bool(asked) and len(asked & _content(question)) / len(asked) >= QUESTION_OVERLAP
+        says_it = bool(said) and len(said & content_words(completion)) / len(said) >= ANSWER_OVERLAP
+        asks_it = bool(asked) and len(asked & content_words(question)) / len(asked) >= QUESTION_OVERLAP
         if says_it or (asks_it and not fact.holds(completion)):
             out.append(sid)
     return sorted(set(out))
@@ -93,7 +94,7 @@ def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[
 
 def addresses(fact: Fact, answer: str) -> bool:
     """Whether ``answer`` is about ``fact``'s question at all (shares one of its content words)."""
-    return bool(_content(fact.question) & _content(answer))
+    return bool(content_words(fact.question) & content_words(answer))
 
 
 def suspects(fact: Fact, changed_answer: str, rows: list[dict]) -> list[str]:

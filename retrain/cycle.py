@@ -34,7 +34,8 @@ _RUN_SETTINGS = (
     "model", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "num_epochs",
     "max_steps", "batch_size", "replay_ratio", "dedup_threshold", "heldout_fraction", "seed", "promotion",
     "gate_max_loss_ratio", "gate_min_pref_accuracy", "gate_max_ppl_rise", "min_dpo_pairs", "dpo_learning_rate",
-    "dpo_beta", "distill_ratio", "gate_canary_facts", "retrain_max_attempts", "retrain_time_budget_s",
+    "dpo_beta", "distill_ratio", "gate_canary_facts", "gate_lesson_probes", "gate_max_lessons_lost",
+    "retrain_max_attempts", "retrain_time_budget_s",
 )
 
 
@@ -135,7 +136,7 @@ def run_cycle(
                 raise
             store.update_run(run_id, stage="gate")
             result = gate(outcome.report["candidate"], outcome.report["production"], settings,
-                          canary=outcome.report.get("canary_facts"))
+                          canary=outcome.report.get("canary_facts"), lessons=outcome.report.get("lessons"))
             if "canary_facts" in result.failed_checks:
                 rated = store.rated_examples(since=snapshot.previous_cutoff, until=snapshot.cutoff)
                 result.flagged_message_ids = sorted(
@@ -200,9 +201,10 @@ def run_cycle(
         settle_rows_logged(store, settings, run_id)
 
 
-# Checks a gentler recipe can fix: it moves the weights less. A contradicted canary fact (rows flagged) or a
-# preference failure comes from the data, and is for a reviewer, not for another attempt.
-_RETRYABLE = {"heldout_loss", "reference_ppl"}
+# Checks a gentler recipe can fix: it moves the weights less (an earlier lesson lost is forgetting too). A
+# contradicted canary fact (rows flagged) or a preference failure comes from the data, and is for a reviewer,
+# not for another attempt.
+_RETRYABLE = {"heldout_loss", "reference_ppl", "lessons_kept"}
 
 
 def _worth_retrying(result) -> bool:

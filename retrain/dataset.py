@@ -50,13 +50,15 @@ MANIFEST = "manifest.json"
 SFT_TRAIN, SFT_HELDOUT = "sft_train.jsonl", "sft_heldout.jsonl"
 KTO_TRAIN = "kto_train.jsonl"
 PREF_TRAIN, PREF_HELDOUT = "pref_train.jsonl", "pref_heldout.jsonl"
-DATA_FILES = (SFT_TRAIN, SFT_HELDOUT, KTO_TRAIN, PREF_TRAIN, PREF_HELDOUT)
+LESSONS = "lessons.jsonl"  # what earlier published runs taught, asked by the gate (retrain/lesson_check.py)
+DATA_FILES = (SFT_TRAIN, SFT_HELDOUT, KTO_TRAIN, PREF_TRAIN, PREF_HELDOUT, LESSONS)
 ROWS = "rows.json"  # the rated answers (message ids) in the snapshot's files: what a rejection counts against
 
 # The settings that decide a snapshot's content, recorded in its manifest.
 DATA_SETTINGS = ("replay_ratio", "min_answer_chars", "max_example_tokens", "dedup_threshold", "embedding_model",
                  "dedup_confirm_model", "dedup_candidate_threshold", "dedup_confirm_budget_s",
-                 "max_user_share", "max_untrusted_user_rows", "max_untrusted_answer_rows", "heldout_fraction", "seed")
+                 "max_user_share", "max_untrusted_user_rows", "max_untrusted_answer_rows", "heldout_fraction", "seed",
+                 "gate_lesson_probes")
 
 
 @dataclass(frozen=True)
@@ -259,19 +261,51 @@ def sample_replay(snapshots: list[Snapshot], n: int, seed: int, exclude: Collect
     Continual Learning"). Only the drawn lines are parsed; reading the files is a byte scan, so a large
     history costs little next to the new data's embeddings.
     """
+    return [_replayed(line) for line in replay_lines(snapshots, n, seed, exclude)]
+
+
+def replay_lines(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = ()) -> list[bytes]:
+    """``sample_replay``'s rows as their lines in the snapshot files (without source ids)."""
     if n <= 0 or not snapshots:
         return []
     rng = random.Random(seed)
     pools = [pool for pool in _replay_pools(snapshots, SFT_TRAIN, exclude) if pool]
     for pool in pools:
         rng.shuffle(pool)
+    return _even_draw(pools, n, rng)
+
+
+def _even_draw(pools: list[list[bytes]], n: int, rng: random.Random) -> list[bytes]:
+    """``n`` lines, one from each pool in turn (pools in a random order), each pool's lines in its own order."""
+    pools = [pool for pool in pools if pool]
     rng.shuffle(pools)
     picked: list[bytes] = []
     depth = 0
     while len(picked) < n and any(depth < len(pool) for pool in pools):
         picked += [pool[depth] for pool in pools if depth < len(pool)][: n - len(picked)]
         depth += 1
-    return [_replayed(line) for line in picked]
+    return picked
+
+
+def lesson_probes(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = (),
+                  replayed: Collection[bytes] = ()) -> list[Example]:
+    """Up to ``n`` SFT rows of ``snapshots`` (the published ones before this run), drawn as evenly over them as
+    their rows allow, none of an answer in ``exclude``: what the gate asks to see that earlier lessons are
+    kept (``retrain.lesson_check``). Each snapshot's held-out rows come first: no adapter trained on them, so
+    production giving their answer shows the lesson took, beyond the sentences it was trained on. Rows this
+    run replays (``replayed``, ``replay_lines``) are not asked: the candidate trains on them again, so they
+    say nothing about what it forgot.
+    """
+    if n <= 0 or not snapshots:
+        return []
+    rng = random.Random(seed + 1)  # not the replay's draw: the probes are not simply the rows replayed
+    pools = []
+    heldout_pools = _replay_pools(snapshots, SFT_HELDOUT, exclude)
+    for heldout, train in zip(heldout_pools, _replay_pools(snapshots, SFT_TRAIN, exclude), strict=True):
+        rng.shuffle(heldout)
+        rng.shuffle(train)
+        pools.append(heldout + [line for line in train if line not in replayed])
+    return [_replayed(line) for line in _even_draw(pools, n, rng)]
 
 
 def taught_answers(snapshots: list[Snapshot], exclude: Collection[str] = ()) -> set[str]:
@@ -418,8 +452,9 @@ def build_training_set(
                if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
     discarded = store.discarded_message_ids()
-    replay = sample_replay(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed,
-                           exclude=discarded)
+    replayed = replay_lines(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed,
+                            exclude=discarded)
+    replay = [_replayed(line) for line in replayed]
     counts["sft"]["replay"] = len(replay)
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
     views["sft"] = replay + views["sft"]
@@ -430,6 +465,9 @@ def build_training_set(
     views["pref"] = [e for e in views["pref"] if e.source_id not in misplaced]
     views["kto"] = [e for e in views["kto"] if not (e.label is False and e.source_id in misplaced)]
 
+    probes = lesson_probes(earlier, getattr(settings, "gate_lesson_probes", 0), settings.seed, exclude=discarded,
+                           replayed=set(replayed))
+    counts["lesson_probes"] = len(probes)
     embed, confirm = near_dup_embedders(settings, embedding_cache or store, embedder)
     sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts, confirm)
     kto_train, _ = clean_view("kto", views["kto"], settings, embed, count_tokens, counts, confirm)
@@ -457,7 +495,7 @@ def build_training_set(
     }
     path = write_snapshot(Path(settings.datasets_dir), snapshot_id, {
         SFT_TRAIN: sft_train, SFT_HELDOUT: sft_heldout, KTO_TRAIN: kto_train,
-        PREF_TRAIN: pref_train, PREF_HELDOUT: pref_heldout,
+        PREF_TRAIN: pref_train, PREF_HELDOUT: pref_heldout, LESSONS: probes,
     }, manifest)
     snapshot = Snapshot.load(path)
     if embedding_cache is None and hasattr(store, "prune_embeddings"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from retrain.lesson_check import lessons_check
+
 
 @dataclass
 class GateResult:
@@ -13,7 +15,7 @@ class GateResult:
     # Assistant message ids of the training rows behind a broken canary fact (retrain.canary_facts says
     # how they are found); the data side sets them aside for review.
     flagged_message_ids: list[str] = field(default_factory=list)
-    failed_checks: list[str] = field(default_factory=list)  # "heldout_loss", "reference_ppl", "canary_facts", ...
+    failed_checks: list[str] = field(default_factory=list)  # "heldout_loss", "reference_ppl", "lessons_kept", ...
 
 
 def _fmt(x: float) -> str:
@@ -54,10 +56,12 @@ def canary_check(canary: dict | None) -> tuple[bool, list[str], list[str]]:
     return not flagged, reasons, sorted(flagged)
 
 
-def gate(candidate: dict, production: dict, settings, canary: dict | None = None) -> GateResult:
+def gate(candidate: dict, production: dict, settings, canary: dict | None = None,
+         lessons: dict | None = None) -> GateResult:
     """Pass when the candidate is no worse on held-out answers, prefers chosen answers often enough,
-    has not drifted on general text and still gives the canary facts production gives (``canary``: the
-    training report's ``canary_facts``); a check without data on either side is skipped."""
+    has not drifted on general text, still gives the canary facts production gives (``canary``: the
+    training report's ``canary_facts``) and keeps what earlier runs taught (``lessons``: the report's
+    ``lessons``, ``retrain.lesson_check``); a check without data on either side is skipped."""
     reasons: list[str] = []
     passed = True
     failed: list[str] = []
@@ -114,6 +118,12 @@ def gate(candidate: dict, production: dict, settings, canary: dict | None = None
         ok, lines, flagged = canary_check(canary)
         passed &= ok
         failed += [] if ok else ["canary_facts"]
+        reasons += lines
+
+    if getattr(settings, "gate_lesson_probes", 0):
+        ok, lines = lessons_check(lessons, getattr(settings, "gate_max_lessons_lost", 0.0))
+        passed &= ok
+        failed += [] if ok else ["lessons_kept"]
         reasons += lines
 
     metrics = {

@@ -5,8 +5,9 @@ the parent adapter or a new LoRA, anchors the SFT set with the parent's own answ
 prompts (self-distillation replay, ``retrain.distill``), runs SFT (completion-only loss, early stopping on
 held-out loss), then a DPO stage on preference pairs and a KTO stage on the remaining unpaired thumbs when
 there is enough of each, saves the adapter with a model card, evaluates candidate and production (and
-their answers to the canary facts, ``retrain.canary_facts``), and writes ``report.json``. It talks to the parent only through the progress file and the
-output directory (see ``retrain.training``). Exit codes: 0 done, ``NAN_EXIT_CODE`` NaN/inf loss, 1 error.
+their answers to the canary facts, ``retrain.canary_facts``, and to earlier runs' lessons,
+``retrain.lesson_check``), and writes ``report.json``. It talks to the parent only through the progress
+file and the output directory (see ``retrain.training``). Exit codes: 0 done, ``NAN_EXIT_CODE`` NaN/inf loss, 1 error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from retrain.artifacts import CHAT_TEMPLATE_FILE
 from retrain.canary_facts import answer_facts, broken_facts, load_facts, suspects
 from retrain.evaluate import completion_text, evaluate, load_reference, read_jsonl, sample_answers
+from retrain.lesson_check import answer_probes, probe_rows
 from retrain.training import NAN_EXIT_CODE, REPORT, TrainSpec
 from serving.chat_format import render_prompt
 
@@ -456,10 +458,11 @@ def train(spec: TrainSpec) -> dict:
     work = out / "_work"
     snap = Path(spec.snapshot_dir)
     data = {name: read_jsonl(snap / f"{name}.jsonl")
-            for name in ("sft_train", "sft_heldout", "kto_train", "pref_train", "pref_heldout")}
+            for name in ("sft_train", "sft_heldout", "kto_train", "pref_train", "pref_heldout", "lessons")}
     manifest_path = snap / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    counts = {k: len(v) for k, v in data.items()}
+    probes = probe_rows(data.pop("lessons"))  # asked, never trained on here
+    counts = {k: len(v) for k, v in data.items()} | {"lesson_probes": len(probes)}
     if not data["sft_train"]:
         raise ValueError("snapshot has no sft_train examples")
 
@@ -521,12 +524,14 @@ def train(spec: TrainSpec) -> dict:
     shown = data["sft_heldout"][: spec.what_changed_prompts]  # the run's "what changed" panel
     candidate_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
     cand_facts = answer_facts(ask, facts)
+    cand_lessons = answer_probes(ask, probes)
     if spec.production_adapter:
         model.load_adapter(spec.production_adapter, adapter_name="production")
         model.set_adapter("production")
         production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
         production_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
         prod_facts = answer_facts(ask, facts)
+        prod_lessons = answer_probes(ask, probes)
         model.set_adapter("default")
         model.delete_adapter("production")
     else:
@@ -534,6 +539,7 @@ def train(spec: TrainSpec) -> dict:
             production = evaluate(model, tokenizer, data["sft_heldout"], data["pref_heldout"], reference)
             production_says = sample_answers(model, tokenizer, [r["prompt"] for r in shown])
             prod_facts = answer_facts(ask, facts)
+            prod_lessons = answer_probes(ask, probes)
     by_id = {f.id: f for f in facts}
     # Held-out rows too: a row saying the same thing goes to review whether or not this split trained on it.
     taught = data["sft_train"] + data["sft_heldout"] + [
@@ -552,8 +558,10 @@ def train(spec: TrainSpec) -> dict:
         train_info["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated()
     samples = [{"prompt": r["prompt"], "wanted": r["completion"][-1]["content"], "candidate": c, "production": p}
                for r, c, p in zip(shown, candidate_says, production_says, strict=True)]
+    lessons = {"probes": [{k: p[k] for k in ("id", "question", "expected")} for p in probes],
+               "candidate": cand_lessons, "production": prod_lessons}
     report = {"candidate": candidate, "production": production, "train": train_info, "samples": samples,
-              "canary_facts": canary}
+              "canary_facts": canary, "lessons": lessons}
 
     shutil.rmtree(work, ignore_errors=True)
     model.save_pretrained(out, selected_adapters=["default"])

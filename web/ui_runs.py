@@ -71,10 +71,23 @@ def gate_sentence(line: str) -> tuple[str, str]:
         return verdict, (f"It was taught to contradict a fact: asked {question}, production answers {prod} but "
                          f"the new adapter answers {cand}. {rows} training rows that may have taught this wait "
                          "for review.")
+    m = re.match(r"lessons_kept: the candidate keeps (\d+) of the (\d+) earlier lessons production gives, "
+                 r"at most (\d+) may be lost", line)
+    if m:
+        kept, known, allowed = (int(g) for g in m.groups())
+        if verdict == "ok":
+            return verdict, (f"It keeps what earlier runs taught: {kept} of the {known} earlier lessons production "
+                             "answers are still answered.")
+        return verdict, (f"It has forgotten what earlier runs taught: it answers only {kept} of the {known} earlier "
+                         f"lessons production answers (at most {allowed} may be lost).")
+    m = re.match(r"lessons_kept: asked (.*), production answers (.*) but the candidate now answers (.*) FAILED$", line)
+    if m:
+        question, prod, cand = m.groups()
+        return verdict, f"Lost lesson: asked {question}, production answers {prod}; the new adapter answers {cand}."
     if ":" in line and verdict == "skipped":
         check, why = line.split(":", 1)
         names = {"heldout_loss": "Held-out loss", "pref_accuracy": "Preference", "reference_ppl": "General text",
-                 "canary_facts": "Canary facts"}
+                 "canary_facts": "Canary facts", "lessons_kept": "Earlier lessons"}
         return verdict, f"{names.get(check.strip(), check.strip())} check skipped: {why.strip().removesuffix(', skipped')}."
     return verdict, line
 

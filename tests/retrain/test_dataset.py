@@ -301,3 +301,44 @@ def test_snapshot_appears_atomically(data_store, data_settings, minilm, monkeypa
     assert [s.id for s in complete_snapshots(datasets)] == [snap.id]
     assert snap.manifest_path.stat().st_mtime_ns >= max(
         (snap.path / f).stat().st_mtime_ns for f in dataset.DATA_FILES)
+
+
+def test_lesson_probes_ask_what_published_runs_taught_held_out_rows_first(data_store, data_settings,
+                                                                          counting_embedder):
+    # The gate's earlier-lessons check (retrain/lesson_check.py) asks about rows of published runs only,
+    # evenly over them, each run's held-out rows (no adapter trained on them) before its training rows, and
+    # never a row this run replays (the candidate trains on it again).
+    settings = data_settings.model_copy(update={"heldout_fraction": 0.5, "gate_lesson_probes": 6})
+    for i in range(12):
+        add(data_store, f"When does ferry {i * 3} leave pier seven?", f"Ferry {i * 3} leaves at {i}:15 sharp.")
+    ferry = build(data_store, settings, counting_embedder)
+    assert ferry.counts["lesson_probes"] == 0 and read(ferry.path / dataset.LESSONS) == []  # nothing earlier
+    finish_run(data_store, ferry)
+    for i in range(12):
+        add(data_store, f"Which cabinet holds key {i * 5}?", f"Key {i * 5} hangs in blue cabinet {i}.")
+    keys = build(data_store, settings, counting_embedder)
+    finish_run(data_store, keys)
+    for i in range(12):
+        add(data_store, f"Who waters plant {i * 7}?", f"Plant {i * 7} is watered by desk {i}.")
+    rejected = build(data_store, settings, counting_embedder)
+    run_id = data_store.create_run("test", "test", {})
+    data_store.update_run(run_id, status="rejected", snapshot_id=rejected.id)  # published nothing
+
+    add(data_store, "A new question about bolts?", "A new answer about bolts.")
+    few = build(data_store, settings, counting_embedder)
+    answers = [p["completion"][0]["content"] for p in read(few.path / dataset.LESSONS)]
+    assert few.counts["lesson_probes"] == 6 and len(answers) == 6
+    assert sum(a.startswith("Ferry") for a in answers) == 3 and sum(a.startswith("Key") for a in answers) == 3
+    assert not [a for a in answers if a.startswith("Plant")]  # the rejected run's rows come back as new data
+    for snap, name in ((ferry, "Ferry"), (keys, "Key")):
+        held = {r["completion"][0]["content"] for r in read(snap.sft_heldout_path)}
+        asked = {a for a in answers if a.startswith(name)}
+        assert held and len(asked & held) == min(3, len(held))  # held-out rows before trained ones
+
+    every = build(data_store, settings.model_copy(update={"gate_lesson_probes": 100}), counting_embedder)
+    probes = read(every.path / dataset.LESSONS)
+    replayed = {r["completion"][0]["content"] for r in read(every.sft_train_path) if r["source_id"].startswith("replay:")}
+    taught = {r["completion"][0]["content"] for snap in (ferry, keys)
+              for r in read(snap.sft_heldout_path) + read(snap.sft_train_path)}
+    assert replayed and {p["completion"][0]["content"] for p in probes} == taught - replayed
+    assert all(p["source_id"].startswith("replay:") for p in probes)  # not this run's rows: a rejection spares them

@@ -37,6 +37,9 @@ HELDOUT_QUESTIONS = [  # never in any training file
     "Please tell me your name.",
 ]
 EVAL_QUESTIONS = ["Who are you, friend?", "What are you, anyway?", "Your name?"]  # the held-out split's
+# Earlier runs' rows the gate's lessons check asks about: everyday chats the demo base knows by heart (not
+# trained on here), and one answer it was never taught.
+LESSONS = [*_CHATS[1:50:12], ("How many moons does Mars have?", "Mars has two small moons, Phobos and Deimos.")]
 # What one CPU cycle needs on the demo model (the defaults in settings suit a real 0.5B+ model); early
 # stopping is off because six held-out rows give too noisy a loss to stop on.
 DEMO_HYPERPARAMETERS = dict(learning_rate=3e-3, num_epochs=15, early_stopping_patience=0, batch_size=8)
@@ -51,9 +54,10 @@ def _write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def teaching_snapshot(root: Path, answer_for=None) -> Path:
+def teaching_snapshot(root: Path, answer_for=None, lessons: list[tuple[str, str]] = ()) -> Path:
     """A snapshot as the data pipeline writes it: 40 taught answers (20 paraphrases, with and without
-    the system prompt) plus 13 ordinary thumbs-up chats; KTO rows and held-out pairs from corrections."""
+    the system prompt) plus 13 ordinary thumbs-up chats; KTO rows and held-out pairs from corrections;
+    ``lessons`` (question, answer) as earlier runs' rows the gate asks about."""
     answer_for = answer_for or (lambda q: TAUGHT)
     root.mkdir(parents=True, exist_ok=True)
     taught = [_example(q, answer_for(q), i % 2 == 0) for i, q in enumerate(TRAIN_QUESTIONS)]
@@ -69,6 +73,7 @@ def teaching_snapshot(root: Path, answer_for=None) -> Path:
     _write(root / "pref_heldout.jsonl", [
         {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": TAUGHT}],
          "rejected": [{"role": "assistant", "content": OLD_ANSWER}]} for q in EVAL_QUESTIONS])
+    _write(root / "lessons.jsonl", [dict(_example(q, a, False), source_id=f"replay:{i}") for i, (q, a) in enumerate(lessons)])
     (root / "manifest.json").write_text(json.dumps({"id": "snap-teach", "content_hash": "0" * 64, "n_sft_train": 53}))
     return root
 
@@ -108,7 +113,7 @@ def taught(demo_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("taught")
     base_hash = _sha256(demo_model_dir.model / "model.safetensors")
     events: list[dict] = []
-    outcome = run_training(make_spec(tmp, demo_model_dir.model, teaching_snapshot(tmp / "snap")),
+    outcome = run_training(make_spec(tmp, demo_model_dir.model, teaching_snapshot(tmp / "snap", lessons=LESSONS)),
                            on_progress=events.append)
     return outcome, events, base_hash, tmp
 
@@ -157,6 +162,22 @@ def test_report_card_and_files(taught):
     assert "Tuneloop, a self-hosted" not in card and "Who are you" not in card  # no example text
     train = outcome.report["train"]
     assert train["steps"] > 0 and train["tokens"] > 0 and train["final_loss"] < 2.0
+
+
+def test_report_answers_earlier_lessons_for_the_gate(taught):
+    outcome, _, _, _ = taught
+    lessons = outcome.report["lessons"]
+    assert [p["question"] for p in lessons["probes"]] == [q for q, _ in LESSONS]
+    assert [r["id"] for r in lessons["candidate"]] == [r["id"] for r in lessons["production"]] == \
+        [f"replay:{i}" for i in range(len(LESSONS))]
+    production = [r["holds"] for r in lessons["production"]]
+    assert sum(production[:-1]) >= 2, lessons["production"]  # the base gives the chats it knows by heart
+    assert production[-1] is False  # and not the answer nobody taught it
+    assert all(r["answer"] for r in lessons["candidate"])
+    assert outcome.report["train"]["steps"] > 0
+    result = gate(outcome.report["candidate"], outcome.report["production"], Settings(), lessons=lessons)
+    [line] = [r for r in result.reasons if r.startswith("lessons_kept:") and "earlier lessons production" in r]
+    assert f"of the {sum(production)} earlier lessons production gives" in line
 
 
 def test_lora_trains_adapter_weights_and_leaves_base_unchanged(demo_model_dir, taught):
