@@ -74,6 +74,11 @@ def content_words(text: str) -> set[str]:
     return {w for w in _words(text) if w not in _STOP and len(w) > 1}
 
 
+def covered(words: set[str], text: str) -> float:
+    """The share of ``words`` (``content_words`` of something) that ``text`` has among its content words."""
+    return len(words & content_words(text)) / len(words)
+
+
 def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[str]:
     """Source ids of training ``rows`` (``{"prompt", "completion", "source_id"}``) that taught ``changed_answer``."""
     said = content_words(changed_answer)
@@ -85,8 +90,8 @@ def responsible_rows(fact: Fact, changed_answer: str, rows: list[dict]) -> list[
             continue  # only rated answers are message ids a reviewer can act on
         completion = row["completion"][-1]["content"] if isinstance(row["completion"], list) else row["completion"]
         question = " ".join(m.get("content") or "" for m in row["prompt"] if m.get("role") == "user")
-        says_it = bool(said) and len(said & content_words(completion)) / len(said) >= ANSWER_OVERLAP
-        asks_it = bool(asked) and len(asked & content_words(question)) / len(asked) >= QUESTION_OVERLAP
+        says_it = bool(said) and covered(said, completion) >= ANSWER_OVERLAP
+        asks_it = bool(asked) and covered(asked, question) >= QUESTION_OVERLAP
         if says_it or (asks_it and not fact.holds(completion)):
             out.append(sid)
     return sorted(set(out))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-
-from retrain.lesson_check import lessons_check
 
 
 @dataclass
@@ -54,6 +53,34 @@ def canary_check(canary: dict | None) -> tuple[bool, list[str], list[str]]:
         reasons.append(said + (f"{len(suspects)} training rows about it flagged for review FAILED" if suspects else
                                "no training row is about it: forgetting, judged by reference_ppl ok"))
     return not flagged, reasons, sorted(flagged)
+
+
+MAX_LOST_NAMED = 3  # lost lessons named one by one in the gate's reasons; the count covers the rest
+
+
+def lessons_check(lessons: dict | None, max_lost: float) -> tuple[bool, list[str]]:
+    """``(ok, reasons)`` of the earlier-lessons check on the training report's ``lessons``
+    (``{"probes": [...], "candidate": [...], "production": [...]}``, ``retrain.lesson_check`` says how they
+    are drawn and judged). Only lessons production gives count; more than ``max_lost`` of them lost fails."""
+    if not lessons or not lessons.get("probes"):
+        return True, ["lessons_kept: no earlier published lessons to ask, skipped"]
+    production = {r["id"]: r for r in lessons.get("production", [])}
+    known = [r for r in lessons.get("candidate", []) if (production.get(r["id"]) or {}).get("holds")]
+    if not known:
+        return True, [f"lessons_kept: production gives none of the {len(lessons['probes'])} earlier lessons asked, "
+                      "skipped"]
+    lost = [r for r in known if not r["holds"]]
+    allowed = math.floor(max_lost * len(known))
+    ok = len(lost) <= allowed
+    reasons = [f"lessons_kept: the candidate keeps {len(known) - len(lost)} of the {len(known)} earlier lessons "
+               f"production gives, at most {allowed} may be lost {'ok' if ok else 'FAILED'}"]
+    if not ok:
+        questions = {p["id"]: p["question"] for p in lessons["probes"]}
+        for r in lost[:MAX_LOST_NAMED]:
+            reasons.append(f"lessons_kept: asked {_short(questions.get(r['id'], r['id']))!r}, production answers "
+                           f"{_short(production[r['id']]['answer'])!r} but the candidate now answers "
+                           f"{_short(r['answer'])!r} FAILED")
+    return ok, reasons
 
 
 def gate(candidate: dict, production: dict, settings, canary: dict | None = None,

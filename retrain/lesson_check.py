@@ -6,8 +6,8 @@ questions ("Where do I put my car?" answered with the helpdesk sentence) while g
 perplexity) and the shipped canary facts stayed fine, so the candidate was promoted and the team's earlier
 lesson was gone without a word. This check asks candidate and production (greedy) a sample of what earlier
 *published* runs taught (``retrain.dataset.lesson_probes``: their held-out rows first, which no adapter was
-trained on, then their training rows) and fails a candidate that loses more than
-``gate_max_lessons_lost`` of the answers production gives. A failure is retried with the gentler recipe,
+trained on, then their training rows); ``retrain.gate.lessons_check`` fails a candidate that loses more
+than ``gate_max_lessons_lost`` of the answers production gives. A failure is retried with the gentler recipe,
 as forgetting is (``retrain.cycle``); each lost lesson is named in the gate's reasons.
 
 A probe holds when the answer has at least ``LESSON_OVERLAP`` of the content words of the taught answer's
@@ -19,13 +19,10 @@ which production's greedy decoding does not repeat, count for nothing either way
 
 from __future__ import annotations
 
-import math
-
-from retrain.canary_facts import content_words
+from retrain.canary_facts import content_words, covered
 
 LESSON_OVERLAP = 0.6
 PROBE_WORDS = 24
-MAX_NAMED = 3  # lost lessons named one by one in the gate's reasons; the count covers the rest
 
 
 def _taught_words(expected: str) -> set[str]:
@@ -35,9 +32,7 @@ def _taught_words(expected: str) -> set[str]:
 def holds(expected: str, answer: str) -> bool | None:
     """Whether ``answer`` still gives the taught ``expected`` answer; None when it has no content words to check."""
     words = _taught_words(expected)
-    if not words:
-        return None
-    return len(words & content_words(answer)) / len(words) >= LESSON_OVERLAP
+    return covered(words, answer) >= LESSON_OVERLAP if words else None
 
 
 def probe_rows(rows: list[dict]) -> list[dict]:
@@ -54,32 +49,3 @@ def answer_probes(ask, probes: list[dict]) -> list[dict]:
     """``[{"id", "answer", "holds"}]`` from ``ask(list of prompts) -> list of texts`` (greedy)."""
     answers = ask([p["prompt"] for p in probes]) if probes else []
     return [{"id": p["id"], "answer": a, "holds": holds(p["expected"], a)} for p, a in zip(probes, answers, strict=True)]
-
-
-def _short(text: str, n: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def lessons_check(lessons: dict | None, max_lost: float) -> tuple[bool, list[str]]:
-    """``(ok, reasons)`` of the check on the training report's ``lessons``
-    (``{"probes": [...], "candidate": [...], "production": [...]}``)."""
-    if not lessons or not lessons.get("probes"):
-        return True, ["lessons_kept: no earlier published lessons to ask, skipped"]
-    production = {r["id"]: r for r in lessons.get("production", [])}
-    known = [r for r in lessons.get("candidate", []) if (production.get(r["id"]) or {}).get("holds")]
-    if not known:
-        return True, [f"lessons_kept: production gives none of the {len(lessons['probes'])} earlier lessons asked, "
-                      "skipped"]
-    lost = [r for r in known if not r["holds"]]
-    allowed = math.floor(max_lost * len(known))
-    ok = len(lost) <= allowed
-    reasons = [f"lessons_kept: the candidate keeps {len(known) - len(lost)} of the {len(known)} earlier lessons "
-               f"production gives, at most {allowed} may be lost {'ok' if ok else 'FAILED'}"]
-    if not ok:
-        questions = {p["id"]: p["question"] for p in lessons["probes"]}
-        for r in lost[:MAX_NAMED]:
-            reasons.append(f"lessons_kept: asked {_short(questions.get(r['id'], r['id']))!r}, production answers "
-                           f"{_short(production[r['id']]['answer'])!r} but the candidate now answers "
-                           f"{_short(r['answer'])!r} FAILED")
-    return ok, reasons

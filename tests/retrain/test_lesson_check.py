@@ -5,8 +5,8 @@ training child's answers in test_training.py."""
 from __future__ import annotations
 
 from retrain.cycle import _worth_retrying
-from retrain.gate import gate
-from retrain.lesson_check import holds, lessons_check
+from retrain.gate import gate, lessons_check
+from retrain.lesson_check import holds
 from settings import Settings
 from web.ui_runs import gate_sentence
 
