@@ -261,15 +261,17 @@ def sample_replay(snapshots: list[Snapshot], n: int, seed: int, exclude: Collect
     Continual Learning"). Only the drawn lines are parsed; reading the files is a byte scan, so a large
     history costs little next to the new data's embeddings.
     """
-    return [_replayed(line) for line in replay_lines(snapshots, n, seed, exclude)]
-
-
-def replay_lines(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = ()) -> list[bytes]:
-    """``sample_replay``'s rows as their lines in the snapshot files (without source ids)."""
     if n <= 0 or not snapshots:
         return []
+    return [_replayed(line) for line in _draw_replay(_replay_pools(snapshots, SFT_TRAIN, exclude), n, seed)]
+
+
+def _draw_replay(pools: list[list[bytes]], n: int, seed: int) -> list[bytes]:
+    """``sample_replay``'s draw of ``n`` lines from per-snapshot ``pools`` (``_replay_pools``; left as they are)."""
+    if n <= 0:
+        return []
     rng = random.Random(seed)
-    pools = [pool for pool in _replay_pools(snapshots, SFT_TRAIN, exclude) if pool]
+    pools = [list(pool) for pool in pools if pool]
     for pool in pools:
         rng.shuffle(pool)
     return _even_draw(pools, n, rng)
@@ -287,21 +289,21 @@ def _even_draw(pools: list[list[bytes]], n: int, rng: random.Random) -> list[byt
     return picked
 
 
-def lesson_probes(snapshots: list[Snapshot], n: int, seed: int, exclude: Collection[str] = (),
+def lesson_probes(heldout_pools: list[list[bytes]], train_pools: list[list[bytes]], n: int, seed: int,
                   replayed: Collection[bytes] = ()) -> list[Example]:
-    """Up to ``n`` SFT rows of ``snapshots`` (the published ones before this run), drawn as evenly over them as
-    their rows allow, none of an answer in ``exclude``: what the gate asks to see that earlier lessons are
+    """Up to ``n`` SFT rows of the published snapshots before this run (their ``_replay_pools``, held-out and
+    train), drawn as evenly over them as their rows allow: what the gate asks to see that earlier lessons are
     kept (``retrain.lesson_check``). Each snapshot's held-out rows come first: no adapter trained on them, so
     production giving their answer shows the lesson took, beyond the sentences it was trained on. Rows this
-    run replays (``replayed``, ``replay_lines``) are not asked: the candidate trains on them again, so they
-    say nothing about what it forgot.
+    run replays (``replayed``) are not asked: the candidate trains on them again, so they say nothing about
+    what it forgot.
     """
-    if n <= 0 or not snapshots:
+    if n <= 0:
         return []
     rng = random.Random(seed + 1)  # not the replay's draw: the probes are not simply the rows replayed
     pools = []
-    heldout_pools = _replay_pools(snapshots, SFT_HELDOUT, exclude)
-    for heldout, train in zip(heldout_pools, _replay_pools(snapshots, SFT_TRAIN, exclude), strict=True):
+    for heldout, train in zip(heldout_pools, train_pools, strict=True):
+        heldout, train = list(heldout), list(train)
         rng.shuffle(heldout)
         rng.shuffle(train)
         pools.append(heldout + [line for line in train if line not in replayed])
@@ -452,8 +454,9 @@ def build_training_set(
                if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
     discarded = store.discarded_message_ids()
-    replayed = replay_lines(earlier, round(settings.replay_ratio * len(views["sft"])), settings.seed,
-                            exclude=discarded)
+    # Each earlier snapshot's own rows, read once: the replay sample and the gate's lesson probes draw from them.
+    train_pools = _replay_pools(earlier, SFT_TRAIN, discarded)
+    replayed = _draw_replay(train_pools, round(settings.replay_ratio * len(views["sft"])), settings.seed)
     replay = [_replayed(line) for line in replayed]
     counts["sft"]["replay"] = len(replay)
     # Replayed rows come first: they are already kept, so new near-duplicates of them are the ones dropped.
@@ -465,8 +468,9 @@ def build_training_set(
     views["pref"] = [e for e in views["pref"] if e.source_id not in misplaced]
     views["kto"] = [e for e in views["kto"] if not (e.label is False and e.source_id in misplaced)]
 
-    probes = lesson_probes(earlier, getattr(settings, "gate_lesson_probes", 0), settings.seed, exclude=discarded,
-                           replayed=set(replayed))
+    n_probes = getattr(settings, "gate_lesson_probes", 0)
+    probes = lesson_probes(_replay_pools(earlier, SFT_HELDOUT, discarded) if n_probes else [], train_pools,
+                           n_probes, settings.seed, replayed=set(replayed))
     counts["lesson_probes"] = len(probes)
     embed, confirm = near_dup_embedders(settings, embedding_cache or store, embedder)
     sft_train, sft_heldout = clean_view("sft", views["sft"], settings, embed, count_tokens, counts, confirm)
