@@ -67,3 +67,20 @@ def test_within_the_allowance_and_unknown_lessons_pass():
                                                     "to ask.")
     off = gate(METRICS, METRICS, Settings(gate_lesson_probes=0), lessons=lessons([FERRY], [BOILER], [BOILER]))
     assert off.passed and not [r for r in off.reasons if r.startswith("lessons_kept")]
+
+
+def test_a_hostile_lesson_is_shown_as_text_in_the_training_tab():
+    # Probes quote users' own questions and the model's answers: in the verdict they are text, never markup,
+    # and a question that mimics the reason's wording still reads as a failed check.
+    from dataclasses import asdict
+
+    from web.ui_runs import verdict_html
+
+    question = "<script>alert(1)</script>, production answers 'x' but the candidate now answers 'y'"
+    report = lessons([FERRY], [BOILER], [BOILER])
+    report["probes"][0]["question"] = question
+    result = gate(METRICS, METRICS, Settings(gate_max_lessons_lost=0.0), lessons=report)
+    assert not result.passed and any("alert(1)" in r for r in result.reasons)
+    shown = verdict_html(asdict(result))
+    assert "&lt;script&gt;" in shown and "<script>" not in shown
+    assert [gate_sentence(r)[0] for r in result.reasons if r.startswith("lessons_kept")] == ["failed", "failed"]
