@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_browser import ARGS, CHROMIUM, shot
+from tests.e2e.chromium import launch, needs_chromium, shot
 from tests.retrain.lessons import WIFI
 from tests.retrain.test_learning_holds import teach
 from tests.web.conftest import ROOT, seed_data_dir, start_app
@@ -21,7 +21,7 @@ from tests.web.conftest import ROOT, seed_data_dir, start_app
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make browser)")
+@needs_chromium
 def test_backed_off_run_shows_every_attempt(tmp_path, demo_model_dir):
     data_dir = tmp_path / "data"
     seed_data_dir(data_dir, demo_model_dir)
@@ -56,7 +56,7 @@ def test_backed_off_run_shows_every_attempt(tmp_path, demo_model_dir):
     app = start_app(data_dir, temperature=0.0)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = launch(p)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(app.url)
             page.get_by_role("tab", name="Training").click()
@@ -65,7 +65,7 @@ def test_backed_off_run_shows_every_attempt(tmp_path, demo_model_dir):
             while time.time() < deadline and "passed" not in text:
                 time.sleep(0.5)
                 text = page.inner_text("#run-attempts")
-            shot(page, "backoff-attempts")
+            shot(page, "e2e", "backoff-attempts")
             assert "2 attempt(s), succeeded" in text, text
             assert "rejected" in text and "passed" in text and "debug_reject_attempts" in text
             browser.close()

@@ -9,38 +9,26 @@ at 1280 and 390 px go to test-artifacts/ui/.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from feedback.models import AdapterRecord
 from retrain.gate import gate
-from tests.e2e.test_browser import ARGS, CHROMIUM, wait_text
+from tests.e2e.chromium import needs_chromium, shot, wait_text
 from tests.web.conftest import seed_data_dir, start_app
 from web.auth import UserDirectory
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+FOLDER = "ui"  # screenshots under test-artifacts/ui/
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,  # one app and a browser: about a minute on an idle machine
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make browser)"),
+    needs_chromium,
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +38,6 @@ def app(tmp_path_factory, demo_model_dir):
     running = start_app(data_dir, temperature=0.0, max_new_tokens=12)
     yield running
     running.stop()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def login(browser, url: str, user: str, viewport=DESKTOP, path: str = "/"):
@@ -118,7 +101,7 @@ def test_login_appears_with_the_first_user_without_a_restart(browser, app):
     page.fill("input[type=password]", "not her password")
     page.get_by_role("button", name="Login").click()
     wait_text(page, "body", "Incorrect")
-    shot(page, "00-login-wrong-password")
+    shot(page, FOLDER, "00-login-wrong-password")
     page.close()
 
 
@@ -138,7 +121,7 @@ def test_conversations_survive_reload_switch_rename_search_delete(browser, app):
     send(page, store, "What is the weather on Mars?")
     until(lambda: len(conv_titles(page)) == 2, "the second chat is not listed")
     assert conv_titles(page)[0].startswith("What is the weather")  # newest first
-    shot(page, "01-chat-1280")
+    shot(page, FOLDER, "01-chat-1280")
 
     page.locator("#conv-list label", has_text="sourdough").click()  # switch back
     wait_text(page, "#chatbot", "sourdough")
@@ -154,7 +137,7 @@ def test_conversations_survive_reload_switch_rename_search_delete(browser, app):
     wait_text(page, "#feedback-status", "saved")
     [row] = store.rated_conversations(user="ursula")
     assert (row["rating"], row["reason"], row["comment"]) == ("down", "too_long", "Shorter, please.")
-    shot(page, "02-thumbs-down-reason")
+    shot(page, FOLDER, "02-thumbs-down-reason")
 
     page.click("#conv-manage")
     page.fill("#conv-title textarea, #conv-title input", "Baking")
@@ -181,7 +164,7 @@ def test_conversations_survive_reload_switch_rename_search_delete(browser, app):
 
     phone = login(browser, app.url, "ursula", viewport=PHONE)
     send(phone, store, "Hi from a phone")
-    shot(phone, "03-chat-390")
+    shot(phone, FOLDER, "03-chat-390")
     phone.close()
 
 
@@ -209,34 +192,34 @@ def _seed_runs_and_lineage(app) -> str:
 def test_admin_pages_tell_the_story_and_roll_back_from_the_lineage(browser, app):
     _seed_runs_and_lineage(app)
     page = login(browser, app.url, "admin")
-    shot(page, "10-chat-admin-1280")
+    shot(page, FOLDER, "10-chat-admin-1280")
     page.get_by_role("tab", name="Training").click()
     wait_text(page, "#runs-table", "rejected")
     wait_text(page, "#runs-table", "does worse than production")  # the gate's verdict in words
     wait_text(page, "#what-changed", "CANDIDATE-ANSWER")
     assert "PRODUCTION-ANSWER" in page.inner_text("#what-changed")
     assert_no_placeholder_headers(page)
-    shot(page, "11-training-1280")
+    shot(page, FOLDER, "11-training-1280")
 
     page.get_by_role("tab", name="Data").click()
     wait_text(page, "#rated-table", "Too long")  # the reason ursula gave, in words
     assert "message_id" not in page.inner_text("#rated-table").lower()
     assert_no_placeholder_headers(page)
-    shot(page, "12-data-1280")
+    shot(page, FOLDER, "12-data-1280")
 
     page.get_by_role("tab", name="Adapters").click()
     wait_text(page, "#lineage-tree", "demo-b")
     assert "production" in page.inner_text("#lineage-tree")
     assert "[1e+03" not in page.inner_text("#leaderboard")
     assert_no_placeholder_headers(page)
-    shot(page, "13-adapters-1280")
+    shot(page, FOLDER, "13-adapters-1280")
     page.click("#lineage-pick input")
     page.locator("li[data-testid=dropdown-option]", has_text="demo-a").first.click()
     page.click("#lineage-rollback")
     wait_text(page, "#lineage-result", "demo-a")
     assert app.ctx.store.production() == "demo-a"
     page.get_by_role("tab", name="Arena").click()
-    shot(page, "14-arena-1280")
+    shot(page, FOLDER, "14-arena-1280")
     page.close()
 
     phone = login(browser, app.url, "admin", viewport=PHONE)
@@ -244,5 +227,5 @@ def test_admin_pages_tell_the_story_and_roll_back_from_the_lineage(browser, app)
         open_tab(phone, tab)
         time.sleep(2.0)
         assert_no_placeholder_headers(phone)
-        shot(phone, f"2{i}-{tab.lower()}-390")
+        shot(phone, FOLDER, f"2{i}-{tab.lower()}-390")
     phone.close()
