@@ -45,3 +45,7 @@ class InvalidReview(FeedbackError):
 
 class InvalidTitle(FeedbackError):
     """A conversation title that is not acceptable (HTTP 422)."""
+
+
+class ReservedName(FeedbackError):
+    """A registry write naming ``production`` (an alias) or ``base`` where only an adapter version fits."""

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import logging
 
+from feedback.errors import ReservedName
 from feedback.models import AdapterRecord, Experiment
 from feedback.store_core import BASE, StoreCore, _aware, _from_db, _loads, _now, _rows, _to_db, new_id
 
 log = logging.getLogger(__name__)
+PRODUCTION = "production"  # serving.types.PRODUCTION, spelled out for the reason store_core gives for BASE
+
+
+def _refuse_reserved(name: str, what: str, base_ok: bool = False) -> None:
+    """The registry's own guard, under every path that writes it (API, UI, CLI, canary, retrain): a stored
+    ``production -> production`` once made the next start-up serve base instead of the promoted adapter."""
+    if name == PRODUCTION or (name == BASE and not base_ok):
+        raise ReservedName(f"{name!r} is a reserved name, not an adapter version: it cannot be {what}")
 
 
 class AdapterStore(StoreCore):
@@ -19,6 +28,8 @@ class AdapterStore(StoreCore):
         """Start a split; an experiment still running ends with outcome "superseded"."""
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be within [0, 100], not {percent}")
+        _refuse_reserved(control, "an experiment's control", base_ok=True)
+        _refuse_reserved(candidate, "an experiment's candidate")
         exp_id, now = new_id(), _now()
         with self._write() as cur:
             cur.execute("""UPDATE experiments SET ended_at = ?, ended_by = ?, outcome = 'superseded', reason = ?
@@ -123,6 +134,7 @@ class AdapterStore(StoreCore):
     # --- adapter registry ------------------------------------------------------------------------
     def register_adapter(self, rec: AdapterRecord) -> None:
         """Add an adapter version to the registry (or update it when the name exists)."""
+        _refuse_reserved(rec.name, "registered")
         with self._write() as cur:
             cur.execute("""INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                            ON CONFLICT (name) DO UPDATE SET path = excluded.path, parent = excluded.parent,
@@ -159,6 +171,7 @@ class AdapterStore(StoreCore):
 
     def set_production(self, name: str, actor: str, reason: str, action: str = "promote") -> None:
         """Re-point production in one transaction: pointer, statuses and an ``adapter_events`` row."""
+        _refuse_reserved(name, "what production points at", base_ok=True)
         with self._write() as cur:
             row = cur.execute("SELECT value FROM pointers WHERE name = 'production'").fetchone()
             previous = row[0] if row else BASE
@@ -179,6 +192,7 @@ class AdapterStore(StoreCore):
 
     def set_adapter_public(self, name: str, public: bool, actor: str) -> None:
         """Open an adapter to every user (``public``) or make it admin-only again."""
+        _refuse_reserved(name, "marked public or private (base and production are always open)")
         with self._write() as cur:
             if public:
                 cur.execute("""INSERT INTO public_adapters VALUES (?, ?, ?)

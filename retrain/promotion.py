@@ -1,4 +1,5 @@
-"""Promotion, rollback, archiving and the A/B canary: every re-pointing of ``production`` goes through here.
+"""Promotion, rollback, archiving, the public flag and the A/B canary: every re-pointing of ``production``
+goes through here.
 
 The store's pointer is the record; the backend's alias follows it. Each switch is logged in the store
 with who and why (``adapter_events``).
@@ -14,7 +15,7 @@ from pathlib import Path
 from feedback import ab_stats
 from feedback.store import FeedbackStore
 from retrain.canary import CanaryPolicy, decide
-from serving.adapters import check_name
+from serving.adapters import ALIASES, RESERVED, check_name
 from serving.errors import ServingError, UnknownAdapter
 from serving.types import BASE, PRODUCTION
 
@@ -35,7 +36,8 @@ class Promoter:
 
     # --- loading -------------------------------------------------------------------------------
     def loaded(self) -> set[str]:
-        return {a.name for a in self.backend.list_adapters()} if self.backend else set()
+        """Concrete adapters the backend holds; ``production`` is listed there too, but as an alias."""
+        return {a.name for a in self.backend.list_adapters()} - ALIASES if self.backend else set()
 
     def ensure_loaded(self, name: str) -> None:
         if name == BASE or self.backend is None or name in self.loaded():
@@ -55,6 +57,8 @@ class Promoter:
         """
         with self._lock:
             target = self.store.production()
+            if target in ALIASES:
+                target = self._repair_production(target)
             if self.backend is not None:
                 health = self.backend.health()
                 if not health.get("ok"):
@@ -81,6 +85,19 @@ class Promoter:
             log.info("production points at %s", target)
             return True
 
+    def _repair_production(self, alias: str) -> str:
+        """Re-point a stored ``production -> <alias>`` (written before the store refused it) at the last adapter
+        production was switched to, else base; returns the new target."""
+        target = next((e["to"] for e in self.store.adapter_events(limit=1000) if e["to"] not in ALIASES), BASE)
+        # The alias used to be read as whatever it resolved to at start-up (base): the promoted adapter
+        # silently stopped being served. Restoring the last real target is what the admin last asked for.
+        log.error("production pointed at %r, an alias, not an adapter (a registry written by an older Tuneloop); "
+                  "re-pointing it at %s (%s)", alias, target,
+                  "the last adapter it was switched to" if target != BASE else "no earlier switch is recorded")
+        self.store.set_production(target, "tuneloop", f"start-up repair: production pointed at the alias {alias!r}",
+                                  action="repair")
+        return target
+
     def resync_if_needed(self) -> bool:
         """Run ``sync`` again if the last one found the backend down, or production's adapter is missing
         from it (a restarted vLLM forgets adapters loaded at run time). For a periodic job; True if it synced.
@@ -102,6 +119,8 @@ class Promoter:
     # --- switching -----------------------------------------------------------------------------
     def _switch(self, name: str, actor: str, reason: str, action: str = "promote") -> None:
         with self._lock:
+            if name in ALIASES:
+                raise PromotionError(f"{name!r} is an alias, not an adapter: name an adapter version or 'base'")
             if name != BASE and self.store.get_adapter(name) is None and name not in self.loaded():
                 raise UnknownAdapter(f"unknown adapter {name!r}")
             self.ensure_loaded(name)
@@ -137,7 +156,7 @@ class Promoter:
 
     def _previous_production(self, current: str) -> str | None:
         for event in self.store.adapter_events(limit=1000):
-            if event.get("to") == current and event.get("from") not in (None, current):
+            if event.get("to") == current and event.get("from") not in (None, current, *ALIASES):
                 return event["from"]
         return None
 
@@ -153,9 +172,19 @@ class Promoter:
             self.store.set_adapter_status(name, "archived")
             log.info("adapter archived name=%s by %s", name, actor)
 
+    def set_public(self, name: str, public: bool, actor: str) -> None:
+        """Open an adapter to every user or make it admin-only; ``base`` and ``production`` are always open."""
+        if name in RESERVED:
+            raise PromotionError(f"{name!r} is open to every user always; only adapter versions are marked public")
+        if self.store.get_adapter(name) is None and name not in self.loaded():
+            raise UnknownAdapter(f"no adapter named {name!r}")
+        self.store.set_adapter_public(name, public, actor)
+
     # --- canary ----------------------------------------------------------------------------------
     def start_experiment(self, candidate: str, actor: str, percent: float | None = None):
         with self._lock:
+            if candidate in RESERVED:
+                raise PromotionError(f"{candidate!r} is a reserved name; an experiment's candidate is an adapter version")
             control = self.store.production()
             if candidate == control:
                 raise PromotionError(f"{candidate!r} is already production")

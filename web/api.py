@@ -24,6 +24,7 @@ from feedback.models import Rating
 from feedback.store_core import RATING_REASONS
 from retrain.canary import CanaryPolicy
 from retrain.canary_report import experiment_report, pick_experiment
+from serving.adapters import RESERVED
 from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web import openai_compat as oa
@@ -408,9 +409,7 @@ def rollback(body: RollbackRequest, ctx: Ctx, user: Admin):
 
 @admin.post("/adapters/{name}/public")
 def set_public(name: str, body: PublicRequest, ctx: Ctx, user: Admin):
-    if ctx.store.get_adapter(name) is None and name not in {a.name for a in ctx.backend.list_adapters()}:
-        raise ApiError(404, f"no adapter named {name!r}", code="model_not_found")
-    ctx.store.set_adapter_public(name, body.public, actor=user.name)
+    ctx.promoter.set_public(name, body.public, actor=user.name)
     return {"ok": True, "name": name, "public": body.public}
 
 
@@ -516,6 +515,9 @@ def load_lora_adapter(body: LoadLoraRequest, ctx: Ctx, user: Admin):
     if not body.lora_name or not body.lora_path:
         raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", code="invalid_request")
     path = _adapter_path(ctx, body.lora_path)
+    if body.lora_name in RESERVED:  # listed as models, but no adapter may take their name: not "already loaded"
+        raise ApiError(400, f"The lora name '{body.lora_name}' is reserved ('production' is an alias, 'base' the "
+                            "bare model); load the adapter under its own name.", code="adapter_rejected")
     if body.lora_name in {a.name for a in ctx.backend.list_adapters()}:
         raise ApiError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", code="invalid_request")
     if not (path / "adapter_config.json").is_file():

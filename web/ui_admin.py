@@ -283,10 +283,7 @@ def build_adapters_tab(ctx: AppContext):
                     ctx.promoter.stop_experiment(actor=actor, reason=why_)
                     return "Experiment stopped."
                 if kind in ("public", "private"):
-                    if ctx.store.get_adapter(adapter) is None and adapter not in {
-                            a.name for a in ctx.backend.list_adapters()}:
-                        raise gr.Error(f"no adapter named {adapter!r}")
-                    ctx.store.set_adapter_public(adapter, kind == "public", actor=actor)
+                    ctx.promoter.set_public(adapter, kind == "public", actor=actor)
                     return f"`{adapter}` is {'open to every user' if kind == 'public' else 'for admins only'}."
                 ctx.promoter.archive(adapter, actor=actor)
                 return f"`{adapter}` archived."

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from feedback.errors import UnknownRun
+from feedback.errors import ReservedName, UnknownRun
 from feedback.models import AdapterRecord
 
 
@@ -35,6 +35,31 @@ def test_registry_and_set_production_events(store):
     assert store.adapter_events(limit=1)[0]["action"] == "rollback"
     store.set_adapter_status("custom", "archived")
     assert store.get_adapter("custom").status == "archived"
+
+
+# A hostile-input sweep promoted the alias itself: the store kept production -> production, and the next
+# start-up served base. The store refuses every write that names an alias (or base where a version belongs).
+def test_registry_refuses_reserved_names(store):
+    store.register_adapter(AdapterRecord(name="v1", path="/a/v1"))
+    store.set_production("v1", "admin", "first")
+    refused = [
+        lambda: store.set_production("production", "admin", "alias to alias"),
+        lambda: store.register_adapter(AdapterRecord(name="production", path="/a/p")),
+        lambda: store.register_adapter(AdapterRecord(name="base", path="/a/b")),
+        lambda: store.set_adapter_public("production", True, "admin"),
+        lambda: store.set_adapter_public("base", False, "admin"),
+        lambda: store.start_experiment("v1", "base", 10.0, actor="admin"),
+        lambda: store.start_experiment("production", "v1", 10.0, actor="admin"),
+    ]
+    for write in refused:
+        with pytest.raises(ReservedName, match="reserved name"):
+            write()
+    assert store.production() == "v1" and store.get_adapter("v1").status == "production"
+    assert [r.name for r in store.list_adapter_records()] == ["v1"]
+    assert store.public_adapters() == set() and store.list_experiments() == []
+    assert len(store.adapter_events()) == 1
+    store.set_production("base", "admin", "base is a real target")
+    assert store.production() == "base"
 
 
 def test_runs_metrics_cutoff_and_stale_runs(store):

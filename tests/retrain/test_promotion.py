@@ -1,7 +1,9 @@
-"""The canary applied to a real store: thumbs per arm decide promotion or rollback, with their numbers."""
+"""The canary applied to a real store: thumbs per arm decide promotion or rollback, with their numbers; switches
+that name an alias are refused, and a pointer an older Tuneloop left on the alias is repaired at start-up."""
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,8 +12,10 @@ import pytest
 
 from feedback.models import AdapterRecord, Rating, TurnRecord
 from feedback.store import FeedbackStore
-from retrain.promotion import Promoter
+from retrain.promotion import Promoter, PromotionError
+from serving.errors import UnknownAdapter
 from settings import load_settings
+from tests.feedback.feedback_helpers import write_production_alias
 
 
 @pytest.fixture
@@ -19,8 +23,9 @@ def promoter(tmp_path):
     settings = load_settings(None, data_dir=tmp_path / "data", canary_min_judgements=50)
     store = FeedbackStore(settings.db_path)
     store.register_adapter(AdapterRecord(name="v1", path=str(tmp_path / "v1"), status="candidate"))
-    yield Promoter(store, None, settings)
-    store.close()
+    promoter = Promoter(store, None, settings)
+    yield promoter
+    promoter.store.close()  # a test may have reopened it
 
 
 def judge(store: FeedbackStore, experiment_id: str, arm: str, n: int, up_rate: float, rng: random.Random) -> None:
@@ -68,3 +73,50 @@ def test_experiment_ends_after_the_time_limit(promoter):
     later = datetime.now(UTC) + timedelta(hours=promoter.settings.canary_max_hours + 1)
     decision = promoter.check_canary(now=later)
     assert decision.action == "end" and store.production() == "base"
+
+
+# Promoting the alias itself stored production -> production (see test_registry_refuses_reserved_names);
+# the promoter says why before the store is reached, on every path (API, UI, CLI, canary).
+def test_switches_naming_an_alias_are_refused(promoter):
+    promoter.promote("v1", actor="admin", reason="first")
+    for attempt in (lambda: promoter.promote("production", actor="admin", reason=""),
+                    lambda: promoter.rollback(to="production", actor="admin", reason=""),
+                    lambda: promoter.start_experiment("production", actor="admin"),
+                    lambda: promoter.start_experiment("base", actor="admin"),
+                    lambda: promoter.set_public("production", True, actor="admin"),
+                    lambda: promoter.set_public("base", True, actor="admin")):
+        with pytest.raises(PromotionError, match="alias|reserved|always"):
+            attempt()
+    with pytest.raises(UnknownAdapter):
+        promoter.set_public("nope", True, actor="admin")
+    promoter.set_public("v1", True, actor="admin")
+    assert promoter.store.production() == "v1" and promoter.store.public_adapters() == {"v1"}
+
+
+def _reopen_with_alias_pointer(promoter, previous):
+    settings = promoter.settings
+    promoter.store.close()
+    write_production_alias(settings.db_path, previous)
+    promoter.store = FeedbackStore(settings.db_path)
+
+
+def test_startup_repairs_a_pointer_at_the_alias(promoter, caplog):
+    promoter.promote("v1", actor="admin", reason="first")
+    _reopen_with_alias_pointer(promoter, previous="v1")
+    with caplog.at_level(logging.ERROR, logger="retrain.promotion"):
+        assert promoter.sync()
+    assert "production pointed at 'production', an alias" in caplog.text
+    store = promoter.store
+    assert store.production() == "v1" and store.get_adapter("v1").status == "production"
+    event = store.adapter_events(limit=1)[0]
+    assert (event["action"], event["from"], event["to"], event["actor"]) == ("repair", "production", "v1", "tuneloop")
+    # The alias in the history is skipped: the version before v1 is base.
+    assert promoter.rollback(None, actor="admin", reason="") == "base"
+
+
+def test_startup_repair_falls_back_to_base_without_history(promoter, caplog):
+    _reopen_with_alias_pointer(promoter, previous=None)
+    with caplog.at_level(logging.ERROR, logger="retrain.promotion"):
+        promoter.sync()
+    assert "no earlier switch is recorded" in caplog.text
+    assert promoter.store.production() == "base"

@@ -188,3 +188,18 @@ def test_reserved_cannot_be_unloaded(backend):
     for name in (BASE, PRODUCTION):
         with pytest.raises(AdapterInUse):
             backend.unload_adapter(name)
+
+
+# The manager stores what a target resolves to, so an alias never points at an alias (promoting
+# "production" once stored production -> production in the registry; feedback/store_adapters.py guards that).
+def test_alias_points_at_a_concrete_adapter(backend, serving_adapters_dir):
+    backend.set_alias(PRODUCTION, "demo-a")
+    try:
+        backend.set_alias(PRODUCTION, PRODUCTION)
+        assert backend.resolve(PRODUCTION) == "demo-a"
+        assert backend.adapters._info("demo-a").aliases == (PRODUCTION,)
+    finally:
+        backend.set_alias(PRODUCTION, BASE)
+    for name in (BASE, PRODUCTION):
+        with pytest.raises(AdapterRejected, match="reserved"):
+            backend.load_adapter(name, serving_adapters_dir / "demo-a")
