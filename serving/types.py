@@ -84,7 +84,19 @@ class ChatStream:
         return self._deltas
 
     def cancel(self) -> None:
+        """Stop generating; safe from any thread (the reader sees the stream end at the next step)."""
         self._cancel.set()
+
+    def close(self) -> None:
+        """Stop generating and let go of the stream now, without reading to its end.
+
+        Call it from the thread that reads the stream (or when nobody does): a generator running in another
+        thread cannot be closed, and that reader ends on its own once ``cancel`` is seen.
+        """
+        self._cancel.set()
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
 
     def text(self) -> str:
         """Drain the stream and return the whole answer."""

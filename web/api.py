@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -34,6 +34,7 @@ from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
 from web.errors import ApiError, install_handlers
 from web.metrics import CONTENT_TYPE
+from web.sse import EventStream
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 100_000  # characters in one message; longer input is refused before tokenizing
@@ -335,17 +336,16 @@ def chat_completions(body: ChatCompletionRequest, ctx: Ctx, user: User):
             turns.append(ctx.chat.start(user, messages, body.model, replace(params, seed=oa.choice_seed(body.seed, i)),
                                         conversation_id=body.conversation_id, replaces=body.replaces))
     except BaseException:
-        for turn in turns:
-            turn.stream.cancel()
-            turn.deltas().close()
+        for turn in turns:  # nothing was answered: stopped, not stored
+            turn.stream.close()
         raise
     base = {"id": turns[0].message_id, "created": int(time.time()), "model": body.model,
             "conversation_id": turns[0].conversation_id}
     if not body.stream:
         return oa.completion_body(base, turns)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    return StreamingResponse(oa.stream_events(base, turns, structured, include_usage), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(oa.stream_events(base, turns, structured, include_usage),
+                       on_disconnect=lambda: [turn.stream.cancel() for turn in turns])
 
 
 @users.post("/v1/feedback")

@@ -2,7 +2,7 @@
 
 The assistant message id is chosen before generation so the API can return it as the response ``id``
 in the first streamed chunk; the turn is stored when the stream ends (in ``finally``, so an answer cut
-short by a stop or a dropped client is stored with what the user saw).
+short by a stop or a dropped client is stored with what the user was shown).
 """
 
 from __future__ import annotations
@@ -68,24 +68,52 @@ def storable(messages: list[Message]) -> list[Message]:
 
 @dataclass
 class ChatTurn:
-    """A started turn: iterate ``deltas()`` for the answer; it is stored when iteration ends."""
+    """A started turn: iterate ``deltas()`` for the answer; it is stored when iteration ends or ``close()``."""
 
     message_id: str
     conversation_id: str
     requested: str  # the adapter name the client asked for (may be an alias)
     stream: ChatStream
     _finish: callable = field(repr=False, default=None)
+    _shown: list[str] = field(repr=False, default_factory=list)  # the deltas handed to the reader
+    _reading: str = field(repr=False, default="no")  # "no", "yes", "done" (read to the end)
 
     @property
     def completion(self) -> Completion:
         return self.stream.completion
 
+    def begin(self) -> None:
+        """The reader now holds this turn's message id: from here on it is stored however it ends."""
+        if self._reading == "no":
+            self._reading = "yes"
+
     def deltas(self) -> Iterator[str]:
+        self.begin()
         try:
-            yield from self.stream
+            for delta in self.stream:
+                self._shown.append(delta)
+                yield delta
+            self._reading = "done"
         finally:
-            self.stream.cancel()  # a no-op when finished; stops generation when the client went away
-            self._finish()
+            self.close()
+
+    def close(self) -> None:
+        """Stop generating, if it still runs, and store the turn once: what its reader was shown when it left
+        mid-answer (finish_reason "cancelled"), the whole answer when it read to the end. A turn nobody began
+        to read (the later choices of an ``n`` > 1 stream whose client went away) is stopped, not stored:
+        nobody saw it, and its message id was never sent (see ``begin``)."""
+        self.stream.close()
+        if self._reading != "no":
+            self._finish(self._cut())
+
+    def _cut(self) -> str | None:
+        """The text shown, when the reader left before the answer's end; None when it saw it all or the
+        answer failed (stored as the backend ended it, finish_reason "error")."""
+        c = self.stream.completion
+        shown = "".join(self._shown)
+        if self._reading == "done" or c.finish_reason == "error" or (c.finish_reason and shown == c.text):
+            return None
+        return shown
 
 
 class ChatService:
@@ -139,18 +167,19 @@ class ChatService:
         conversation_id = conversation_id or self.new_conversation_id()
         stored = False
 
-        def finish() -> None:
+        def finish(cut: str | None) -> None:
             nonlocal stored
             if stored:
                 return
             stored = True
             c = stream.completion
+            answer = c.text if not c.tool_calls else (c.text or tool_calls_text(c.tool_calls))
             turn = TurnRecord(
                 conversation_id=conversation_id,
                 user=user,
                 request_messages=storable(messages),
                 assistant_message_id=message_id,
-                answer=c.text if not c.tool_calls else (c.text or tool_calls_text(c.tool_calls)),
+                answer=answer if cut is None else cut,
                 adapter=c.adapter,
                 base_model=self.backend.base_model,
                 sampling={**asdict(replace(params, constraint=None, structured=None)),
@@ -159,7 +188,7 @@ class ChatService:
                 first_token_ms=None if c.first_token_s is None else c.first_token_s * 1000.0,
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
-                finish_reason=c.finish_reason,
+                finish_reason=c.finish_reason if cut is None else "cancelled",
                 replaces=replaces,
                 experiment_id=experiment_id,
                 arm=arm,

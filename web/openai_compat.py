@@ -127,34 +127,42 @@ def _sse(obj: dict) -> str:
 def stream_events(base: dict, turns, structured: StructuredOutput | None, include_usage: bool) -> Iterator[str]:
     """SSE chunks for ``turns`` (choices one after the other; they were generated together).
 
-    Under ``tools`` an answer is held until it ends: only then is it known to be a call or text.
+    Under ``tools`` an answer is held until it ends: only then is it known to be a call or text. However it
+    ends (all sent, an error, or closed at a ``yield`` because the client went away) every turn is stopped
+    and stored once, with what its client was shown (``ChatTurn.close``).
     """
     chunk = {**base, "object": "chat.completion.chunk", **({"usage": None} if include_usage else {})}
     hold = structured is not None and structured.kind == "tools" and structured.tool_choice != "none"
-    for i, turn in enumerate(turns):
-        yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                          "finish_reason": None, "message_id": turn.message_id}]})
-        held = []
-        try:
-            for delta in turn.deltas():
-                if hold:
-                    held.append(delta)
-                else:
-                    yield _sse({**chunk, "choices": [{"index": i, "delta": {"content": delta}, "finish_reason": None}]})
-        except Exception as exc:  # headers are sent: report the error in-band, OpenAI style
-            for other in turns[i + 1:]:
-                other.stream.cancel()
-            status, code, message = classify(exc)
-            yield _sse(error_body(status, code, message))
-            return
-        c = turn.completion
-        if c.tool_calls:
-            calls = [{"index": k, **call} for k, call in enumerate(c.tool_calls)]
-            yield _sse({**chunk, "choices": [{"index": i, "delta": {"tool_calls": calls}, "finish_reason": None}]})
-        elif held:
-            yield _sse({**chunk, "choices": [{"index": i, "delta": {"content": "".join(held)}, "finish_reason": None}]})
-        reason = "tool_calls" if c.tool_calls else (c.finish_reason or "stop")
-        yield _sse({**chunk, "adapter": c.adapter, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]})
-    if include_usage:
-        yield _sse({**chunk, "choices": [], "usage": usage(turns)})
-    yield "data: [DONE]\n\n"
+
+    def choice(i: int, delta: dict) -> str:
+        return _sse({**chunk, "choices": [{"index": i, "delta": delta, "finish_reason": None}]})
+
+    try:
+        for i, turn in enumerate(turns):
+            turn.begin()  # the next chunk hands the client this turn's message id
+            yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                              "finish_reason": None, "message_id": turn.message_id}]})
+            held = []
+            try:
+                for delta in turn.deltas():
+                    if hold:
+                        held.append(delta)
+                    else:
+                        yield choice(i, {"content": delta})
+            except Exception as exc:  # headers are sent: report the error in-band, OpenAI style
+                status, code, message = classify(exc)
+                yield _sse(error_body(status, code, message))
+                return  # the other turns are stopped in ``finally``
+            c = turn.completion
+            if c.tool_calls:
+                yield choice(i, {"tool_calls": [{"index": k, **call} for k, call in enumerate(c.tool_calls)]})
+            elif held:
+                yield choice(i, {"content": "".join(held)})
+            reason = "tool_calls" if c.tool_calls else (c.finish_reason or "stop")
+            yield _sse({**chunk, "adapter": c.adapter, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]})
+        if include_usage:
+            yield _sse({**chunk, "choices": [], "usage": usage(turns)})
+        yield "data: [DONE]\n\n"
+    finally:
+        for turn in turns:
+            turn.close()

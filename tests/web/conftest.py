@@ -68,7 +68,8 @@ def start_app(data_dir: Path, **overrides) -> RunningApp:
     from settings import load_settings
     from web.server import create_app
 
-    settings = load_settings(None, demo=True, data_dir=data_dir, port=free_port(), **overrides)
+    overrides.setdefault("demo", True)  # or demo=False, model=PATH for another local model
+    settings = load_settings(None, data_dir=data_dir, port=free_port(), **overrides)
     ctx = build_context(settings)
     app = create_app(ctx)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
