@@ -20,8 +20,10 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from serving.errors import BadRequest
 
@@ -44,6 +46,14 @@ class StructuredOutput:
     tools: tuple[dict, ...] = ()  # OpenAI tool objects: {"type": "function", "function": {...}}
     tool_choice: Any = "auto"  # "auto" | "none" | "required" | {"type": "function", "function": {"name"}}
     raw: dict = field(default_factory=dict, compare=False)  # the request's own fields, for pass-through
+
+    def __post_init__(self):
+        # A grammar is built from these (see grammar_schema): refuse what it cannot bound before any backend.
+        if self.kind == "json_schema":
+            refuse_recursion(self.schema or {}, "response_format schema")
+        elif self.forced_tool_call:
+            for i, tool in enumerate(self.tools):
+                refuse_recursion(tool["function"].get("parameters") or {}, f"tools[{i}].function.parameters")
 
     @property
     def forced_tool_call(self) -> bool:
@@ -75,6 +85,74 @@ class StructuredOutput:
             variants.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                              "properties": {"name": {"const": fn["name"]}, "arguments": params}})
         return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+# --- recursion ----------------------------------------------------------------------------------------
+def _resolve(root: dict, ref: str):
+    """The subschema a local JSON pointer ("#", "#/$defs/a") names, or None (external, anchor, missing)."""
+    if ref != "#" and not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/") if ref.startswith("#/") else ():
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _refs(node) -> Iterator[str]:
+    """The ``$ref`` strings anywhere under ``node`` (iteratively: the client picks the depth); one inside a
+    ``const`` or ``default`` counts too, which errs on the side of refusing."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            for key in ("$recursiveRef", "$dynamicRef"):  # these exist only for recursion
+                if key in n:
+                    yield "#"
+            if isinstance(n.get("$ref"), str):
+                yield n["$ref"]
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+
+
+def refuse_recursion(schema: dict, where: str) -> None:
+    """``BadRequest`` when ``schema`` refers to itself: "#" from anywhere, a ``$ref`` to its own ancestor, or
+    $defs that refer to each other in a cycle. A recursive schema may have no finite instance at all, and the
+    closing strategy's shortest-instance bound (``min_json_chars``) assumes one; so refused, not approximated.
+    (Unresolvable refs are left to the grammar compiler, which refuses them.)"""
+    edges: dict[str, list[str]] = {}  # ref target -> the targets of the refs inside it
+    todo = ["#"]
+    while todo:
+        ref = todo.pop()
+        if ref not in edges:
+            node = _resolve(schema, ref)
+            edges[ref] = [r for r in _refs(node) if _resolve(schema, r) is not None] if node is not None else []
+            todo.extend(edges[ref])
+    # A cycle among the targets, found by depth-first search with an explicit stack (grey = on the path).
+    state: dict[str, str] = {}
+    for start in edges:
+        if start in state:
+            continue
+        stack = [(start, iter(edges[start]))]
+        state[start] = "grey"
+        while stack:
+            ref, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[ref] = "black"
+                stack.pop()
+            elif state.get(child) == "grey":
+                raise BadRequest(f"the JSON schema is not supported: {where} is recursive "
+                                 f"(through $ref {child!r})")
+            elif child not in state:
+                state[child] = "grey"
+                stack.append((child, iter(edges[child])))
 
 
 # --- tool calls in text ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +18,7 @@ from feedback.models import TurnRecord
 from feedback.store import FeedbackStore
 from serving.backend import Backend
 from serving.errors import BadRequest, RequestTooLarge
+from serving.structured import StructuredOutput
 from serving.traffic import assign_arm
 from serving.types import PRODUCTION, ChatStream, Completion, Message, SamplingParams
 from web.access import check_conversation, check_model, owned_message
@@ -29,6 +31,46 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# NUL cuts strings short in C code (tokenizers, DuckDB); a lone surrogate is a valid JSON escape but no text.
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _strings(value) -> Iterator[tuple[tuple, str]]:
+    """Every string in a JSON value, keys included, with the path of the value that holds it.
+
+    Iterative, since the client picks the depth; a key is yielded before anything under it, so the
+    paths of later strings hold only keys already checked."""
+    stack = [((), value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            yield path, v
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                yield path, k
+                stack.append(((*path, k), item))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(((*path, i), item) for i, item in enumerate(v))
+
+
+def _where(path: tuple) -> str:
+    return ".".join(str(p)[:40] for p in path)
+
+
+def _check_arguments(messages: list[Message]) -> None:
+    """A tool call's ``arguments`` is pasted into prompts and stored text as is: it must be JSON (as OpenAI
+    requires and vLLM checks), an object, since a function's parameters are one."""
+    for i, m in enumerate(messages):
+        for k, call in enumerate(m.get("tool_calls") or ()):
+            try:
+                ok = isinstance(json.loads(call["function"]["arguments"]), dict)
+            except (TypeError, ValueError, KeyError, RecursionError):
+                ok = False
+            if not ok:
+                raise BadRequest(f"messages.{i}.tool_calls.{k}.function.arguments must be a JSON object as a "
+                                 "string, e.g. '{\"city\": \"Paris\"}'")
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """Bounds checked before a prompt is rendered or tokenized (settings max_messages, max_request_chars)."""
@@ -36,14 +78,22 @@ class RequestLimits:
     max_messages: int = 256
     max_chars: int = 400_000
 
-    def check(self, messages: list[Message]) -> None:
-        if any("\x00" in (m.get("content") or "") for m in messages):
-            raise BadRequest("text must not contain NUL characters")
+    def check(self, messages: list[Message], structured: StructuredOutput | None = None) -> None:
+        """The one check of every string a request carries towards the backend: messages with their tool
+        calls, and tools, tool_choice and response_format. Each must be text, and all together are counted."""
         if len(messages) > self.max_messages:
             raise RequestTooLarge(f"{len(messages)} messages; at most {self.max_messages} per request")
-        total = sum(len(m.get("content") or "") for m in messages)
-        if total > self.max_chars:
-            raise RequestTooLarge(f"{total} characters in all messages; at most {self.max_chars} per request")
+        total = 0
+        for path, text in _strings({"messages": messages, **(structured.raw if structured else {})}):
+            total += len(text)
+            if total > self.max_chars:
+                raise RequestTooLarge(f"over {self.max_chars} characters of text in messages, tools and schemas; "
+                                      f"at most {self.max_chars} per request")
+            bad = _BAD_TEXT.search(text)
+            if bad:
+                what = "contain NUL characters" if bad.group() == "\x00" else "hold a lone surrogate (invalid Unicode)"
+                raise BadRequest(f"{_where(path)}: text must not {what}")
+        _check_arguments(messages)
 
 
 def tool_calls_text(calls: list[dict]) -> str:
@@ -154,7 +204,7 @@ class ChatService:
         ``conversation_id`` continues a conversation this server issued to ``principal`` (admins: any);
         ``replaces`` names one of their answers. Bounds are checked before anything is tokenized.
         """
-        self.limits.check(messages)
+        self.limits.check(messages, params.structured)
         check_model(self.store, principal, model)
         if conversation_id is not None:
             check_conversation(self.store, principal, conversation_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +54,27 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 # Validation errors of these kinds (web.api's Text, Name and Id) answer 400 (bad characters), not 422.
 BAD_CHARACTERS = ("nul_character", "control_characters", "invalid_id")
+# pydantic names the member of a union it tried ("function-after[_no_nul(), ...]", "list[...]", "str") in an
+# error's loc; that is no place in the request, so it is left out of ``param``.
+_UNION_MEMBER = re.compile(r"[\w-]*\[.*\]|str|int|float|bool|bytes|none", re.S)
+
+
+def field_path(loc) -> str:
+    """The field an error's ``loc`` points at, as a client wrote it ("stop.0", "messages.1.role")."""
+    return ".".join(str(p) for p in loc[1 if loc[:1] == ("body",) else 0:]
+                    if not (isinstance(p, str) and _UNION_MEMBER.fullmatch(p)))
+
+
+def _plain(error: dict) -> str:
+    """An error's message without pydantic's wording for a raised ValueError or a generic length check."""
+    ctx = error.get("ctx") or {}
+    if error.get("type") == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if error.get("type") in ("too_long", "too_short") and isinstance(error.get("input"), str):
+        bound = "at most" if error["type"] == "too_long" else "at least"
+        limit = ctx.get("max_length", ctx.get("min_length"))
+        return f"should have {bound} {limit} characters, not {len(error['input'])}"
+    return error.get("msg", "invalid request")
 
 
 def classify(exc: Exception) -> tuple[int, str, str]:
@@ -88,9 +110,15 @@ def install_handlers(app) -> None:
         return JSONResponse(error_body(status, code, message), status_code=status)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # its loc is an offset into the body, no field
+            where = errors[0]["loc"][-1]
+            message = f"request body is not valid JSON: {errors[0]['ctx']['error']} (at position {where})"
+            return JSONResponse(error_body(422, "invalid_request", message), status_code=422)
+        # Of a union's failed members, the one that got furthest says what was wrong ("stop.0" over "stop").
+        first = max(errors, key=lambda e: len(field_path(e.get("loc", ())).split(".")), default={})
+        loc = field_path(first.get("loc", ()))
+        message = f"{loc}: {_plain(first)}" if loc else _plain(first)
         if first.get("type") in BAD_CHARACTERS:
             return JSONResponse(error_body(400, first["type"], message, loc or None), status_code=400)
         return JSONResponse(error_body(422, "invalid_request", message, loc or None), status_code=422)

@@ -59,7 +59,11 @@ def structured_output(response_format: dict | None, tools: list[dict] | None, to
             names.append(fn["name"])
         choice = "auto" if tool_choice is None else tool_choice
         if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+            fn = choice.get("function")
+            if choice.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise BadRequest("tool_choice must be 'auto', 'none', 'required' or "
+                                 "{'type': 'function', 'function': {'name': ...}}")
+            name = fn["name"]
             if name not in names:
                 raise BadRequest(f"tool_choice names a function that is not in tools: {name!r}")
             choice = {"type": "function", "function": {"name": name}}

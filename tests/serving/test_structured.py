@@ -44,6 +44,34 @@ def test_min_json_chars_bounds_the_shortest_instance():
     assert min_json_chars({"$ref": "#"}) > 0  # a self-reference ends
 
 
+# A recursive schema was accepted and answered "" (or "{") as a success: it may have no finite instance.
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#"},
+    {"properties": {"a": {"properties": {"b": {"$ref": "#/properties/a"}}}}},  # an ancestor
+    {"$defs": {"a": {"items": {"$ref": "#/$defs/b"}}, "b": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"},
+    {"type": "object", "properties": {"x/y": {"items": {"$ref": "#/properties/x~1y"}}}},  # an escaped pointer
+    {"$dynamicRef": "#meta"},
+])
+def test_recursive_schemas_are_refused(schema):
+    with pytest.raises(BadRequest, match="recursive"):
+        StructuredOutput("json_schema", schema=schema)
+    tools = ({"type": "function", "function": {"name": "f", "parameters": schema}},)
+    with pytest.raises(BadRequest, match=r"tools\[0\].function.parameters is recursive"):
+        StructuredOutput("tools", tools=tools, tool_choice="required")
+    StructuredOutput("tools", tools=tools, tool_choice="auto")  # no grammar: the model writes freely
+
+
+def test_shared_and_deep_schemas_are_not_recursion():
+    shared = {"$defs": {"s": {"type": "string"}, "pair": {"properties": {"a": {"$ref": "#/$defs/s"},
+                                                                         "b": {"$ref": "#/$defs/s"}}}},
+              "properties": {"p": {"$ref": "#/$defs/pair"}, "q": {"$ref": "#/$defs/pair"}}}
+    deep: dict = {"type": "string"}
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = {"type": "array", "items": deep}
+    for schema in (shared, deep, {"$ref": "#/$defs/missing"}):  # a missing target is the compiler's to refuse
+        StructuredOutput("json_schema", schema=schema)
+
+
 def test_tool_calls_are_parsed_from_constrained_and_hermes_text():
     forced = StructuredOutput("tools", tools=TOOLS, tool_choice="required")
     calls = parse_tool_calls('{"name":"f","arguments":{"x":1}}', forced)

@@ -285,3 +285,104 @@ def test_tiny_temperature(hostile, route):
 def test_long_adapter_name(hostile, path):
     r = send(hostile, "POST", path, {"candidate": "x" * 5000, "to": "x" * 5000})
     assert 400 <= r.status_code < 500
+
+
+# --- strings anywhere in a chat request: tools, tool calls, schemas (were a 500, or stored) -----------------
+def _with(where: str, bad: str) -> dict:
+    """A valid chat body with ``bad`` placed at ``where``."""
+    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string"}}}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "tools": [tool]}
+    if where == "tool description":
+        tool["function"]["description"] = bad
+    elif where == "tool name":
+        tool["function"]["name"] = bad
+    elif where == "property key":
+        tool["function"]["parameters"]["properties"] = {bad: {"type": "string"}}
+    elif where == "call name":
+        call["function"]["name"] = bad
+    elif where == "call arguments":
+        call["function"]["arguments"] = f'{{"a": "{bad}"}}'
+    if where.startswith("call"):
+        body["messages"] += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                             {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    elif where == "schema":
+        del body["tools"]
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": [bad]}}}
+    return body
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00"])
+@pytest.mark.parametrize("where", ["tool description", "tool name", "property key", "call name", "call arguments",
+                                   "schema"])
+def test_bad_text_anywhere_in_a_chat_request_is_a_400(hostile, where, bad):
+    before = hostile.ctx.store.stats(max_age_s=0)
+    r = send(hostile, "POST", "/v1/chat/completions", _with(where, bad))
+    assert r.status_code == 400, r.text
+    assert ("NUL" if "\x00" in bad else "surrogate") in r.json()["error"]["message"]
+    assert hostile.ctx.store.stats(max_age_s=0) == before  # nothing stored
+
+
+@pytest.mark.parametrize("arguments", ["{not json", "", "[1, 2]", "[" * 50_000])
+def test_tool_call_arguments_must_be_a_json_object(hostile, arguments):
+    body = _with("call arguments", "x")
+    body["messages"][1]["tool_calls"][0]["function"]["arguments"] = arguments
+    r = send(hostile, "POST", "/v1/chat/completions", body)
+    assert r.status_code == 400 and "arguments must be a JSON object" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("function", ["f", ["f"], None, {"name": 5}])
+def test_tool_choice_function_must_be_an_object(hostile, function):
+    body = {**_with("tool name", "f"), "tool_choice": {"type": "function", "function": function}}
+    r = send(hostile, "POST", "/v1/chat/completions", body)
+    assert r.status_code == 400 and "tool_choice" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#"},
+                                    {"properties": {"a": {"properties": {"b": {"$ref": "#/properties/a"}}}}},
+                                    {"$defs": {"a": {"items": {"$ref": "#/$defs/b"}}, "b": {"$ref": "#/$defs/a"}},
+                                     "$ref": "#/$defs/a"}])
+@pytest.mark.parametrize("field", ["response_format", "tools"])
+def test_recursive_schemas_are_refused(hostile, field, schema):
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
+    if field == "tools":
+        body |= {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+                 "tool_choice": "required"}
+    else:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    r = send(hostile, "POST", "/v1/chat/completions", body)
+    assert r.status_code == 400 and "recursive" in r.json()["error"]["message"], r.text
+
+
+# A 3 MB tool name was tokenized (seconds) before the prompt-length 400: tools count towards max_request_chars.
+@pytest.mark.parametrize("where", ["tool name", "call name", "call arguments"])
+def test_every_string_counts_towards_the_request_size_cap(hostile, where):
+    r = send(hostile, "POST", "/v1/chat/completions", _with(where, "x" * 500_000))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large", r.text
+
+
+# --- error messages name the field as the client wrote it, in plain words ------------------------------------
+@pytest.mark.parametrize("path,body,param,words", [
+    ("/v1/chat/completions", {"messages": [], "stop": "a\x00"}, "stop", "NUL"),
+    ("/v1/chat/completions", {"messages": [], "stop": ["a\ud800"]}, "stop.0", "surrogate"),
+    ("/v1/chat/completions", {"messages": [], "stop": 5}, "stop", "valid string"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages.0", "content may be null"),
+    ("/v1/arena/battles", {"prompt": "a\x00"}, "prompt", "NUL"),
+    ("/v1/arena/battles", {"prompt": [{"role": "wizard", "content": "x"}]}, "prompt.0.role", "'user'"),
+    ("/v1/load_lora_adapter", {"lora_name": "x" * 65, "lora_path": "p"}, "lora_name", "at most 64 characters"),
+    ("/v1/unload_lora_adapter", {"lora_name": "x" * 65}, "lora_name", "at most 64 characters"),
+])
+def test_validation_errors_name_the_field(hostile, path, body, param, words):
+    r = send(hostile, "POST", path, body)
+    error = r.json()["error"]
+    assert 400 <= r.status_code < 500 and error["param"] == param, error
+    assert words in error["message"] and error["message"].startswith(f"{param}: "), error
+    assert not any(w in error["message"] for w in ("function-after", "list[", "Value error", "items")), error
+
+
+def test_invalid_json_says_so(hostile):
+    r = send(hostile, "POST", "/v1/chat/completions", raw=b'{"messages": ]')
+    error = r.json()["error"]
+    assert error["message"].startswith("request body is not valid JSON") and "13" in error["message"], error
+    assert error["param"] is None

@@ -182,6 +182,8 @@ def test_neutral_values_of_unsupported_fields_are_accepted(client):
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "rm_rf"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"response_format": {"type": "json_object"}, "max_tokens": 1}, "max_tokens"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}}, "tool_choice"),  # was a 500
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}}, "recursive"),
 ])
 def test_hostile_structured_requests_get_a_clear_400(app, body, what):
     r = httpx.post(f"{app.url}/v1/chat/completions", timeout=120,
