@@ -84,7 +84,29 @@ class StructuredOutput:
             params = fn.get("parameters") or {"type": "object", "properties": {}}
             variants.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                              "properties": {"name": {"const": fn["name"]}, "arguments": params}})
-        return variants[0] if len(variants) == 1 else {"anyOf": variants}
+        if len(variants) == 1:
+            return _rebase_refs(variants[0], "#/properties/arguments")
+        return {"anyOf": [_rebase_refs(v, f"#/anyOf/{k}/properties/arguments") for k, v in enumerate(variants)]}
+
+
+def _rebase_refs(schema: dict, at: str) -> dict:
+    """``schema`` with each local ``$ref`` of the parameters under it ("#/$defs/C", as pydantic, the OpenAI SDK and
+    LangChain write nested models) re-pointed at ``at``, where the parameters now sit in the grammar's schema.
+    A copy, built iteratively: the client picks the depth."""
+    out: dict = {}
+    stack = [(schema, out)]
+    while stack:
+        src, dst = stack.pop()
+        items = src.items() if isinstance(src, dict) else enumerate(src)
+        for k, v in items:
+            if k == "$ref" and isinstance(v, str) and v.startswith("#/") and isinstance(src, dict):
+                v = at + v[1:]
+            if isinstance(v, (dict, list)):
+                child = {} if isinstance(v, dict) else [None] * len(v)
+                stack.append((v, child))
+                v = child
+            dst[k] = v
+    return out
 
 
 # --- recursion ----------------------------------------------------------------------------------------

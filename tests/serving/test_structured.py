@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from serving.chat_format import render_prompt
 from serving.errors import BadRequest
 from serving.stop_strings import StopStrings as StopText
-from serving.structured import StructuredOutput, min_json_chars, parse_tool_calls
+from serving.structured import StructuredOutput, compile_grammar, min_json_chars, parse_tool_calls
 
 TOOLS = ({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},)
 
@@ -70,6 +70,20 @@ def test_shared_and_deep_schemas_are_not_recursion():
         deep = {"type": "array", "items": deep}
     for schema in (shared, deep, {"$ref": "#/$defs/missing"}):  # a missing target is the compiler's to refuse
         StructuredOutput("json_schema", schema=schema)
+
+
+def test_forced_tool_parameters_keep_their_own_defs():
+    """Parameters with ``$defs`` (how pydantic and the OpenAI SDK write nested models) still compile once wrapped
+    in the grammar's {"name", "arguments"} object, one tool or several."""
+    parcel = {"type": "object", "required": ["items"], "$defs": {"Item": {
+        "type": "object", "required": ["sku"], "properties": {"sku": {"type": "string"}}}},
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"}}}}
+    ship = {"type": "function", "function": {"name": "ship", "parameters": parcel}}
+    for tools, choice in (((ship,), "required"), ((TOOLS[0], ship), {"type": "function", "function": {"name": "ship"}}),
+                          ((TOOLS[0], ship), "required")):
+        spec = StructuredOutput("tools", tools=tools, tool_choice=choice)
+        compile_grammar(spec)  # raised "Pointer '/$defs/Item' does not exist" before
+    assert parcel["properties"]["items"]["items"] == {"$ref": "#/$defs/Item"}  # the client's schema is not changed
 
 
 def test_tool_calls_are_parsed_from_constrained_and_hermes_text():

@@ -291,6 +291,26 @@ def test_forced_tool_calls_are_openai_shaped(client, choice, stream):
         assert name == "get_time" and isinstance(args["zone"], str)
 
 
+class Parcel(BaseModel):
+    """Nested models: pydantic writes the inner one under ``$defs`` and points at it with ``$ref``."""
+
+    class Item(BaseModel):
+        sku: str
+        count: int
+
+    items: list[Item] = Field(min_length=1, max_length=2)
+
+
+def test_a_forced_call_whose_parameters_nest_pydantic_models_validates(client):
+    ship = {"type": "function", "function": {"name": "ship", "parameters": Parcel.model_json_schema()}}
+    assert "$defs" in ship["function"]["parameters"]
+    r = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Ship two lamps."}],
+                                       temperature=1.0, max_tokens=96, tools=[TIME, ship],
+                                       tool_choice={"type": "function", "function": {"name": "ship"}})
+    call = r.choices[0].message.tool_calls[0].function
+    assert call.name == "ship" and Parcel.model_validate_json(call.arguments).items
+
+
 def test_tool_choice_auto_and_none_answer_in_text_or_a_valid_call(client):
     for choice in ("auto", "none"):
         r = client.chat.completions.create(model="base", messages=HELLO, max_tokens=12, tools=[WEATHER],
