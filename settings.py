@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names clients may use besides loopback names, the address they connected to and public_url's host; '*' allows any (not recommended: DNS rebinding).")
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body, counted as it arrives (before parsing and auth); larger ones get 413.")
     max_messages: int = Field(256, gt=0, description="Most messages in one chat or arena request.")
-    max_request_chars: int = Field(400_000, gt=0, description="Most characters in all messages of one request, checked before tokenizing.")
+    max_request_chars: int = Field(400_000, gt=0, description="Most characters of text in one chat request (messages with their tool calls, tools, tool_choice, response_format), checked before tokenizing.")
     login_max_failures: int = Field(5, gt=0, description="Failed logins per user name within login_window_s before further tries are refused.")
     login_max_failures_per_address: int = Field(20, gt=0, description="Failed logins per client address within login_window_s before further tries are refused.")
     login_window_s: float = Field(300.0, gt=0, description="The sliding window of the login limits, in seconds.")

@@ -41,7 +41,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (fe.UnknownConversation, 404, "conversation_not_found"),
     (fe.UnknownBattle, 404, "battle_not_found"),
     (fe.UnknownRun, 404, "run_not_found"),
-    (fe.UnknownConversation, 404, "conversation_not_found"),
+    (fe.ReservedName, 409, "reserved_name"),
     (fe.InvalidTitle, 422, "invalid_title"),
     (fe.SchemaTooNew, 500, "schema_too_new"),
     (fe.AlreadyVoted, 409, "already_voted"),
