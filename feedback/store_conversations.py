@@ -99,6 +99,8 @@ class ConversationStore(StoreCore):
         title = " ".join((title or "").split())
         if len(title) > MAX_TITLE_CHARS:
             raise InvalidTitle(f"title longer than {MAX_TITLE_CHARS} characters")
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in title):
+            raise InvalidTitle("a title must be plain text: no NUL characters or lone surrogates")
         self._turns.wait()  # a conversation started a moment ago may still be in the turn journal
         with self._write() as cur:
             self._owned_root(cur, user, conversation_id)

@@ -35,6 +35,14 @@ def new_id() -> str:
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be tokenized or stored ("must not ..."), or None when it can."""
+    bad = _BAD_TEXT.search(text)
+    if bad is None:
+        return None
+    return "must not contain NUL characters" if bad.group() == "\x00" else "must not hold a lone surrogate (invalid Unicode)"
+
+
 def _strings(value) -> Iterator[tuple[tuple, str]]:
     """Every string in a JSON value, keys included, with the path of the value that holds it.
 
@@ -89,10 +97,9 @@ class RequestLimits:
             if total > self.max_chars:
                 raise RequestTooLarge(f"over {self.max_chars} characters of text in messages, tools and schemas; "
                                       f"at most {self.max_chars} per request")
-            bad = _BAD_TEXT.search(text)
-            if bad:
-                what = "contain NUL characters" if bad.group() == "\x00" else "hold a lone surrogate (invalid Unicode)"
-                raise BadRequest(f"{_where(path)}: text must not {what}")
+            problem = text_problem(text)
+            if problem:
+                raise BadRequest(f"{_where(path)}: text {problem}")
         _check_arguments(messages)
 
 

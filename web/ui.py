@@ -47,7 +47,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def on_load(request: gr.Request):
             p = principal_of(ctx, request)
-            choices = labeled_adapter_choices(ctx)  # the arena pickers: admins only
+            choices = labeled_adapter_choices(ctx) if p.is_admin else []  # the arena pickers: admins only
             admin = gr.update(visible=p.is_admin)
             sign_out = "" if ctx.users.single_user else " · [Sign out](/logout)"
             return (f"Signed in as **{p.name}** ({p.role}){sign_out}",

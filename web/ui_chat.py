@@ -17,6 +17,7 @@ from feedback.models import ConversationView, Rating
 from serving.types import PRODUCTION, SamplingParams
 from web import review
 from web.access import owned_message
+from web.chat import text_problem
 from web.context import AppContext
 from web.errors import user_message
 from web.format import REASON_LABELS
@@ -40,12 +41,13 @@ def display(messages: list[dict]) -> list[dict]:
             for m in messages if m["role"] != "system"]
 
 
-def new_state(system_prompt: str) -> dict:
+def new_state(system_prompt: str, owner: str | None = None) -> dict:
+    """A fresh chat. ``owner``: the user it is for; the page's first state has none until the page loads."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return {"conversation_id": None, "messages": system, "ids": [None] * len(system), "feedback": {}}
+    return {"conversation_id": None, "messages": system, "ids": [None] * len(system), "feedback": {}, "owner": owner}
 
 
-def state_from_view(view: ConversationView) -> dict:
+def state_from_view(view: ConversationView, owner: str) -> dict:
     """A stored conversation as the chat continues it; a corrected answer shows the user's correction."""
     messages, ids, feedback = [], [], {}
     for m in view.messages:
@@ -55,7 +57,19 @@ def state_from_view(view: ConversationView) -> dict:
         if m.id in view.ratings:
             rating, reason = view.ratings[m.id]
             feedback[m.id] = REASON_LABELS.get(reason) or ("Like" if rating == "up" else "Dislike")
-    return {"conversation_id": view.id, "messages": messages, "ids": ids, "feedback": feedback}
+    return {"conversation_id": view.id, "messages": messages, "ids": ids, "feedback": feedback, "owner": owner}
+
+
+def owned_state(ctx: AppContext, st: dict, request: gr.Request | None):
+    """(principal, state stamped with its owner) for a handler about to show or extend ``st``.
+
+    Gradio keys a session's state by a hash the browser sends, not by the signed-in user: someone who learns
+    another user's hash must not read that user's chat through it.
+    """
+    p = principal_of(ctx, request)
+    if st.get("owner") not in (None, p.name):
+        raise gr.Error("This chat belongs to another sign-in: reload the page.")
+    return p, {**st, "owner": p.name}
 
 
 def feedback_values(st: dict) -> list[str | None]:
@@ -68,10 +82,12 @@ def chat_view(st: dict) -> gr.Chatbot:
 
 
 def _visible_index(state: dict, index) -> int:
-    """Map the chatbot's index (system prompt hidden) to the state's index."""
-    index = index[0] if isinstance(index, (list, tuple)) else index
-    offset = sum(1 for m in state["messages"] if m["role"] == "system")
-    return int(index) + offset
+    """Map the chatbot's index (system prompt hidden) to the state's index; -1 for one that names no message
+    (the event's data comes from the browser)."""
+    index = index[0] if isinstance(index, (list, tuple)) and index else index
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return -1
+    return index + sum(1 for m in state["messages"] if m["role"] == "system")
 
 
 @dataclass
@@ -113,14 +129,20 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         regenerate = gr.Button("↻", scale=0, min_width=44, elem_id="regenerate")
     last_rated = gr.State(None)  # (message id, rating, reason) the feedback panel refers to
 
-    def user_turn(text: str, st: dict):
-        if not text.strip():
+    def user_turn(text: str, st: dict, request: gr.Request):
+        if not isinstance(text, str) or not text.strip():
             raise gr.Error("Type a message first.")
-        st = {**st, "messages": [*st["messages"], {"role": "user", "content": text}], "ids": [*st["ids"], None]}
+        _, st = owned_state(ctx, st, request)
+        messages = [*st["messages"], {"role": "user", "content": text}]
+        try:  # the request's bounds, before the state grows: it lives on the server
+            ctx.chat.limits.check(messages)
+        except Exception as exc:
+            raise gr.Error(user_message(exc)) from None
+        st = {**st, "messages": messages, "ids": [*st["ids"], None]}
         return "", st, chat_view(st), gr.update(visible=False)
 
     def bot_turn(st: dict, adapter_name: str, request: gr.Request, replaces: str | None = None):
-        user = principal_of(ctx, request)  # ChatService checks the adapter, conversation and replaced answer
+        user, st = owned_state(ctx, st, request)  # ChatService checks the adapter, conversation and replaced answer
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
         try:
             turn = ctx.chat.start(user, st["messages"], adapter_name or PRODUCTION, params,
@@ -144,6 +166,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         yield st, chat_view(st)
 
     def regenerate_last(st: dict, adapter_name: str, request: gr.Request):
+        _, st = owned_state(ctx, st, request)
         if not st["messages"] or st["messages"][-1]["role"] != "assistant":
             raise gr.Error("There is no answer to regenerate.")
         replaced = st["ids"][-1]
@@ -151,6 +174,8 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         yield from bot_turn(st, adapter_name, request, replaces=replaced)
 
     def _store(st: dict, message_id: str, value: str, why: str | None, text: str | None, request) -> dict:
+        if text and (problem := text_problem(text)):
+            raise gr.Error(f"The comment {problem}.")
         try:
             who = principal_of(ctx, request)
             owned_message(ctx.store, who, message_id)  # the state is the server's, but check as the API does
@@ -163,7 +188,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
 
     def rate(st: dict, data: gr.LikeData, request: gr.Request):
         i = _visible_index(st, data.index)
-        if i >= len(st["ids"]) or st["ids"][i] is None or st["messages"][i]["role"] != "assistant":
+        if not 0 <= i < len(st["ids"]) or st["ids"][i] is None or st["messages"][i]["role"] != "assistant":
             return st, gr.update(), None, gr.update(), gr.update(), gr.update()
         liked = data.liked
         if liked is True or liked == "Like":
@@ -196,14 +221,14 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         return st, "", "Thanks: feedback saved.", gr.update(visible=False)
 
     def edit(st: dict, data: gr.EditData, request: gr.Request):
+        who, st = owned_state(ctx, st, request)
         i = _visible_index(st, data.index)
-        if i >= len(st["messages"]) or st["messages"][i]["role"] != "assistant" or st["ids"][i] is None:
+        if not 0 <= i < len(st["messages"]) or st["messages"][i]["role"] != "assistant" or st["ids"][i] is None:
             return st, chat_view(st), "Only answers can be edited: write the answer you wanted."
         new_text = data.value if isinstance(data.value, str) else str(data.value)
-        if "\x00" in new_text:
-            return st, display(st["messages"]), "The correction holds a NUL character; remove it."
+        if problem := text_problem(new_text):
+            return st, chat_view(st), f"The correction {problem}: remove it and edit again."
         try:
-            who = principal_of(ctx, request)
             owned_message(ctx.store, who, st["ids"][i])
             _, state = review.rate(ctx, who, Rating(message_id=st["ids"][i], user=who.name, rating="down",
                                                     correction=new_text))

@@ -4,12 +4,17 @@ reload, a bookmark or the back button reopens it; the store checks that it is th
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
+from web.chat import text_problem
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_chat import ChatTab, chat_view, new_state, state_from_view
 from web.ui_common import principal_of
+
+log = logging.getLogger(__name__)
 
 LIST_SIZE = 50
 # Keeps the URL's ?c= in step with the open conversation without reloading the page.
@@ -52,26 +57,30 @@ def wire_sidebar(ctx: AppContext, ui: gr.Blocks, bar: dict, chat: ChatTab, tabs:
         hint = ("No chats match your search." if query else "Your conversations will be listed here.")
         return gr.update(choices=choices, value=value), gr.update(value=hint, visible=not rows)
 
-    def fresh():
-        st = new_state(system_prompt)
+    def fresh(request: gr.Request):
+        st = new_state(system_prompt, principal_of(ctx, request).name)
         return st, chat_view(st), ""
 
     def open_conversation(cid: str, query: str, request: gr.Request):
         """Resume ``cid`` (or start fresh when it is empty or not this user's)."""
         note, st, shown_title = "", None, ""
+        user = principal_of(ctx, request).name
         if cid:
             try:
-                view = ctx.store.load_conversation(principal_of(ctx, request).name, cid)
-                st, shown_title = state_from_view(view), view.title
+                view = ctx.store.load_conversation(user, cid)
+                st, shown_title = state_from_view(view, user), view.title
             except Exception as exc:
-                note = f"That conversation could not be opened: {user_message(exc)}"
+                # Not the store's words: they would repeat the id, which comes from the address bar (a link
+                # anyone can craft) into Markdown.
+                note = "That conversation could not be opened: it does not exist or is not yours."
+                log.info("conversation %r not opened for %s: %s", cid[:80], user, exc)
         if st is None:
-            st = new_state(system_prompt)
+            st = new_state(system_prompt, user)
         lst, hint = listed(request, query, st["conversation_id"])
         return st, chat_view(st), lst, hint, shown_title, note, gr.Tabs(selected="chat"), st["conversation_id"] or ""
 
     def new_chat(query: str, request: gr.Request):
-        st, view, _ = fresh()
+        st, view, _ = fresh(request)
         lst, hint = listed(request, query, None)
         return st, view, lst, hint, "", "", gr.Tabs(selected="chat"), ""
 
@@ -98,13 +107,15 @@ def wire_sidebar(ctx: AppContext, ui: gr.Blocks, bar: dict, chat: ChatTab, tabs:
             ctx.store.delete_conversation(principal_of(ctx, request).name, cid, forget=forget)
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
-        st, view, _ = fresh()
+        st, view, _ = fresh(request)
         lst, hint = listed(request, query, None)
         said = "Chat deleted and erased from the training data." if forget else (
             "Chat deleted. Its rated answers still help train the model (tick the box to erase them too).")
         return st, view, lst, hint, "", said, False, ""
 
     def do_search(query: str, st: dict, request: gr.Request):
+        if problem := text_problem(query or ""):
+            raise gr.Error(f"Search text {problem}.")
         return listed(request, query, st.get("conversation_id"))
 
     opened = [chat.state, chat.chatbot, listing, bar["empty"], title, bar["note"], tabs, bar["current"]]
