@@ -112,8 +112,8 @@ def install_handlers(app) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if errors and errors[0].get("type") == "json_invalid":  # its loc is an offset into the body, no field
-            where = errors[0]["loc"][-1]
-            message = f"request body is not valid JSON: {errors[0]['ctx']['error']} (at position {where})"
+            where, why = errors[0].get("loc", ("?",))[-1], (errors[0].get("ctx") or {}).get("error", "decode error")
+            message = f"request body is not valid JSON: {why} (at position {where})"
             return JSONResponse(error_body(422, "invalid_request", message), status_code=422)
         # Of a union's failed members, the one that got furthest says what was wrong ("stop.0" over "stop").
         first = max(errors, key=lambda e: len(field_path(e.get("loc", ())).split(".")), default={})
