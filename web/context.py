@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from web.sessions import SessionOwners
 
 if TYPE_CHECKING:  # keeps `import web` free of torch and of the retrain loop's heavy imports
     from feedback.store import FeedbackStore
@@ -29,3 +31,4 @@ class AppContext:
     retrain: RetrainRunner
     metrics: Metrics
     control_token: str  # lets `python app.py retrain` on this machine hand a cycle to the running app
+    sessions: SessionOwners = field(default_factory=lambda: SessionOwners())  # UI session hash -> its user

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.routing import Mount
 
 from web.api import create_api
 from web.context import AppContext
+from web.errors import error_body
 from web.guard import RequestGuard
 from web.net import is_loopback
 from web.ui import build_ui, page_assets
 
 UI_PATH = "/"
+# Gradio's routes that name a session by its hash: its event stream, heartbeat and media streams.
+_SESSION_ROUTE = re.compile(r"/gradio_api/(?:queue/data$|heartbeat/([^/]+)$|stream/([^/]+)/)")
 
 
 class OpenBindRefused(SystemExit):
@@ -47,7 +53,22 @@ def create_app(ctx: AppContext) -> FastAPI:
         # Gradio reads ``auth`` on each request: with no users (single-user mode) the UI is open; the moment
         # the first user is added (the users file is re-read when it changes) it asks for a login, no restart.
         ui_app.auth = None if users.single_user else users.check_password
+        if not users.single_user and not _own_session(request):
+            return JSONResponse(error_body(403, "forbidden", "this session belongs to another sign-in"),
+                                status_code=403)
         return await call_next(request)
+
+    def _own_session(request) -> bool:
+        """False when a route keyed by a session hash is asked for by a user other than the hash's owner
+        (web/sessions.py). Reads Gradio's login cookie as its ``/user`` route does."""
+        m = _SESSION_ROUTE.match(request.url.path)
+        session_hash = m and (m.group(1) or m.group(2) or request.query_params.get("session_hash"))
+        owner = session_hash and ctx.sessions.owner(session_hash)
+        if not owner:
+            return True
+        cookie = (request.cookies.get(f"access-token-{ui_app.cookie_id}")
+                  or request.cookies.get(f"access-token-unsecure-{ui_app.cookie_id}"))
+        return ui_app.tokens.get(cookie) == owner
 
     # Outermost: host check, fail-closed auth mode and the body limit run before routing, parsing and auth.
     app.add_middleware(RequestGuard, settings=ctx.settings, users=users, metrics=ctx.metrics)

@@ -41,13 +41,12 @@ def display(messages: list[dict]) -> list[dict]:
             for m in messages if m["role"] != "system"]
 
 
-def new_state(system_prompt: str, owner: str | None = None) -> dict:
-    """A fresh chat. ``owner``: the user it is for; the page's first state has none until the page loads."""
+def new_state(system_prompt: str) -> dict:
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return {"conversation_id": None, "messages": system, "ids": [None] * len(system), "feedback": {}, "owner": owner}
+    return {"conversation_id": None, "messages": system, "ids": [None] * len(system), "feedback": {}}
 
 
-def state_from_view(view: ConversationView, owner: str) -> dict:
+def state_from_view(view: ConversationView) -> dict:
     """A stored conversation as the chat continues it; a corrected answer shows the user's correction."""
     messages, ids, feedback = [], [], {}
     for m in view.messages:
@@ -57,19 +56,7 @@ def state_from_view(view: ConversationView, owner: str) -> dict:
         if m.id in view.ratings:
             rating, reason = view.ratings[m.id]
             feedback[m.id] = REASON_LABELS.get(reason) or ("Like" if rating == "up" else "Dislike")
-    return {"conversation_id": view.id, "messages": messages, "ids": ids, "feedback": feedback, "owner": owner}
-
-
-def owned_state(ctx: AppContext, st: dict, request: gr.Request | None):
-    """(principal, state stamped with its owner) for a handler about to show or extend ``st``.
-
-    Gradio keys a session's state by a hash the browser sends, not by the signed-in user: someone who learns
-    another user's hash must not read that user's chat through it.
-    """
-    p = principal_of(ctx, request)
-    if st.get("owner") not in (None, p.name):
-        raise gr.Error("This chat belongs to another sign-in: reload the page.")
-    return p, {**st, "owner": p.name}
+    return {"conversation_id": view.id, "messages": messages, "ids": ids, "feedback": feedback}
 
 
 def feedback_values(st: dict) -> list[str | None]:
@@ -132,7 +119,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
     def user_turn(text: str, st: dict, request: gr.Request):
         if not isinstance(text, str) or not text.strip():
             raise gr.Error("Type a message first.")
-        _, st = owned_state(ctx, st, request)
+        principal_of(ctx, request)  # signed in, and this session's own user (web/sessions.py)
         messages = [*st["messages"], {"role": "user", "content": text}]
         try:  # the request's bounds, before the state grows: it lives on the server
             ctx.chat.limits.check(messages)
@@ -142,7 +129,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         return "", st, chat_view(st), gr.update(visible=False)
 
     def bot_turn(st: dict, adapter_name: str, request: gr.Request, replaces: str | None = None):
-        user, st = owned_state(ctx, st, request)  # ChatService checks the adapter, conversation and replaced answer
+        user = principal_of(ctx, request)  # ChatService checks the adapter, conversation and replaced answer
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
         try:
             turn = ctx.chat.start(user, st["messages"], adapter_name or PRODUCTION, params,
@@ -166,7 +153,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         yield st, chat_view(st)
 
     def regenerate_last(st: dict, adapter_name: str, request: gr.Request):
-        _, st = owned_state(ctx, st, request)
+        principal_of(ctx, request)
         if not st["messages"] or st["messages"][-1]["role"] != "assistant":
             raise gr.Error("There is no answer to regenerate.")
         replaced = st["ids"][-1]
@@ -221,7 +208,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         return st, "", "Thanks: feedback saved.", gr.update(visible=False)
 
     def edit(st: dict, data: gr.EditData, request: gr.Request):
-        who, st = owned_state(ctx, st, request)
+        who = principal_of(ctx, request)
         i = _visible_index(st, data.index)
         if not 0 <= i < len(st["messages"]) or st["messages"][i]["role"] != "assistant" or st["ids"][i] is None:
             return st, chat_view(st), "Only answers can be edited: write the answer you wanted."

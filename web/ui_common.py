@@ -17,6 +17,9 @@ def principal_of(ctx: AppContext, request: gr.Request | None) -> Principal:
     principal = ctx.users.principal(name) if name else None
     if principal is None:
         raise gr.Error("Please log in.")
+    session_hash = getattr(request, "session_hash", None)
+    if session_hash and not ctx.sessions.claim(session_hash, principal.name):
+        raise gr.Error("This chat belongs to another sign-in: reload the page.")
     return principal
 
 

@@ -57,8 +57,8 @@ def wire_sidebar(ctx: AppContext, ui: gr.Blocks, bar: dict, chat: ChatTab, tabs:
         hint = ("No chats match your search." if query else "Your conversations will be listed here.")
         return gr.update(choices=choices, value=value), gr.update(value=hint, visible=not rows)
 
-    def fresh(request: gr.Request):
-        st = new_state(system_prompt, principal_of(ctx, request).name)
+    def fresh():
+        st = new_state(system_prompt)
         return st, chat_view(st), ""
 
     def open_conversation(cid: str, query: str, request: gr.Request):
@@ -68,19 +68,19 @@ def wire_sidebar(ctx: AppContext, ui: gr.Blocks, bar: dict, chat: ChatTab, tabs:
         if cid:
             try:
                 view = ctx.store.load_conversation(user, cid)
-                st, shown_title = state_from_view(view, user), view.title
+                st, shown_title = state_from_view(view), view.title
             except Exception as exc:
                 # Not the store's words: they would repeat the id, which comes from the address bar (a link
                 # anyone can craft) into Markdown.
                 note = "That conversation could not be opened: it does not exist or is not yours."
                 log.info("conversation %r not opened for %s: %s", cid[:80], user, exc)
         if st is None:
-            st = new_state(system_prompt, user)
+            st = new_state(system_prompt)
         lst, hint = listed(request, query, st["conversation_id"])
         return st, chat_view(st), lst, hint, shown_title, note, gr.Tabs(selected="chat"), st["conversation_id"] or ""
 
     def new_chat(query: str, request: gr.Request):
-        st, view, _ = fresh(request)
+        st, view, _ = fresh()
         lst, hint = listed(request, query, None)
         return st, view, lst, hint, "", "", gr.Tabs(selected="chat"), ""
 
@@ -107,7 +107,7 @@ def wire_sidebar(ctx: AppContext, ui: gr.Blocks, bar: dict, chat: ChatTab, tabs:
             ctx.store.delete_conversation(principal_of(ctx, request).name, cid, forget=forget)
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
-        st, view, _ = fresh(request)
+        st, view, _ = fresh()
         lst, hint = listed(request, query, None)
         said = "Chat deleted and erased from the training data." if forget else (
             "Chat deleted. Its rated answers still help train the model (tick the box to erase them too).")

@@ -49,9 +49,15 @@ class Session:
         r = self.http.post("/gradio_api/queue/join", content=json.dumps(body),
                            headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
+        event_id = r.json()["event_id"]
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.hash}) as s:
+            if s.status_code != 200:
+                return False, f"HTTP {s.status_code}: {s.read().decode()}"
             for line in s.iter_lines():
-                if line.startswith("data:") and (m := json.loads(line[5:])).get("msg") == "process_completed":
+                if not line.startswith("data:"):
+                    continue
+                m = json.loads(line[5:])
+                if m.get("msg") == "process_completed" and m.get("event_id") == event_id:
                     out = m.get("output", {})
                     if not m.get("success", True) or "error" in out:
                         return False, str(out.get("error"))
@@ -92,9 +98,13 @@ def test_another_users_session_hash_shows_nothing_of_their_chat(app):
     edit = {"index": 0, "value": "x", "previous_value": ""}
     for api_name, data, event in (("ui_edit", (None,), edit), ("ui_user_turn", ("hi", None), None),
                                   ("ui_regenerate_last", (None, None), None)):
+        # She may queue a handler under his hash, but not read his tab's event stream (nor drop its events
+        # by reading and leaving), and the handler itself refuses her (web/ui_common.principal_of).
         ok, said = alice.call(api_name, *data, event_data=event)
-        assert not ok and "another sign-in" in said and "4471" not in said, (api_name, said)
-    ok, out = bob.call("ui_user_turn", "still mine", None)  # bob's own tab carries on
+        assert not ok and said.startswith("HTTP 403") and "another sign-in" in said, (api_name, said)
+    r = alice.http.get(f"/gradio_api/heartbeat/{bob.hash}")
+    assert r.status_code == 403
+    ok, out = bob.call("ui_user_turn", "still mine", None)  # bob's own tab carries on, nothing of hers in it
     assert ok and chatbot_texts(out) == ["bob's secret: the safe code is 4471", "still mine"]
 
 
