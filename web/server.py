@@ -61,7 +61,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     def _own_session(request) -> bool:
         """False when a route keyed by a session hash is asked for by a user other than the hash's owner
         (web/sessions.py). Reads Gradio's login cookie as its ``/user`` route does."""
-        m = _SESSION_ROUTE.match(request.url.path)
+        m = _SESSION_ROUTE.search(request.url.path)  # under a public_url with a path too
         session_hash = m and (m.group(1) or m.group(2) or request.query_params.get("session_hash"))
         owner = session_hash and ctx.sessions.owner(session_hash)
         if not owner:
