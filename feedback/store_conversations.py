@@ -13,6 +13,7 @@ import logging
 from feedback.errors import InvalidTitle, UnknownConversation
 from feedback.models import ConversationSummary, ConversationView
 from feedback.store_core import StoreCore, _from_db, _now, _rows
+from feedback.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ class ConversationStore(StoreCore):
         title = " ".join((title or "").split())
         if len(title) > MAX_TITLE_CHARS:
             raise InvalidTitle(f"title longer than {MAX_TITLE_CHARS} characters")
-        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in title):
-            raise InvalidTitle("a title must be plain text: no NUL characters or lone surrogates")
+        if problem := text_problem(title):
+            raise InvalidTitle(f"a title must be plain text: it {problem}")
         self._turns.wait()  # a conversation started a moment ago may still be in the turn journal
         with self._write() as cur:
             self._owned_root(cur, user, conversation_id)

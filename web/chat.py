@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 from feedback.models import TurnRecord
 from feedback.store import FeedbackStore
+from feedback.text import text_problem
 from serving.backend import Backend
 from serving.errors import BadRequest, RequestTooLarge
 from serving.structured import StructuredOutput
@@ -29,18 +29,6 @@ log = logging.getLogger(__name__)
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-# NUL cuts strings short in C code (tokenizers, DuckDB); a lone surrogate is a valid JSON escape but no text.
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` cannot be tokenized or stored ("must not ..."), or None when it can."""
-    bad = _BAD_TEXT.search(text)
-    if bad is None:
-        return None
-    return "must not contain NUL characters" if bad.group() == "\x00" else "must not hold a lone surrogate (invalid Unicode)"
 
 
 def _strings(value) -> Iterator[tuple[tuple, str]]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from feedback.models import ConversationView, Rating
+from feedback.text import text_problem
 from serving.types import PRODUCTION, SamplingParams
 from web import review
 from web.access import owned_message
-from web.chat import text_problem
 from web.context import AppContext
 from web.errors import user_message
 from web.format import REASON_LABELS

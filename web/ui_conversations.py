@@ -8,7 +8,7 @@ import logging
 
 import gradio as gr
 
-from web.chat import text_problem
+from feedback.text import text_problem
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_chat import ChatTab, chat_view, new_state, state_from_view
