@@ -3,7 +3,10 @@ pipeline runs (static proposes, MiniLM confirms), against MiniLM alone.
 
 ``near_dup_pairs.jsonl``: 120 pairs written for this test, 60 near-duplicates (typos, case, punctuation,
 contractions, light rewording, word order) and 60 non-duplicates on the same topic (one fact, entity or
-number changed, a negation, another question on the same subject). Each pair is detected as the pipeline
+number changed, a negation, another question on the same subject). The thresholds and the static model's
+weighting were chosen on it. ``near_dup_pairs_heldout.jsonl``: 120 more pairs on other topics (60 / 60; the
+same kinds plus antonyms and swapped conversions), written afterwards without running any model on them, so
+the quality claim is also checked on pairs nothing was tuned on. Each pair is detected as the pipeline
 does it: ``near_dedup`` over the two texts as prompts with one shared answer, a pair to a group, at
 ``settings.dedup_threshold``. Throughput is measured in bench/scale.py, not here.
 """
@@ -21,7 +24,13 @@ from retrain.dedup import CachedEmbedder, MemoryEmbeddingCache, load_embedder, n
 from settings import Settings
 from tests.retrain import lessons
 
-PAIRS = [json.loads(line) for line in (Path(__file__).parent / "near_dup_pairs.jsonl").read_text().splitlines()]
+
+def load_pairs(name: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(__file__).parent / name).read_text().splitlines()]
+
+
+PAIRS = load_pairs("near_dup_pairs.jsonl")
+HELD_OUT = load_pairs("near_dup_pairs_heldout.jsonl")
 ANSWER = "Here is what to do."  # the same answer for every row: a pair is near when its prompts are
 
 
@@ -33,25 +42,27 @@ def static():
     return load_embedder(name)
 
 
-def detected(embed, confirm=None) -> np.ndarray:
+def detected(embed, confirm=None, pairs=PAIRS) -> np.ndarray:
     """For each pair, whether ``near_dedup`` (with the default settings' thresholds) drops its second text."""
     settings = Settings()
     rows = [Example(prompt=[{"role": "user", "content": p[k]}], completion=ANSWER, source_id=str(i))
-            for i, p in enumerate(PAIRS) for k in ("a", "b")]
+            for i, p in enumerate(pairs) for k in ("a", "b")]
     kept = near_dedup(rows, embed, settings.dedup_threshold, group=lambda e: e.source_id, confirm=confirm,
                       candidate_threshold=settings.dedup_candidate_threshold)
     kept_ids = [e.source_id for e in kept]
-    return np.array([kept_ids.count(str(i)) == 1 for i in range(len(PAIRS))])
+    return np.array([kept_ids.count(str(i)) == 1 for i in range(len(pairs))])
 
 
-def recall_precision(called: np.ndarray) -> tuple[float, float]:
-    truth = np.array([p["dup"] for p in PAIRS])
+def recall_precision(called: np.ndarray, pairs=PAIRS) -> tuple[float, float]:
+    truth = np.array([p["dup"] for p in pairs])
     hits = (called & truth).sum()
     return hits / truth.sum(), hits / max(called.sum(), 1)
 
 
-def test_the_labelled_pairs_are_balanced():
-    assert len(PAIRS) >= 120 and sum(p["dup"] for p in PAIRS) == len(PAIRS) // 2
+@pytest.mark.parametrize("pairs", [PAIRS, HELD_OUT], ids=["tuned-on", "held-out"])
+def test_the_labelled_pairs_are_balanced(pairs):
+    assert len(pairs) >= 120 and sum(p["dup"] for p in pairs) == len(pairs) // 2
+    assert not {(p["a"], p["b"]) for p in pairs} & {(p["a"], p["b"]) for p in (HELD_OUT if pairs is PAIRS else PAIRS)}
 
 
 def test_the_default_detection_is_a_static_then_minilm_cascade():
@@ -90,18 +101,21 @@ def test_cascade_embeds_only_candidate_texts_with_minilm(static, counting_embedd
 
 
 @pytest.mark.slow
-def test_near_duplicate_quality_close_to_minilm(static, minilm):
+@pytest.mark.parametrize("pairs", [PAIRS, HELD_OUT], ids=["tuned-on", "held-out"])
+def test_near_duplicate_quality_close_to_minilm(static, minilm, pairs):
     cache = MemoryEmbeddingCache()
     fast, slow = CachedEmbedder(cache, "static", static), CachedEmbedder(cache, "minilm", minilm)
-    numbers = {"static": recall_precision(detected(fast)), "cascade": recall_precision(detected(fast, slow)),
-               "MiniLM": recall_precision(detected(slow))}
+    numbers = {name: recall_precision(detected(*embedders, pairs=pairs), pairs)
+               for name, embedders in (("static", (fast,)), ("cascade", (fast, slow)), ("MiniLM", (slow,)))}
     settings = Settings()
-    print(f"{len(PAIRS)} pairs, dedup_threshold {settings.dedup_threshold}, candidates at "
+    print(f"{len(pairs)} pairs, dedup_threshold {settings.dedup_threshold}, candidates at "
           f"{settings.dedup_candidate_threshold}: "
           + "; ".join(f"{k} recall {r:.3f} precision {p:.3f}" for k, (r, p) in numbers.items()))
     (recall, precision), (minilm_recall, minilm_precision) = numbers["cascade"], numbers["MiniLM"]
     # The pipeline's detection (the cascade) within 2 points of MiniLM's, as issue 21 asks. The static model
-    # alone is not (measured: recall 0.800 vs 0.917): it stays a setting only as the cascade's first stage.
+    # alone is not (measured: recall / precision 0.800 / 0.828 vs 0.917 / 0.917 tuned-on, 0.733 / 0.543 vs
+    # 0.750 / 0.634 held-out): it stays a setting only as the cascade's first stage. Held-out, the cascade
+    # measured 0.733 / 0.629: swapped conversions, antonyms and negations fool MiniLM too.
     assert recall >= minilm_recall - 0.02
     assert precision >= minilm_precision - 0.02
 
