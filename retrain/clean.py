@@ -74,7 +74,14 @@ def _assistant(content: str) -> Message:
 
 
 def normalise(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """NFKC, casefolded, whitespace collapsed, format characters (Unicode Cf: U+200B, U+2060, U+FEFF, ...)
+    dropped: invisible variants of one text are one text.
+
+    Confusables (a Cyrillic "а" for a Latin "a") are not folded: the standard library has no table of
+    them (Unicode's confusables.txt), and no package in the environment provides one.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold().split())
 
 
 # Shorter than this, a prefix says little ("I", "Yes, the"): such answers must match whole.
@@ -98,7 +105,7 @@ def estimate_tokens(text: str) -> int:
 def drop_empty(examples: list[Example]) -> list[Example]:
     """Drop rows with a blank answer or no user message to answer."""
     return [e for e in examples
-            if all(a.strip() for a in e.answers())
+            if all(normalise(a) for a in e.answers())
             and any(m.get("role") == "user" and (m.get("content") or "").strip() for m in e.prompt)]
 
 

@@ -12,6 +12,7 @@ from retrain.clean import (
     drop_long,
     drop_short,
     estimate_tokens,
+    normalise,
 )
 
 
@@ -88,3 +89,19 @@ def test_trusted_and_replayed_rows_are_not_capped():
     assert cap_untrusted(lesson + replay, max_per_user=5, max_per_answer=1) == lesson + replay
     rows = [ex(FALSE_FACT, user="m", sid=f"x{i}") for i in range(30)]
     assert cap_untrusted(rows, 0, 0) == rows  # 0 turns the caps off
+
+
+def test_invisible_variants_of_one_answer_share_the_answer_cap():
+    # Format characters (Unicode Cf: zero-width space, word joiner, BOM) show nothing, so they make no new answer.
+    marks = ("\u200b", "\u2060", "\ufeff", "\u00ad")
+    variants = [ex(FALSE_FACT.replace(" ", f" {marks[i % 4]}" * (i // 4 + 1), 1) + marks[i % 4] * i, user="mallory",
+                   question=f"q{i}?", sid=f"v{i}") for i in range(20)]
+    assert len({e.completion for e in variants}) == 20
+    assert len(cap_untrusted(variants, max_per_user=50, max_per_answer=5)) == 5
+    assert normalise("Zero\u200bwidth\u2060 Joiner\ufeff") == normalise("zerowidth joiner")
+    # Confusables are not folded (no table in the standard library): a Cyrillic "а" is another answer.
+    assert normalise("P\u0430ris") != normalise("Paris")
+
+
+def test_an_answer_of_format_characters_only_is_empty():
+    assert drop_empty([ex("\u200b\u2060"), ex(" \ufeff "), ex("ok")]) == [ex("ok")]
