@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import time
+import unicodedata
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ from feedback.store_core import (
     _to_db,
     upsert,
 )
+from feedback.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ MAX_DATA_PAGE = 500  # most rows one Data tab page shows
 KEY_CHUNK = 1000
 # More answers than this in a window and one scan of history is cheaper than chunks of index lookups.
 MAX_KEYED = 50_000
+
+
+def _blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only whitespace and format characters (Unicode Cf: U+200B, U+2060, ...)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def _chunks(items: list, size: int | None = None):
@@ -144,16 +151,23 @@ class RatingStore(StoreCore):
                 raise InvalidRating(f"reason must be one of {RATING_REASONS}, not {rating.reason!r}")
             if rating.rating != "down":
                 raise InvalidRating("a reason goes with a thumbs-down")
+        # The edges check too; this keeps a NUL or a lone surrogate out whatever the caller.
+        for name, text in (("comment", rating.comment), ("correction", rating.correction)):
+            problem = None if text is None else text_problem(text) if isinstance(text, str) else "must be text"
+            if problem:
+                raise InvalidRating(f"{name} {problem}")
         if rating.comment is not None and len(rating.comment) > MAX_TEXT_CHARS:
             raise InvalidRating(f"comment longer than {MAX_TEXT_CHARS} characters")
         if rating.correction is not None:
-            if not rating.correction.strip():
+            if _blank(rating.correction):
                 raise InvalidRating("correction is empty")
             if len(rating.correction) > MAX_TEXT_CHARS:
                 raise InvalidRating(f"correction longer than {MAX_TEXT_CHARS} characters")
-        now = _now()
         self._turns.wait()  # the answer being rated may have been stored a moment ago
         with self._write() as cur:
+            # Stamped inside the lock: the review state follows write order and the latest correction is
+            # picked by time, so the two orders must agree (a stamp taken before the wait could lose a race).
+            now = _now()
             row = cur.execute("SELECT role FROM messages WHERE id = ?", [rating.message_id]).fetchone()
             if row is None:
                 raise UnknownMessage(f"unknown message {rating.message_id!r}")

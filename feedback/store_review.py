@@ -20,6 +20,8 @@ moment of the decision, so an answer approved after the cutoff passed it is stil
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import datetime
 
@@ -35,6 +37,7 @@ from feedback.store_ratings import (
     rated_by_ids,
     touched_ids,
 )
+from feedback.store_turns import origin_hold, origins_of
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,8 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     ``trust``: ``trusted`` (an admin or a trusted user), ``untrusted``, or ``review`` (untrusted and held).
     Discarded and needs-review answers stay so until an admin acts; a pending answer stays pending
     unless a trusted user replaces its content with a correction of their own. Any new untrusted
-    judgement voids an earlier approval: an admin approved the content as it was then.
+    judgement voids an earlier approval: an admin approved the content as it was then. An untrusted
+    judgement of an answer the model did not write freely (the user wrote it, or forced it) is held.
     """
     if trust not in TRUST_INPUTS:
         raise InvalidReview(f"trust must be one of {TRUST_INPUTS}, not {trust!r}")
@@ -89,12 +93,40 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     old = row[0] if row else None
     if old in ("discarded", "needs_review"):
         return
-    if old == "pending_review" and not (trust == "trusted" and has_correction):
+    held = None if trust == "trusted" else origin_hold(cur, message_id)
+    if held or (old == "pending_review" and not (trust == "trusted" and has_correction)):
         trust = "review"
     state = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}[trust]
-    reason = f"judged by {user}, who is not trusted: waits for an admin's review" if state == "pending_review" else None
+    reason = held or f"judged by {user}, who is not trusted: waits for an admin's review"
+    reason = reason if state == "pending_review" else None
     values = {"state": state, "reason": reason, "actor": user, "judged_by": user, "decided_at": now}
     upsert(cur, "review", {"message_id": message_id}, values)
+
+
+class VersionRequired(InvalidReview):
+    """An include that names rows without the version the admin was shown (``ids``: those rows)."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(f"no version for {len(ids)} row(s), e.g. {ids[0]!r}: include the version the review "
+                         "listing showed for each row")
+        self.ids = ids
+
+
+class RowsChanged(InvalidReview):
+    """An include whose rows were judged again after the admin read them (``ids``); nothing was decided."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(f"{len(ids)} row(s) changed since they were shown, e.g. {ids[0]!r}: read them again")
+        self.ids = ids
+
+
+def row_version(r: dict) -> str:
+    """What an admin approves, as a short hash: the answer, the latest rating and correction and who gave
+    them, and when it was last judged. Any new judgement changes it, so an include can name what was read."""
+    rated_at = r["rated_at"]
+    parts = [r["content"], r["rating"], r["rating_user"], r["correction"], r["correction_user"],
+             rated_at.isoformat() if rated_at is not None else None]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 class ReviewStore(StoreCore):
@@ -144,6 +176,7 @@ class ReviewStore(StoreCore):
                 ORDER BY t.rated_at DESC, t.id LIMIT ? OFFSET ?""", [*params, limit, offset])
             rows = _rows(cur)
             prompts = RatingStore._prompts(cur, rows)
+            origins = origins_of(cur, [r["id"] for r in rows])
         out = []
         for r, prompt in zip(rows, prompts, strict=True):
             out.append({
@@ -154,6 +187,8 @@ class ReviewStore(StoreCore):
                 "reason": _reason(r), "actor": r["actor"], "rejections": r["rejections"] or 0,
                 "last_run": r["last_run"], "trained_run": r["trained_run"],
                 "rated_at": _from_db(r["rated_at"]), "decided_at": _from_db(r["decided_at"]),
+                "origin": origins.get(r["id"]),  # 'client' / 'constrained': not the model's own answer
+                "version": row_version(r),
             })
         return out, total
 
@@ -165,12 +200,18 @@ class ReviewStore(StoreCore):
         return {s: found.get(s, 0) for s in LIST_STATES}
 
     # --- an admin's decisions --------------------------------------------------------------------------
-    def include_rows(self, message_ids: list[str], actor: str, reason: str = "") -> int:
+    def include_rows(self, message_ids: list[str], actor: str, reason: str = "",
+                     versions: dict[str, str] | None = None) -> int:
         """Approve rated answers (pending, needs-review, discarded or any): they train next run, as trusted.
 
         The rejection count starts again, so an included lesson gets ``retrain_max_rejections`` more tries.
+        ``versions`` ({id: the ``version`` of the review row the admin read}) binds the decision to what was
+        read: an id without one raises VersionRequired, a row judged again since RowsChanged, and then
+        nothing is approved. None approves the rows as they are now, for callers no user can race (the
+        offline CLI, with the app stopped).
         """
-        return self._decide(message_ids, "approved", actor, reason or f"included by {actor}", reset=True)
+        return self._decide(message_ids, "approved", actor, reason or f"included by {actor}", reset=True,
+                            versions=versions)
 
     def discard_rows(self, message_ids: list[str], actor: str, reason: str = "") -> int:
         """Take rated answers out of every future training set (until an admin includes them again)."""
@@ -181,10 +222,14 @@ class ReviewStore(StoreCore):
         with self._read() as cur:
             return {r[0] for r in cur.execute("SELECT message_id FROM review WHERE state = 'discarded'").fetchall()}
 
-    def _decide(self, message_ids: list[str], state: str, actor: str, reason: str, reset: bool) -> int:
+    def _decide(self, message_ids: list[str], state: str, actor: str, reason: str, reset: bool,
+                versions: dict[str, str] | None = None) -> int:
         ids = _checked_ids(message_ids)
-        now = _now()
+        if versions is not None and not isinstance(versions, dict):
+            raise InvalidReview("versions must map message ids to versions")
         with self._write() as cur:
+            # Stamped inside the lock, so decisions are dated in the order they are written (as ratings are).
+            now = _now()
             self._ensure_rows(cur, ids, now)
             known = {r[0] for r in cur.execute("SELECT message_id FROM review WHERE message_id IN (SELECT unnest(?))",
                                                [ids]).fetchall()}
@@ -192,6 +237,13 @@ class ReviewStore(StoreCore):
             if unknown:  # nothing changes when one id is wrong: the caller fixes the list and retries
                 raise UnknownMessage(f"no rated answer with id {unknown[0]!r}"
                                      + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+            if versions is not None:  # checked in the write transaction: no judgement can land in between
+                missing = [i for i in ids if not versions.get(i)]
+                if missing:
+                    raise VersionRequired(missing)
+                changed = sorted(r["id"] for r in rated_by_ids(cur, ids) if row_version(r) != versions[r["id"]])
+                if changed:
+                    raise RowsChanged(changed)
             cur.execute(f"""UPDATE review SET state = ?, reason = ?, actor = ?, decided_at = ?
                             {", rejections = 0, trained_run = NULL" if reset else ""}
                             WHERE message_id IN (SELECT unnest(?))""", [state, reason, actor, now, ids])
@@ -217,9 +269,9 @@ class ReviewStore(StoreCore):
         """
         if not message_ids:
             return []
-        now = _now()
         ids = sorted(set(message_ids))
         with self._write() as cur:
+            now = _now()  # inside the lock: dated in write order
             self._ensure_rows(cur, ids, now)
             cur.execute("""UPDATE review SET rejections = rejections + 1, last_run = ?, last_gate_reason = ?
                            WHERE message_id IN (SELECT unnest(?)) AND state NOT IN ('pending_review',
@@ -237,9 +289,9 @@ class ReviewStore(StoreCore):
         """Set aside rated answers a gate check blamed (``needs_review``); unknown ids are ignored."""
         if not message_ids:
             return []
-        now = _now()
         ids = sorted(set(message_ids))
         with self._write() as cur:
+            now = _now()  # inside the lock: dated in write order
             self._ensure_rows(cur, ids, now)
             cur.execute("""UPDATE review SET state = 'needs_review', actor = 'gate', decided_at = ?, last_run = ?,
                            reason = ?, last_gate_reason = ?
@@ -253,9 +305,9 @@ class ReviewStore(StoreCore):
         """Note that these answers reached the published adapter of ``run_id`` (they are no longer retrying)."""
         if not message_ids:
             return
-        now = _now()
         ids = sorted(set(message_ids))
         with self._write() as cur:
+            now = _now()  # inside the lock: dated in write order
             self._ensure_rows(cur, ids, now)
             cur.execute("UPDATE review SET trained_run = ? WHERE message_id IN (SELECT unnest(?))", [run_id, ids])
 

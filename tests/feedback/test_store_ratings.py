@@ -76,6 +76,11 @@ def test_correction_latest_per_user_wins(answered):
     (Rating(message_id="a1", user="u", rating="up", comment="x" * (MAX_TEXT_CHARS + 1)), InvalidRating),
     (Rating(message_id="a1", user="u", rating="down", correction="x" * (MAX_TEXT_CHARS + 1)), InvalidRating),
     (Rating(message_id="a1", user="u", rating="down", correction="  \n"), InvalidRating),
+    # Format characters show nothing: a correction of zero-width spaces and word joiners is empty.
+    (Rating(message_id="a1", user="u", rating="down", correction=" \u200b\u2060\ufeff "), InvalidRating),
+    # Whatever the caller, no NUL or lone surrogate reaches the file (the HTTP API checks too; the Gradio API did not).
+    (Rating(message_id="a1", user="u", rating="down", correction="fix\x00ed"), InvalidRating),
+    (Rating(message_id="a1", user="u", rating="down", comment="\ud800lone"), InvalidRating),
 ])
 def test_bad_ratings_are_refused_and_store_nothing(answered, rating, error):
     with pytest.raises(error):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ import pytest
 
 from feedback.errors import InvalidReview, UnknownMessage
 from feedback.models import Rating
-from feedback.store_review import MAX_IDS
+from feedback.store_review import MAX_IDS, RowsChanged, VersionRequired
 from tests.feedback.feedback_helpers import SYSTEM, make_turn, user
 
 
@@ -142,3 +143,84 @@ def test_user_trust(store):
                                         "updated_at": store.list_user_trust()[0]["updated_at"]}]
     with pytest.raises(InvalidReview):
         store.set_user_trust("", True, actor="root")
+
+
+def test_include_approves_the_version_the_admin_read(store):
+    mid, other = answer(store), answer(store)
+    store.rate(Rating(mid, "bob", "down", correction="Paris is in France."), trust="review")
+    store.rate(Rating(other, "bob", "up"), trust="review")
+    read = {r["message_id"]: r["version"] for r in store.review_rows()[0]}
+    # Bob swaps his correction after the admin read it: the admin's include names what he read, so nothing passes.
+    store.rate(Rating(mid, "bob", "down", correction="Paris is in Germany."), trust="review")
+    with pytest.raises(RowsChanged) as err:
+        store.include_rows([mid, other], actor="root", versions=read)
+    assert err.value.ids == [mid]
+    assert state(store, mid) == state(store, other) == "pending_review" and trainable(store) == {}
+    with pytest.raises(VersionRequired) as err:  # a row the admin never read
+        store.include_rows([mid, other], actor="root", versions={other: read[other]})
+    assert err.value.ids == [mid] and state(store, other) == "pending_review"
+    with pytest.raises(UnknownMessage):  # unknown ids are still named first
+        store.include_rows([mid, "nope"], actor="root", versions=read)
+
+    reread = {r["message_id"]: r["version"] for r in store.review_rows()[0]}
+    assert reread[other] == read[other] and reread[mid] != read[mid]
+    assert store.include_rows([mid, other], actor="root", versions=reread) == 2
+    assert trainable(store) == {mid: True, other: True}
+    row = next(r for r in store.review_rows()[0] if r["message_id"] == mid)
+    assert row["correction"] == "Paris is in Germany." and row["version"] == reread[mid]  # a decision is no judgement
+
+
+def test_any_new_judgement_changes_the_version(store):
+    mid = answer(store)
+    store.rate(Rating(mid, "bob", "down", correction="Paris is in France."), trust="review")
+    versions = [store.review_rows()[0][0]["version"]]
+    for rating in (Rating(mid, "bob", "down", correction="Paris is in France."),  # the same text, again
+                   Rating(mid, "bob", "up"), Rating(mid, "ann", "down", comment="no")):
+        store.rate(rating, trust="review")
+        versions.append(store.review_rows()[0][0]["version"])
+    assert len(set(versions)) == len(versions)
+
+
+def _held_lock_stamp(store, work) -> tuple[datetime, object]:
+    """Run ``work`` in a thread while this thread holds the store's write lock; returns (a time taken after
+    ``work`` started and before it could write, its result)."""
+    out = {}
+    with store._lock:
+        t = threading.Thread(target=lambda: out.setdefault("r", work()))
+        t.start()
+        time.sleep(0.2)  # ``work`` is now blocked on the lock (an old stamp would already be taken)
+        middle = datetime.now(UTC)
+    t.join(10)
+    return middle, out["r"]
+
+
+def test_decisions_and_ratings_are_dated_in_write_order(store):
+    mid = answer(store)
+    middle, stored = _held_lock_stamp(store, lambda: store.rate(Rating(mid, "bob", "down"), trust="review"))
+    assert stored.created_at >= middle
+    middle, _ = _held_lock_stamp(store, lambda: store.include_rows([mid], actor="root"))
+    assert next(r for r in store.review_rows()[0] if r["message_id"] == mid)["decided_at"] >= middle
+
+
+def test_an_admins_correction_written_last_is_the_one_that_trains(store):
+    # The admin's rating waits (turn journal backlog) while bob's lands: the state follows write order, and so
+    # must the latest correction, else the row reads "trusted" with bob's text in it.
+    mid = answer(store)
+    bob_done, real_wait = threading.Event(), store._turns.wait
+
+    def slow_wait(*a, **k):
+        if threading.current_thread().name == "admin":
+            bob_done.wait(10)
+        return real_wait(*a, **k)
+
+    store._turns.wait = slow_wait
+    admin = threading.Thread(name="admin", target=lambda: store.rate(
+        Rating(mid, "root", "down", correction="Paris is in France."), trust="trusted"))
+    admin.start()
+    time.sleep(0.2)
+    store.rate(Rating(mid, "bob", "down", correction="Paris is in Germany."), trust="review")
+    bob_done.set()
+    admin.join(10)
+    store._turns.wait = real_wait
+    [example] = store.trainable_examples(until=datetime.now(UTC))
+    assert (example.correction, example.trusted) == ("Paris is in France.", True)
