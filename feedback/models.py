@@ -30,6 +30,12 @@ class TurnRecord:
     replaces: str | None = None  # id of the assistant message this one regenerates
     experiment_id: str | None = None  # A/B traffic split this turn was assigned in
     arm: str | None = None  # "control" | "candidate"
+    # "model" (generated freely) or "constrained" (under a response_format or forced tool call); None, in
+    # turns journaled before it existed: read from ``sampling["structured"]`` (feedback.store_turns.ORIGINS).
+    origin: str | None = None
+    # What the implicit thumbs-down of a regenerate counts as (web.review's trust: "trusted" or "untrusted");
+    # None: the store decides from what it knows (local mode's user, users an admin trusts).
+    trust: str | None = None
 
 
 @dataclass(frozen=True)

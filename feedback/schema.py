@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # version -> statements. v1: the chat data itself; v2: everything the retrain loop and the arena add;
 # v3: review states of rated answers and per-user trust.
 # v8: conversation titles, soft delete, thumbs-down reasons. v9, v10: indexes and caches for a year of data.
+# v11: where each message came from (the model, the model under a constraint, the client).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -226,6 +227,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # The embedding cache looked up by key (IN lists the index serves), not by a scan of every
         # vector of the model; rows no snapshot needs are pruned (RunStore.prune_embeddings).
         "CREATE INDEX embeddings_key ON embeddings (key)",
+    ]),
+    (11, [
+        # Where a message came from (feedback.store_turns.ORIGINS): 'model', an answer this server generated
+        # freely; 'constrained', one generated under a response_format or a forced tool call (the client may
+        # have chosen its text, and a training row cannot carry the constraint); 'client', text the client
+        # sent (its user, system and tool messages, and any assistant turn it wrote into the history).
+        # Rows from before: an answer always has an adapter, a message of the request never does; the
+        # turn's sampling names its structured kind ('tools' counts as constrained: whether the call was
+        # forced was not recorded).
+        "ALTER TABLE messages ADD COLUMN origin VARCHAR",
+        """UPDATE messages SET origin = CASE
+               WHEN role <> 'assistant' OR adapter IS NULL THEN 'client'
+               WHEN json_extract_string(sampling, '$.structured') IS NOT NULL THEN 'constrained'
+               ELSE 'model' END""",
     ]),
 ]
 

@@ -1,4 +1,13 @@
-"""Conversations and their messages: chat turns in, messages out."""
+"""Conversations and their messages: chat turns in, messages out.
+
+Each message records where it came from (``ORIGINS``, schema v11): an answer this server generated
+freely (``model``), one it generated under a response_format or a forced tool call (``constrained``:
+the client may have chosen its text, e.g. a schema with a ``const``, and the training row cannot carry
+the constraint), or text the client sent (``client``: its user, system and tool messages, and any
+``assistant`` turn it wrote into the history it sent). Only a ``model`` answer says what the model
+does; an untrusted user's judgement of any other waits for an admin (``origin_hold``, applied by
+``feedback.store_review.review_after_rating``), and a training set never takes it uncapped from them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,44 @@ from feedback.store_core import _MESSAGE_SELECT, StoreCore, _from_db, _loads, _n
 
 log = logging.getLogger(__name__)
 
+MODEL, CONSTRAINED, CLIENT = "model", "constrained", "client"
+ORIGINS = (MODEL, CONSTRAINED, CLIENT)
+# The stored origin; a row inserted without one (plain SQL, feedback/synthetic.py) reads as migration 11
+# sets old rows: an answer always has an adapter, a message of the request never does.
+ORIGIN_SQL = "coalesce(origin, CASE WHEN role = 'assistant' AND adapter IS NOT NULL THEN 'model' ELSE 'client' END)"
+# Why an untrusted user's judgement of such an answer waits for an admin, whatever the judgement says.
+HOLD_REASONS = {
+    CLIENT: "the model did not write this answer: the user sent it as part of the chat history; "
+            "waits for an admin's review",
+    CONSTRAINED: "the answer was forced by the request's response_format or tool choice, which its training "
+                 "row cannot show; waits for an admin's review",
+}
+_ORIGIN_CHUNK = 1000  # ids per IN list: below DuckDB's index_scan_max_count, so the primary key serves it
+
+
+def answer_origin(turn: TurnRecord) -> str:
+    """The origin of a turn's answer; a turn journaled before ``origin`` existed is read from its sampling."""
+    if turn.origin is not None:
+        return turn.origin
+    return CONSTRAINED if (turn.sampling or {}).get("structured") else MODEL
+
+
+def origins_of(cur, message_ids: list[str]) -> dict[str, str]:
+    """{message id: origin} of the known ones among ``message_ids``."""
+    ids = sorted(set(message_ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), _ORIGIN_CHUNK):
+        chunk = ids[i:i + _ORIGIN_CHUNK]
+        cur.execute(f"SELECT id, {ORIGIN_SQL} FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        out.update(cur.fetchall())
+    return out
+
+
+def origin_hold(cur, message_id: str) -> str | None:
+    """Why an untrusted judgement of ``message_id`` waits for an admin because of where the answer came
+    from (``HOLD_REASONS``); None for an answer the model wrote freely."""
+    return HOLD_REASONS.get(origins_of(cur, [message_id]).get(message_id))
+
 
 class TurnStore(StoreCore):
     """Conversations and their messages: chat turns in, messages out."""
@@ -23,6 +70,10 @@ class TurnStore(StoreCore):
 
         A regenerate naming an unknown or non-assistant message is refused here, synchronously.
         """
+        if turn.origin not in (None, MODEL, CONSTRAINED):
+            raise ValueError(f"an answer's origin is {MODEL!r} or {CONSTRAINED!r}, not {turn.origin!r}")
+        if turn.trust not in (None, "trusted", "untrusted"):
+            raise ValueError(f"a regenerate's trust is 'trusted' or 'untrusted', not {turn.trust!r}")
         if turn.replaces:
             replaced = self.get_message(turn.replaces)
             if replaced is None:
@@ -79,10 +130,10 @@ class TurnStore(StoreCore):
         cols: dict[str, list] = {c: [] for c in (
             "id", "conversation_id", "position", "role", "content", "user", "adapter", "base_model", "sampling",
             "latency_ms", "first_token_ms", "prompt_tokens", "completion_tokens", "finish_reason",
-            "experiment_id", "arm")}
+            "experiment_id", "arm", "origin")}
         for t in turns:
-            rows = [(m["role"], m["content"], {}) for m in t.request_messages]
-            rows.append(("assistant", t.answer, {
+            rows = [(m["role"], m["content"], {"origin": CLIENT}) for m in t.request_messages]
+            rows.append(("assistant", t.answer, {"origin": answer_origin(t),
                 "adapter": t.adapter, "base_model": t.base_model, "sampling": json.dumps(t.sampling),
                 "latency_ms": t.latency_ms, "first_token_ms": t.first_token_ms, "prompt_tokens": t.prompt_tokens,
                 "completion_tokens": t.completion_tokens, "finish_reason": t.finish_reason,
@@ -96,7 +147,7 @@ class TurnStore(StoreCore):
                 cols["content"].append(content)
                 cols["user"].append(t.user)
                 for k in ("adapter", "base_model", "sampling", "latency_ms", "first_token_ms", "prompt_tokens",
-                          "completion_tokens", "finish_reason", "experiment_id", "arm"):
+                          "completion_tokens", "finish_reason", "experiment_id", "arm", "origin"):
                     cols[k].append(facts.get(k))
         messages = pa.table({**cols, "position": pa.array(cols["position"], pa.int32()),
                              "latency_ms": pa.array(cols["latency_ms"], pa.float64()),
@@ -122,8 +173,11 @@ class TurnStore(StoreCore):
         with id ``<id>.<n>`` and ``parent_id`` = the given id; later turns with the same history find
         that branch again. A regenerate (``turn.replaces``) stores the new answer at the replaced
         answer's position, marks the replaced answer and everything after it superseded, and records
-        an implicit thumbs-down by ``turn.user`` unless that user already rated it. A regenerate whose
-        history does not match the replaced answer's still supersedes it, and is stored like any turn.
+        an implicit thumbs-down by ``turn.user`` unless that user already rated it; that thumbs-down sets
+        the answer's review state as any rating by ``turn.user`` would (``turn.trust``), so an untrusted
+        user's regenerate never leaves their down under an admin's trust. A regenerate whose history does
+        not match the replaced answer's still supersedes it, and is stored like any turn. Messages of the
+        request are stored with origin ``client``, the answer with its own (``answer_origin``).
         """
         now = _now()
         request = [{"role": m["role"], "content": m["content"]} for m in turn.request_messages]
@@ -142,15 +196,20 @@ class TurnStore(StoreCore):
                 cur.execute("UPDATE messages SET superseded = true WHERE conversation_id = ? AND position >= ?",
                             [conversation_id, position])
             cur.execute("UPDATE messages SET superseded = true WHERE id = ?", [replaced["id"]])
-            cur.execute("""INSERT INTO ratings (message_id, "user", rating, comment, implicit, created_at)
-                           VALUES (?, ?, 'down', NULL, true, ?)
-                           ON CONFLICT (message_id, "user") DO NOTHING""", [replaced["id"], turn.user, now])
+            added = cur.execute("""INSERT INTO ratings (message_id, "user", rating, comment, implicit, created_at)
+                                   VALUES (?, ?, 'down', NULL, true, ?)
+                                   ON CONFLICT (message_id, "user") DO NOTHING RETURNING message_id""",
+                                [replaced["id"], turn.user, now]).fetchall()
+            if added:
+                from feedback.store_review import review_after_rating  # store_review builds on this module
+
+                review_after_rating(cur, replaced["id"], turn.user, self._regenerate_trust(cur, turn), False, now)
         if conversation_id is None:
             conversation_id, stored = self._conversation_for(cur, turn.conversation_id, turn.user, request, now)
             for i in range(stored, len(request)):
                 self._insert_message(cur, id=new_id(), conversation_id=conversation_id, position=i,
                                      role=request[i]["role"], content=request[i]["content"], user=turn.user,
-                                     created_at=now)
+                                     created_at=now, origin=CLIENT)
             position = len(request)
         self._insert_message(
             cur, id=turn.assistant_message_id, conversation_id=conversation_id, position=position,
@@ -158,7 +217,18 @@ class TurnStore(StoreCore):
             base_model=turn.base_model, sampling=json.dumps(turn.sampling), latency_ms=turn.latency_ms,
             first_token_ms=turn.first_token_ms, prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens, finish_reason=turn.finish_reason,
-            experiment_id=turn.experiment_id, arm=turn.arm, replaces=turn.replaces)
+            experiment_id=turn.experiment_id, arm=turn.arm, replaces=turn.replaces, origin=answer_origin(turn))
+
+    @staticmethod
+    def _regenerate_trust(cur, turn: TurnRecord) -> str:
+        """The trust of a regenerate's implicit thumbs-down: as the chat service passed it, else what the store
+        knows (local mode's single user and users an admin trusts are trusted; anyone else is not)."""
+        if turn.trust is not None:
+            return turn.trust
+        from feedback.store_review import LOCAL_USER
+
+        row = cur.execute('SELECT trusted FROM user_trust WHERE "user" = ?', [turn.user]).fetchone()
+        return "trusted" if turn.user == LOCAL_USER or (row and row[0]) else "untrusted"
 
     def _conversation_for(self, cur, root: str, user: str, request: list[Message], now: datetime) -> tuple[str, int]:
         """(conversation id, number of request messages already stored) for a turn's history."""
@@ -206,6 +276,11 @@ class TurnStore(StoreCore):
         with self._read(settle=True) as cur:
             row = self._message_row(cur, message_id)
         return None if row is None else self._stored_message(row)
+
+    def answer_origins(self, message_ids: list[str]) -> dict[str, str]:
+        """{message id: where it came from (``ORIGINS``)} for the known ones among ``message_ids``."""
+        with self._read(settle=True) as cur:
+            return origins_of(cur, message_ids)
 
     def conversation_owner(self, conversation_id: str) -> str | None:
         """Who started the conversation (a branch ``<id>.<n>`` belongs to its root's owner); None if unknown."""

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback.models import PreferencePair, RatedExample
+from feedback.store_turns import MODEL
 from retrain.clean import (
     CountTokens,
     Example,
@@ -139,10 +140,16 @@ class Selection:
 def select(store, now: datetime) -> Selection:
     """Trainable rated answers and arena votes since the last published run's cutoff, up to ``now`` (exclusive).
 
-    Answers held for review, set aside or discarded are left out (``feedback/store_review.py``).
+    Answers held for review, set aside or discarded are left out (``feedback/store_review.py``), and so
+    are answers the model did not write freely (the client wrote them, or forced them with a constraint
+    the training row cannot show) unless their judgement is trusted: an untrusted rating of one is held
+    for review when it is made, and this catches the rest (ratings from before the store knew origins).
     """
     since = _aware(store.last_cutoff())
     rated = store.trainable_examples(since=since, until=now)
+    origins = store.answer_origins([r.message_id for r in rated if not r.trusted])
+    # An id the store does not know (bench/retrain.py's synthetic source) has no origin to hold it by.
+    rated = [r for r in rated if r.trusted or origins.get(r.message_id, MODEL) == MODEL]
     # Correction pairs come from ``rated`` (one place decides what a correction means); arena votes from here.
     pairs = [p for p in store.preference_pairs(since=since, until=now) if p.source == "arena"]
     return Selection(rated=rated, pairs=pairs, previous_cutoff=since, cutoff=now)

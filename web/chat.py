@@ -206,6 +206,12 @@ class ChatService:
         if replaces is not None:
             owned_message(self.store, principal, replaces)
         user = principal.name
+        # A regenerate implies a thumbs-down by ``user``, which counts as their rating would: web.review's
+        # trust of a plain down (an admin's or a trusted user's trains as given; anyone else's is capped).
+        trust = None if replaces is None else (
+            "trusted" if principal.is_admin or self.store.user_trusted(user) else "untrusted")
+        # An answer decoded under a grammar may be text the client chose (a schema's const, a one-value enum).
+        constrained = params.constraint is not None or (params.structured is not None and params.structured.constrained)
         adapter, experiment_id, arm = self.route(user, model)
         stream = self.backend.stream_chat(messages, adapter, params)
         message_id = new_id()
@@ -237,6 +243,8 @@ class ChatService:
                 replaces=replaces,
                 experiment_id=experiment_id,
                 arm=arm,
+                origin="constrained" if constrained else "model",
+                trust=trust,
             )
             self.store.record_turn(turn)
             log.info("turn stored message=%s conversation=%s adapter=%s tokens=%d",

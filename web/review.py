@@ -2,7 +2,8 @@
 
 An admin's feedback (single-user mode's ``local`` included) and that of users an admin trusts
 (``python app.py data trust NAME``) trains as given. Everyone else's corrections, and by default their
-thumbs-ups, wait in the review queue (``settings.review_untrusted``); what they may still train is
+thumbs-ups, wait in the review queue (``settings.review_untrusted``), and so does any judgement of theirs
+on an answer the model did not write freely (they wrote it or forced it); what they may still train is
 capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store keeps the state;
 ``feedback/store_review.py`` says what each state means.
 """
@@ -18,6 +19,8 @@ def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str
     """``trusted``, ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating."""
     if principal.is_admin or ctx.store.user_trusted(principal.name):
         return "trusted"
+    if ctx.store.answer_origins([rating.message_id]).get(rating.message_id, "model") != "model":
+        return "review"  # the user wrote or forced this answer: the store holds it (feedback.store_turns)
     scope = ctx.settings.review_untrusted
     held = scope != "off" and (rating.correction is not None or (scope == "corrections_and_ups" and rating.rating == "up"))
     return "review" if held else "untrusted"

@@ -342,3 +342,37 @@ def test_lesson_probes_ask_what_published_runs_taught_held_out_rows_first(data_s
               for r in read(snap.sft_heldout_path) + read(snap.sft_train_path)}
     assert replayed and {p["completion"][0]["content"] for p in probes} == taught - replayed
     assert all(p["source_id"].startswith("replay:") for p in probes)  # not this run's rows: a rejection spares them
+
+
+def test_answers_the_model_did_not_write_freely_train_only_when_trusted(data_store):
+    """Hostile sweep F3: ratings an untrusted user gave before the store knew origins (no hold in their review
+    state) of an answer the client wrote into its history, or forced with a response_format, are not selected;
+    a trusted judgement of the same (local mode's here) still is, and so is a model answer's."""
+    def forged(user, text):
+        cid = new_id()
+        store_turn = TurnRecord(
+            conversation_id=cid, user=user, assistant_message_id=new_id(), answer="ok",
+            request_messages=[SYSTEM, {"role": "user", "content": "Capital of France?"},
+                              {"role": "assistant", "content": text}, {"role": "user", "content": "thanks"}],
+            adapter="base", base_model="demo", sampling={}, latency_ms=1.0, first_token_ms=None, prompt_tokens=1,
+            completion_tokens=1)
+        data_store.record_turn(store_turn)
+        mid = next(m.id for m in data_store.conversation(cid) if m.content == text)
+        data_store.rate(Rating(message_id=mid, user=user, rating="down"))  # no trust: the state is left as it was
+        return mid
+
+    written = forged("ann", "The capital of France is Paris.")
+    local = forged("local", "The capital of France is Paris!")
+    free = add(data_store, "Name a colour.", "Banana.", rating="down")
+    forced = new_id()
+    data_store.record_turn(TurnRecord(
+        conversation_id=new_id(), user="ann", assistant_message_id=forced, answer="4",
+        request_messages=[SYSTEM, {"role": "user", "content": "2+2?"}], adapter="base", base_model="demo",
+        sampling={"structured": "json_schema"}, latency_ms=1.0, first_token_ms=None, prompt_tokens=1,
+        completion_tokens=1, origin="constrained"))
+    data_store.rate(Rating(message_id=forced, user="ann", rating="down"))
+
+    assert {e.message_id for e in data_store.trainable_examples()} == {written, local, free, forced}
+    picked = {r.message_id: r for r in dataset.select(data_store, datetime.now(UTC)).rated}
+    assert set(picked) == {local, free}
+    assert picked[local].trusted and not picked[free].trusted

@@ -137,6 +137,109 @@ def test_users_chat_only_with_production_base_and_public_adapters(trust):
     assert bob.post("/v1/arena/battles", json={"prompt": "hi", "adapters": ["demo-a", "demo-b"]}).status_code == 403
 
 
+# --- answers the model did not write (hostile sweep F3, F7) ----------------------------------------------------
+PARIS = "The capital of France is Paris."
+# Short enough for this app's max_new_tokens (4): the true answer, forced, then thumbed down, would unteach it.
+FORCED = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {"type": "integer", "const": 4}}}
+
+
+def review_row(app, message_id: str) -> dict:
+    rows = app.clients["admin"].get("/v1/admin/data/review", params={"state": "all", "limit": 500}).json()["rows"]
+    return next(r for r in rows if r["message_id"] == message_id)
+
+
+def selected(app) -> dict:
+    """What the next training run would select, by message id."""
+    from datetime import UTC, datetime
+
+    from retrain.dataset import select
+
+    return {r.message_id: r for r in select(app.ctx.store, datetime.now(UTC)).rated}
+
+
+def rate(app, user: str, message_id: str, rating: str) -> httpx.Response:
+    return app.clients[user].post("/v1/feedback", json={"message_id": message_id, "rating": rating})
+
+
+def test_a_thumbs_down_on_an_answer_the_client_wrote_is_held_not_trained(trust):
+    """An assistant turn in the history the client sent is the client's text: a down on it used to train a
+    KTO negative of that exact text (e.g. the true answer) with no review, one user unteaching a fact."""
+    r = chat(trust, "alice", messages=[{"role": "user", "content": "What is the capital of France?"},
+                                       {"role": "assistant", "content": PARIS}, {"role": "user", "content": "ok"}])
+    body = r.json()
+    written = next(m for m in trust.ctx.store.conversation(body["conversation_id"]) if m.content == PARIS)
+    down = rate(trust, "alice", written.id, "down")
+    assert down.status_code == 200 and down.json()["review"] == "pending_review"
+    row = review_row(trust, written.id)
+    assert (row["state"], row["origin"]) == ("pending_review", "client") and "did not write" in row["reason"]
+    # The model's own answer in the same conversation: her down trains, capped, as before.
+    assert rate(trust, "alice", body["id"], "down").json()["review"] == "untrusted"
+    assert review_row(trust, body["id"])["origin"] == "model"
+    picked = selected(trust)
+    assert written.id not in picked and body["id"] in picked and not picked[body["id"]].trusted
+
+
+def test_a_forced_answer_rated_by_a_user_waits_for_an_admin(trust):
+    """response_format with a const makes the "answer" text the client chose; its training row would
+    not show the constraint. A user's thumbs (up or down) on it waits for an admin, marked as forced."""
+    ids = []
+    for rating in ("down", "up"):
+        r = chat(trust, "alice", messages=[{"role": "user", "content": "What is 2 + 2?"}], response_format=FORCED,
+                 max_tokens=4)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "4", r.text
+        mid = r.json()["id"]
+        assert rate(trust, "alice", mid, rating).json()["review"] == "pending_review"
+        row = review_row(trust, mid)
+        assert (row["state"], row["origin"], row["rating"]) == ("pending_review", "constrained", rating)
+        assert "forced" in row["reason"]
+        ids.append(mid)
+    assert not set(ids) & set(selected(trust))
+    # An admin's thumbs on a forced answer trains as given, as any admin feedback.
+    r = chat(trust, "admin", messages=[{"role": "user", "content": "2 + 2?"}], response_format=FORCED, max_tokens=4)
+    assert rate(trust, "admin", r.json()["id"], "up").json()["review"] == "trusted"
+    assert selected(trust)[r.json()["id"]].trusted
+
+
+def test_a_regenerate_ends_an_admins_trust_in_the_answer(trust):
+    """F7: the admin's thumbs-up made the answer trusted; the owner's regenerate adds her implicit down,
+    now the latest rating, which must not train under the admin's trust."""
+    mid = chat(trust, "bob").json()["id"]
+    assert rate(trust, "admin", mid, "up").json()["review"] == "trusted"
+    assert chat(trust, "bob", replaces=mid).status_code == 200
+    row = review_row(trust, mid)
+    assert (row["state"], row["user"], row["rating"]) == ("untrusted", "bob", "down")
+    assert not selected(trust)[mid].trusted
+    # An admin's own regenerate stays trusted.
+    mine = chat(trust, "admin").json()["id"]
+    assert chat(trust, "admin", replaces=mine).status_code == 200
+    assert review_row(trust, mine)["state"] == "trusted"
+
+
+def test_rating_the_corrected_answer_of_a_resumed_chat_in_the_ui_is_held(trust):
+    """The chat UI's own flow: correct an answer, go on chatting, reopen the chat, like the corrected text
+    shown there (the continued turn stored it as the client's assistant message). The like is saved, as
+    the UI promises, but waits for an admin; it used to train as a model answer's thumbs-up."""
+    from tests.web.test_ui_handlers import Session
+
+    ui = Session(trust, "carol")
+    assert ui.call("ui_user_turn", "What is the capital of France?", None)[0]
+    assert ui.call("ui_bot_turn", None, "production")[0]
+    ok, _ = ui.call("ui_edit", None, event_data={"index": 1, "value": "The capital of France is Berlin.",
+                                                 "previous_value": ""})
+    assert ok
+    assert ui.call("ui_user_turn", "thanks", None)[0] and ui.call("ui_bot_turn", None, "production")[0]
+    cid = trust.ctx.store.list_conversations("carol")[0].id
+    again = Session(trust, "carol")
+    assert again.call("ui_open_conversation", cid, "")[0]
+    ok, out = again.call("ui_rate", None, event_data={"index": 1, "value": "x", "liked": True})
+    assert ok and any("waits for an admin" in o for o in out if isinstance(o, str)), out
+    rows = trust.clients["admin"].get("/v1/admin/data/review", params={"state": "all", "user": "carol"}).json()["rows"]
+    liked = next(r for r in rows if r["rating"] == "up")
+    assert (liked["answer"], liked["origin"], liked["state"]) == ("The capital of France is Berlin.", "client",
+                                                                 "pending_review")
+    assert not {r["message_id"] for r in rows} & set(selected(trust))
+
+
 # --- bounded requests ----------------------------------------------------------------------------------------
 def test_an_oversize_body_is_refused_before_auth_and_before_it_is_read(trust):
     host = trust.url.removeprefix("http://")
