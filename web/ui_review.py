@@ -14,7 +14,8 @@ from web.context import AppContext
 from web.errors import user_message
 from web.ui_common import require_admin
 
-COLUMNS = ["message_id", "state", "user", "prompt", "answer", "correction", "rating", "reason", "rejections",
+# "origin": who wrote the answer (model, constrained = forced by the request, client = the user wrote it).
+COLUMNS = ["message_id", "state", "user", "prompt", "answer", "origin", "correction", "rating", "reason", "rejections",
            "last_run", "actor", "rated_at"]
 SHOWN = ("pending_review", "retrying", "needs_review")  # what asks for an admin's attention; the rest on request
 PAGE = 200

@@ -369,7 +369,7 @@ def test_answers_the_model_did_not_write_freely_train_only_when_trusted(data_sto
         conversation_id=new_id(), user="ann", assistant_message_id=forced, answer="4",
         request_messages=[SYSTEM, {"role": "user", "content": "2+2?"}], adapter="base", base_model="demo",
         sampling={"structured": "json_schema"}, latency_ms=1.0, first_token_ms=None, prompt_tokens=1,
-        completion_tokens=1, origin="constrained"))
+        completion_tokens=1))  # no origin: read from the sampling, as a turn journaled before origins existed
     data_store.rate(Rating(message_id=forced, user="ann", rating="down"))
 
     assert {e.message_id for e in data_store.trainable_examples()} == {written, local, free, forced}
