@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     canary_promote_alpha: float = Field(0.01, gt=0, lt=0.5, description="Most often a candidate that is not better gets promoted, however often the canary checks.")
     canary_harm_alpha: float = Field(0.04, gt=0, lt=0.5, description="Most often a candidate that is not worse gets rolled back (the harm guard; looser, so a worse one goes fast).")
     canary_min_judgements: int = Field(10, ge=1, description="Judgements per arm before the canary may decide (the test's normal approximation needs a few; the test itself guards against early noise).")
+    canary_max_judgements_per_user: float = Field(5.0, ge=1, description="What one user's thumbs weigh at most in an arm and ramp step, in judgements (at that user's own up-rate): a user who rates a hundred answers is not a hundred people.")
+    canary_min_raters: int = Field(3, ge=1, description="Different users who rated each arm before the canary may decide (promote or roll back).")
     canary_max_hours: float = Field(168.0, gt=0, description="The experiment ends after this long either way; production stays without a winner.")
 
     @model_validator(mode="after")

@@ -101,35 +101,57 @@ class AdapterStore(StoreCore):
                                         WHERE experiment_id = ? ORDER BY step""", [experiment_id]))
         return [{**_aware(r, "at"), "numbers": _loads(r["numbers"], {})} for r in rows]
 
-    def experiment_step_counts(self, experiment_id: str) -> list[dict]:
+    def experiment_step_counts(self, experiment_id: str, max_per_user: float | None = None) -> list[dict]:
         """Thumbs per arm per ramp step, oldest step first (implicit downs included).
 
         An answer belongs to the step in force when it was stored, so the canary can compare the arms
-        within each step (see retrain/canary.py on why it never pools across steps).
+        within each step (see retrain/canary.py on why it never pools across steps). ``max_per_user``
+        caps what one rater's thumbs weigh in an arm and step (see ``_experiment_ratings``): counts are
+        then fractional.
         """
         steps = [{"step": s["step"], "percent": s["percent"], "at": s["at"],
                   "control": {"up": 0, "down": 0}, "candidate": {"up": 0, "down": 0}}
                  for s in self.experiment_steps(experiment_id)]
-        for row in self._experiment_ratings(experiment_id, by_hour=False):
+        for row in self._experiment_ratings(experiment_id, by_hour=False, max_per_user=max_per_user):
             if row["step"] < len(steps) and row["arm"] in ("control", "candidate"):
                 steps[row["step"]][row["arm"]] = {"up": row["up"], "down": row["down"]}
         return steps
 
-    def experiment_timeline(self, experiment_id: str) -> list[dict]:
-        """Thumbs per arm, ramp step and hour the rating came in, oldest first: hour, step, arm, up, down."""
-        return [_aware(r, "hour") for r in self._experiment_ratings(experiment_id, by_hour=True)]
+    def experiment_raters(self, experiment_id: str) -> dict[str, int]:
+        """How many different users rated answers in each arm (the canary needs several per arm)."""
+        raters = {"control": 0, "candidate": 0}
+        with self._read(settle=True) as cur:
+            cur.execute("""SELECT m.arm, count(DISTINCT r."user") FROM messages m JOIN ratings r ON r.message_id = m.id
+                           WHERE m.experiment_id = ? AND m.role = 'assistant' GROUP BY m.arm""", [experiment_id])
+            for arm, n in cur.fetchall():
+                raters[arm] = n
+        return raters
 
-    def _experiment_ratings(self, experiment_id: str, by_hour: bool) -> list[dict]:
+    def experiment_timeline(self, experiment_id: str, max_per_user: float | None = None) -> list[dict]:
+        """Thumbs per arm, ramp step and hour the rating came in, oldest first: hour, step, arm, up, down."""
+        return [_aware(r, "hour") for r in self._experiment_ratings(experiment_id, True, max_per_user)]
+
+    def _experiment_ratings(self, experiment_id: str, by_hour: bool, max_per_user: float | None = None) -> list[dict]:
+        """Thumbs per (hour,) step and arm. With ``max_per_user``, each rating weighs
+        ``min(1, max_per_user / n)``, n being its rater's thumbs in that step and arm: one user's thumbs add up
+        to at most ``max_per_user`` judgements at their own up-rate, so a user who rates a hundred answers
+        in one arm is not a hundred independent judgements (arms are sticky per user). The weights are
+        per step, not per hour, so the hours of a step add up to the step's counts."""
         hour = "date_trunc('hour', r.created_at)" if by_hour else "NULL::TIMESTAMP"
+        weight = "1" if max_per_user is None else 'least(1.0, ?::DOUBLE / count(*) OVER (PARTITION BY step, arm, "user"))'
+        params = [] if max_per_user is None else [float(max_per_user)]
         with self._read(settle=True) as cur:
             # ASOF: each answer joins the latest step that began at or before it was stored.
             return _rows(cur.execute(f"""
-                SELECT {hour} AS hour, coalesce(s.step, 0) AS step, m.arm,
-                       count(*) FILTER (r.rating = 'up') AS up, count(*) FILTER (r.rating = 'down') AS down
-                FROM messages m JOIN ratings r ON r.message_id = m.id
-                ASOF LEFT JOIN experiment_steps s ON s.experiment_id = m.experiment_id AND m.created_at >= s."at"
-                WHERE m.experiment_id = ? AND m.role = 'assistant'
-                GROUP BY ALL ORDER BY hour, step, m.arm""", [experiment_id]))
+                WITH judged AS (
+                    SELECT {hour} AS hour, coalesce(s.step, 0) AS step, m.arm AS arm, r."user" AS "user", r.rating
+                    FROM messages m JOIN ratings r ON r.message_id = m.id
+                    ASOF LEFT JOIN experiment_steps s ON s.experiment_id = m.experiment_id AND m.created_at >= s."at"
+                    WHERE m.experiment_id = ? AND m.role = 'assistant'),
+                weighted AS (SELECT *, {weight} AS w FROM judged)
+                SELECT hour, step, arm, coalesce(sum(w) FILTER (rating = 'up'), 0) AS up,
+                       coalesce(sum(w) FILTER (rating = 'down'), 0) AS down
+                FROM weighted GROUP BY ALL ORDER BY hour, step, arm""", [experiment_id, *params]))
 
     # --- adapter registry ------------------------------------------------------------------------
     def register_adapter(self, rec: AdapterRecord) -> None:

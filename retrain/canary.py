@@ -24,6 +24,14 @@ The comparison is stratified by ramp step: each step's difference is weighted by
 with a 50% share from the day, and a rate that drifts with the time of day would then show up as a
 difference between the arms (Simpson's paradox in ramped experiments).
 
+One rater is not many judgements: arms are sticky per user (``serving.traffic``), so a user who rates a
+hundred answers in one arm would otherwise be a hundred "independent" judgements, and one user who thumbs
+every control answer down could get a candidate promoted on their own. The store weighs each user's thumbs
+in an arm and step down to at most ``max_judgements_per_user`` judgements at that user's own up-rate
+(``FeedbackStore.experiment_step_counts``), and no decision is taken before ``min_raters`` different users
+rated each arm. Counting each user once (a cap of 1) is the cleanest unit statistically, but a small team
+would then need ten raters per arm before anything is decided; the cap is a setting.
+
 Arena votes are not counted: they answer another question (which of two answers to the same prompt
 a volunteer prefers, side by side) than thumbs in normal use, voters are not randomized by the
 experiment, and a product of the two e-values is only valid when both "no difference" hypotheses hold
@@ -62,6 +70,8 @@ class CanaryPolicy:
     harm_tau: float = 0.10
     # Ramp hold: harm evidence (e-value) at or above this keeps the share where it is.
     ramp_hold: float = 2.0
+    max_judgements_per_user: float = 5.0  # what one rater's thumbs weigh at most, per arm and step
+    min_raters: int = 3  # different users per arm before any decision
 
     def shares(self, start_percent: float) -> tuple[float, ...]:
         """The ramp an experiment starting at ``start_percent`` follows: the start, then each larger step."""
@@ -71,7 +81,8 @@ class CanaryPolicy:
     def from_settings(cls, s) -> CanaryPolicy:
         return cls(ramp=tuple(s.canary_ramp), promote_alpha=s.canary_promote_alpha, harm_alpha=s.canary_harm_alpha,
                    min_judgements=s.canary_min_judgements, ramp_min_judgements=s.canary_ramp_min_judgements,
-                   max_hours=s.canary_max_hours)
+                   max_hours=s.canary_max_hours, max_judgements_per_user=s.canary_max_judgements_per_user,
+                   min_raters=s.canary_min_raters)
 
 
 @dataclass(frozen=True)
@@ -124,18 +135,22 @@ def evidence(up_c, n_c, up_k, n_k, policy: CanaryPolicy) -> dict[str, np.ndarray
             "log_e_harm": _log_half_mixture(-s, info, policy.harm_tau)}
 
 
-def rule(up_c, n_c, up_k, n_k, step, last_step, hours, policy: CanaryPolicy) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def rule(up_c, n_c, up_k, n_k, step, last_step, hours, policy: CanaryPolicy,
+         raters=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The canary rule on arrays: action codes (CONTINUE, RAMP, ...) and the evidence behind them.
 
     Counts per arm and ramp step have shape (..., steps); ``step`` is the current step index (0 = the
-    starting share), ``last_step`` the index of the ramp's last share, ``hours`` the experiment's age. Vectorized so that the bench runs thousands
-    of experiments through exactly this code; ``decide`` is its one-experiment form.
+    starting share), ``last_step`` the index of the ramp's last share, ``hours`` the experiment's age;
+    ``raters``, when given, is (control, candidate) different users per arm (else not checked). Vectorized so
+    that the bench runs thousands of experiments through exactly this code; ``decide`` is its one-experiment form.
     """
     up_c, n_c, up_k, n_k = (np.asarray(x, dtype=float) for x in (up_c, n_c, up_k, n_k))
     step = np.broadcast_to(np.asarray(step, dtype=int), n_k.shape[:-1])
     hours = np.asarray(hours, dtype=float)
     ev = evidence(up_c, n_c, up_k, n_k, policy)
     enough = np.minimum(n_c.sum(-1), n_k.sum(-1)) >= policy.min_judgements
+    if raters is not None:
+        enough = enough & (np.minimum(*(np.asarray(r) for r in raters)) >= policy.min_raters)
     harm = enough & (ev["log_e_harm"] >= np.log(1.0 / policy.harm_alpha))
     better = enough & (ev["log_e_better"] >= np.log(1.0 / policy.promote_alpha))
     at_step = np.take_along_axis(n_k, np.clip(step, 0, n_k.shape[-1] - 1)[..., None], -1)[..., 0]
@@ -150,9 +165,17 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def decide(steps: Sequence[Mapping], started_at: datetime, now: datetime, policy: CanaryPolicy) -> CanaryDecision:
+def count(x) -> int | float:
+    """A judgement count as people read it: whole when it is, else to one decimal (per-user weights)."""
+    x = float(x)
+    return int(x) if x.is_integer() else round(x, 1)
+
+
+def decide(steps: Sequence[Mapping], started_at: datetime, now: datetime, policy: CanaryPolicy,
+           raters: Mapping[str, int] | None = None) -> CanaryDecision:
     """Decide for one experiment; ``steps`` lists each ramp step so far, oldest first, as
-    ``{"percent": float, "control": {"up", "down"}, "candidate": {"up", "down"}}`` (the last is current).
+    ``{"percent": float, "control": {"up", "down"}, "candidate": {"up", "down"}}`` (the last is current);
+    ``raters`` the different users who rated each arm, ``{"control": n, "candidate": n}`` (None: not checked).
 
     The ramp continues from the first step's share along ``policy.shares``.
     """
@@ -164,15 +187,18 @@ def decide(steps: Sequence[Mapping], started_at: datetime, now: datetime, policy
     hours = (now - started_at).total_seconds() / 3600.0
     current = len(steps) - 1
     shares = policy.shares(steps[0]["percent"])
-    code, ev = rule(up_c, n_c, up_k, n_k, current, len(shares) - 1, hours, policy)
+    by_arm = None if raters is None else (raters.get("control", 0), raters.get("candidate", 0))
+    code, ev = rule(up_c, n_c, up_k, n_k, current, len(shares) - 1, hours, policy, by_arm)
     action = ACTIONS[int(code)]
-    c_up, c_n, k_up, k_n = int(up_c.sum()), int(n_c.sum()), int(up_k.sum()), int(n_k.sum())
+    c_up, c_n, k_up, k_n = (count(x.sum()) for x in (up_c, n_c, up_k, n_k))
     e_better, e_harm = float(np.exp(ev["log_e_better"])), float(np.exp(ev["log_e_harm"]))
     diff, radius = float(ev["diff"]), float(ev["radius"])
     percent = float(steps[-1]["percent"])
     numbers = {
-        "control": {"up": c_up, "down": c_n - c_up, "n": c_n, "rate": c_up / c_n if c_n else None},
-        "candidate": {"up": k_up, "down": k_n - k_up, "n": k_n, "rate": k_up / k_n if k_n else None},
+        "control": {"up": c_up, "down": count(c_n - c_up), "n": c_n, "rate": c_up / c_n if c_n else None},
+        "candidate": {"up": k_up, "down": count(k_n - k_up), "n": k_n, "rate": k_up / k_n if k_n else None},
+        "raters": dict(raters) if raters is not None else None,
+        "max_judgements_per_user": policy.max_judgements_per_user,
         "diff": diff if np.isfinite(radius) else None,
         "diff_lo": diff - radius if np.isfinite(radius) else None,
         "diff_hi": diff + radius if np.isfinite(radius) else None,
@@ -186,7 +212,7 @@ def decide(steps: Sequence[Mapping], started_at: datetime, now: datetime, policy
     interval = ("" if numbers["diff"] is None else
                 f" (difference {100 * diff:+.1f} points, always-valid 95% interval "
                 f"{100 * numbers['diff_lo']:+.1f} to {100 * numbers['diff_hi']:+.1f})")
-    judged = f"{c_n + k_n} judgements in {hours:.1f} h"
+    judged = f"{count(c_n + k_n)} judgements in {hours:.1f} h"
     next_percent = None
     if action == "rollback":
         reason = (f"Rolled back: {rates}{interval}; the harm guard's evidence reached {e_harm:.0f}, past the "
@@ -202,10 +228,13 @@ def decide(steps: Sequence[Mapping], started_at: datetime, now: datetime, policy
                   f"{1 / policy.harm_alpha:.0f}; production stays.")
     elif action == "ramp":
         next_percent = shares[current + 1]
-        reason = (f"Candidate share {percent:g}% -> {next_percent:g}%: {int(n_k[-1])} judgements at {percent:g}% "
+        reason = (f"Candidate share {percent:g}% -> {next_percent:g}%: {count(n_k[-1])} judgements at {percent:g}% "
                   f"and no sign of harm (harm evidence {e_harm:.1f}, below {policy.ramp_hold:g}).")
     elif min(c_n, k_n) < policy.min_judgements:
         reason = f"Waiting for {policy.min_judgements} judgements per arm (have {c_n} production, {k_n} candidate)."
+    elif by_arm is not None and min(by_arm) < policy.min_raters:
+        reason = (f"Waiting for {policy.min_raters} different raters per arm (have {by_arm[0]} production, "
+                  f"{by_arm[1]} candidate): one person's thumbs do not decide an experiment.")
     else:
         reason = (f"No decision yet: {rates}{interval}; evidence for {e_better:.1f} of "
                   f"{1 / policy.promote_alpha:.0f}, of harm {e_harm:.1f} of {1 / policy.harm_alpha:.0f}.")

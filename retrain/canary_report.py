@@ -15,13 +15,13 @@ import numpy as np
 
 from feedback.ab_stats import wilson_interval
 from feedback.models import Experiment
-from retrain.canary import CanaryPolicy, decide, evidence
+from retrain.canary import CanaryPolicy, count, decide, evidence
 
 ARMS = ("control", "candidate")
 
 
-def _arm(up: int, n: int) -> dict:
-    lo, hi = wilson_interval(up, n)
+def _arm(up: float, n: float) -> dict:
+    lo, hi = wilson_interval(round(up), round(n))  # for reading; per-user weights make counts fractional
     return {"up": up, "n": n, "rate": up / n if n else None, "lo": lo, "hi": hi}
 
 
@@ -53,7 +53,7 @@ def experiment_report(store, policy: CanaryPolicy, exp: Experiment, now: datetim
     n_steps = max(1, len(steps))
     counts = np.zeros((n_steps, 2, 2))  # step, arm (control, candidate), (up, down)
     by_hour: dict[datetime, list[dict]] = {}
-    for row in store.experiment_timeline(exp.id):
+    for row in store.experiment_timeline(exp.id, policy.max_judgements_per_user):
         by_hour.setdefault(row["hour"], []).append(row)
     points = []
     for hour in sorted(by_hour):
@@ -68,8 +68,8 @@ def experiment_report(store, policy: CanaryPolicy, exp: Experiment, now: datetim
         points.append({
             "hour": end.isoformat(), "hours": max(0.0, (min(end, exp.ended_at or now) - exp.started_at).total_seconds() / 3600),
             "percent": in_force[-1]["percent"] if in_force else exp.percent,
-            "control": _arm(int(up[:, 0].sum()), int(n[:, 0].sum())),
-            "candidate": _arm(int(up[:, 1].sum()), int(n[:, 1].sum())),
+            "control": _arm(count(up[:, 0].sum()), count(n[:, 0].sum())),
+            "candidate": _arm(count(up[:, 1].sum()), count(n[:, 1].sum())),
             "diff": float(ev["diff"]) if finite else None,
             "diff_lo": float(ev["diff"] - ev["radius"]) if finite else None,
             "diff_hi": float(ev["diff"] + ev["radius"]) if finite else None,
@@ -78,7 +78,8 @@ def experiment_report(store, policy: CanaryPolicy, exp: Experiment, now: datetim
             "progress_harm": _progress(float(ev["log_e_harm"]), policy.harm_alpha),
         })
     if exp.active:
-        decision = decide(store.experiment_step_counts(exp.id), exp.started_at, now, policy)
+        decision = decide(store.experiment_step_counts(exp.id, policy.max_judgements_per_user), exp.started_at, now,
+                          policy, store.experiment_raters(exp.id))
         status, numbers = decision.reason, decision.numbers
     else:
         status = exp.reason or f"Ended ({exp.outcome})."

@@ -208,8 +208,9 @@ class Promoter:
             exp = self.store.active_experiment()
             if exp is None:
                 return None
-            decision = decide(self.store.experiment_step_counts(exp.id), exp.started_at, now or datetime.now(UTC),
-                              CanaryPolicy.from_settings(self.settings))
+            policy = CanaryPolicy.from_settings(self.settings)
+            decision = decide(self.store.experiment_step_counts(exp.id, policy.max_judgements_per_user),
+                              exp.started_at, now or datetime.now(UTC), policy, self.store.experiment_raters(exp.id))
             if decision.action == "continue":
                 return decision
             log.info("canary %s: %s (%s)", exp.id, decision.action, decision.reason)

@@ -137,3 +137,21 @@ def test_equal_arms_checked_after_every_judgement_rarely_decide():
     false_rate = float(((outcome == PROMOTE) | (outcome == ROLLBACK)).mean())
     assert false_rate <= 0.05
     assert float((outcome == PROMOTE).mean()) <= POLICY.promote_alpha + 0.01
+
+
+def test_too_few_raters_never_decide():
+    """Counts that would promote or roll back wait while an arm has fewer than ``min_raters`` users."""
+    clear = [step(50, 30, 70, 90, 10)]
+    assert decide(clear, START, at(24), POLICY).action == "promote"  # raters not given: not checked
+    for raters in ({"control": 1, "candidate": 40}, {"control": 40, "candidate": 2}):
+        d = decide(clear, START, at(24), POLICY, raters)
+        assert d.action == "continue" and "different raters" in d.reason and d.numbers["raters"] == raters
+    assert decide(clear, START, at(24), POLICY, {"control": 3, "candidate": 3}).action == "promote"
+    harmful = [step(50, 90, 10, 30, 70)]
+    assert decide(harmful, START, at(24), POLICY, {"control": 9, "candidate": 1}).action == "continue"
+
+
+def test_fractional_counts_read_as_people_read_them():
+    d = decide([step(50, 12.25, 7.75, 10, 10)], START, at(1), POLICY, {"control": 5, "candidate": 5})
+    assert d.numbers["control"] | {"rate": None} == {"up": 12.2, "down": 7.8, "n": 20, "rate": None}
+    json.dumps(d.numbers)

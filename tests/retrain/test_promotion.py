@@ -30,13 +30,13 @@ def promoter(tmp_path):
 
 def judge(store: FeedbackStore, experiment_id: str, arm: str, n: int, up_rate: float, rng: random.Random) -> None:
     for _ in range(n):
-        message_id = uuid.uuid4().hex
+        message_id, chatter = uuid.uuid4().hex, f"u{rng.randrange(10_000)}"
         store.record_turn(TurnRecord(
-            conversation_id=uuid.uuid4().hex, user=f"u{rng.randrange(10_000)}",
+            conversation_id=uuid.uuid4().hex, user=chatter,
             request_messages=[{"role": "user", "content": "hi"}], assistant_message_id=message_id, answer="hello",
             adapter="v1" if arm == "candidate" else "base", base_model="demo", sampling={}, latency_ms=1.0,
             first_token_ms=1.0, prompt_tokens=1, completion_tokens=1, experiment_id=experiment_id, arm=arm))
-        store.rate(Rating(message_id=message_id, user="rater", rating="up" if rng.random() < up_rate else "down"))
+        store.rate(Rating(message_id=message_id, user=chatter, rating="up" if rng.random() < up_rate else "down"))
 
 
 def test_better_candidate_is_promoted_with_its_numbers(promoter):
@@ -120,3 +120,55 @@ def test_startup_repair_falls_back_to_base_without_history(promoter, caplog):
         promoter.sync()
     assert "no earlier switch is recorded" in caplog.text
     assert promoter.store.production() == "base"
+
+
+def test_one_user_cannot_decide_an_experiment(promoter):
+    """Honest users like both arms alike; one user, sticky in the control arm, thumbs down 150 of its
+    answers. Counted per answer that was a promotion ("candidate 50% vs production 8%"); weighed per user
+    it is one more rater."""
+    store, rng = promoter.store, random.Random(7)
+    exp = promoter.start_experiment("v1", actor="admin", percent=50)
+
+    def chat_and_rate(user: str, arm: str, rating: str) -> None:
+        message_id = uuid.uuid4().hex
+        store.record_turn(TurnRecord(
+            conversation_id=uuid.uuid4().hex, user=user, request_messages=[{"role": "user", "content": "hi"}],
+            assistant_message_id=message_id, answer="hello", adapter="v1" if arm == "candidate" else "base",
+            base_model="demo", sampling={}, latency_ms=1.0, first_token_ms=1.0, prompt_tokens=1,
+            completion_tokens=1, experiment_id=exp.id, arm=arm))
+        store.rate(Rating(message_id=message_id, user=user, rating=rating))
+
+    for i in range(40):
+        for _ in range(4):
+            chat_and_rate(f"honest{i}", ("control", "candidate")[i % 2], "up" if rng.random() < 0.5 else "down")
+    for _ in range(150):
+        chat_and_rate("mallory", "control", "down")
+
+    raw = store.experiment_step_counts(exp.id)[0]
+    assert raw["control"]["down"] >= 150  # what the canary used to decide on
+    weighed = store.experiment_step_counts(exp.id, max_per_user=5)[0]
+    assert weighed["control"]["down"] < raw["control"]["down"] - 140
+    assert store.experiment_raters(exp.id) == {"control": 21, "candidate": 20}
+    decision = promoter.check_canary()
+    assert decision.action == "continue", decision.reason
+    assert store.production() == "base" and store.active_experiment() is not None
+
+
+def test_a_user_weighs_at_most_the_cap_at_their_own_rate(promoter):
+    store = promoter.store
+    exp = promoter.start_experiment("v1", actor="admin", percent=50)
+    for user, ratings in (("a", ["up"] * 15 + ["down"] * 5), ("b", ["up", "down"]), ("c", ["down"])):
+        for rating in ratings:
+            message_id = uuid.uuid4().hex
+            store.record_turn(TurnRecord(
+                conversation_id=uuid.uuid4().hex, user=user, request_messages=[{"role": "user", "content": "q"}],
+                assistant_message_id=message_id, answer="a", adapter="base", base_model="demo", sampling={},
+                latency_ms=1.0, first_token_ms=1.0, prompt_tokens=1, completion_tokens=1, experiment_id=exp.id,
+                arm="control"))
+            store.rate(Rating(message_id=message_id, user=user, rating=rating))
+    [counts] = store.experiment_step_counts(exp.id, max_per_user=4)
+    # a: 20 thumbs at 75% up weigh 4 (3 up, 1 down); b and c are under the cap and count as they are
+    assert counts["control"] == pytest.approx({"up": 3 + 1, "down": 1 + 1 + 1})
+    assert store.experiment_step_counts(exp.id)[0]["control"] == {"up": 16, "down": 7}
+    hours = store.experiment_timeline(exp.id, max_per_user=4)
+    assert sum(r["up"] for r in hours) == pytest.approx(4) and sum(r["down"] for r in hours) == pytest.approx(3)
