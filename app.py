@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     os.umask(0o077)  # every file this process (and its training child) makes is private; see web/private.py
     from web import commands
-    from web.errors import user_message
+    from web.errors import classify, user_message
 
     try:
         if args.command in (None, "serve"):
@@ -115,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the user sees a sentence, the log keeps the trace
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        return 1
+        if args.command in (None, "serve"):
+            print(f"error: {user_message(exc)}", file=sys.stderr)
+            return 1
+        status, code, message = classify(exc)
+        if code == "internal_error":  # no server log to point at: the trace goes to stderr, above the sentence
+            log.error("%s failed", args.command, exc_info=exc)
+            message = f"{args.command} failed ({type(exc).__name__}); the trace is above"
+        print(f"error: {message}", file=sys.stderr)
+        return 2 if status < 500 else 1  # 2: a mistake in what was asked (an unknown user, a bad name)
 
 
 if __name__ == "__main__":

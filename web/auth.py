@@ -272,18 +272,25 @@ class UserDirectory:
             return {}
         return dict(self._users)
 
-    def add_user(self, name: str, password: str, role: Role = "user") -> None:
+    def add_user(self, name: str, password: str, role: Role | None = None) -> Role:
+        """Add ``name`` or set their password; returns the role saved.
+
+        Without ``role`` an existing user keeps theirs and a new one is a "user": resetting an admin's
+        password (``users add NAME``, as the login page advises) must not demote them.
+        """
         if not name or set(name) - _NAME_OK or name == LOCAL_USER:
             raise AuthError(f"invalid user name {name!r}: use letters, digits, '.', '_', '-', '@'")
-        if role not in ("user", "admin"):
+        if role is not None and role not in ("user", "admin"):
             raise AuthError(f"invalid role {role!r}: use 'user' or 'admin'")
         if len(password) < 8:
             raise AuthError("password must have at least 8 characters")
         with self._lock:
             users = self._editable()
             old = users.get(name, {})
+            role = role or old.get("role", "user")
             users[name] = {"role": role, "password_hash": hash_password(password), "tokens": old.get("tokens", [])}
             self._write(users)
+        return role
 
     def create_token(self, name: str) -> str:
         """A new API token for ``name``; only its hash is stored, so it is shown once."""

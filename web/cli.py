@@ -30,7 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the app (the default)", parents=[common])
     e = sub.add_parser("export", help="export conversations with their ratings", parents=[common])
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="file to write (outside the data dir)")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists")
     e.add_argument("--format", choices=["openai", "parquet"], default="openai")
     e.add_argument("--since", help="only conversations from this date (YYYY-MM-DD)")
     e.add_argument("--rated-only", action="store_true")
@@ -48,7 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     u = sub.add_parser("users", help="add users and API tokens", parents=[common])
     u.add_argument("action", choices=["add", "token", "list"])
     u.add_argument("name", nargs="?")
-    u.add_argument("--role", choices=["user", "admin"], default="user")
+    u.add_argument("--role", choices=["user", "admin"],
+                   help="add: the user's role (default: a new user is 'user', an existing one keeps theirs)")
     u.add_argument("--password", help="password (default: asked on the terminal)")
     d = sub.add_parser("data", help="review rated answers (list, include, discard) and set users' trust",
                        parents=[common])

@@ -6,12 +6,17 @@ file) and open the file themselves otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
+import re
+import sys
 from datetime import date
 from pathlib import Path
+from urllib.parse import quote
 
-from web.control import find_running_app
+from web.control import FILE_NAME, find_running_app
 
 
 class CommandError(Exception):
@@ -24,15 +29,68 @@ def run(args, settings) -> int:
     return handler[args.command](args, settings)
 
 
-def _call_app(info: dict, method: str, path: str, body: dict | None = None, timeout: float = 3600) -> dict:
+def _segment(name: str) -> str:
+    """``name`` as one URL path segment: a name holding "/", "?" or "#", or one that is "." or "..", must not
+    reach another route (httpx drops dot segments, so those dots are escaped too)."""
+    segment = quote(name, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+
+
+@contextlib.contextmanager
+def _app_answers(info: dict):
+    """Turn the running app not answering into a sentence (the pid in running-app.json may be another process)."""
     import httpx
 
-    response = httpx.request(method, info["url"] + path, json=body, timeout=timeout,
-                             headers={"Authorization": f"Bearer {info['token']}"})
-    data = response.json()
+    try:
+        yield
+    except httpx.ConnectError:
+        raise CommandError(f"the app recorded in {FILE_NAME} (PID {info.get('pid')}, {info.get('url')}) does not "
+                           f"answer; if no Tuneloop app runs on this data dir, delete that file") from None
+    except httpx.HTTPError as exc:
+        raise CommandError(f"the running app at {info.get('url')} did not answer: {exc or type(exc).__name__}") from None
+
+
+def _call_app(info: dict, method: str, path: str, body: dict | None = None, timeout: float = 3600,
+              no_route: str | None = None) -> dict:
+    """``no_route``: what to say when no route matches the path (a name the app could never hold, like "a/b")."""
+    import httpx
+
+    with _app_answers(info):
+        response = httpx.request(method, info["url"] + path, json=body, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {info['token']}"})
     if response.status_code >= 400:
-        raise CommandError(data.get("error", {}).get("message", response.text))
-    return data
+        raise CommandError(_error_message(response.status_code, response.text, no_route))
+    return response.json()
+
+
+def _error_message(status: int, text: str, no_route: str | None = None) -> str:
+    """The message of the app's error body ({"error": {"message": ..., "code": ...}}), else what it said."""
+    try:
+        error = json.loads(text)["error"]
+        message, code = error["message"], error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = code = None
+    if status == 404 and code in (None, "not_found") and no_route:  # routing's 404, not the core's
+        return no_route
+    return str(message) if message else f"the app answered {status}: {text[:200]}"
+
+
+@contextlib.contextmanager
+def _data_dir_free(settings):
+    """Turn DuckDB's "Could not set lock" into a sentence: another process (an app that left no
+    running-app.json, or another command) holds the database file."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.IOException as exc:
+        if "Could not set lock" not in str(exc):
+            raise
+        pid = re.search(r"\(PID (\d+)\)", str(exc))
+        raise CommandError(
+            f"the data dir {settings.data_dir} is in use by another process{f' (PID {pid[1]})' if pid else ''}: "
+            f"if it is the app, it left no {FILE_NAME} to reach it by, so use its admin API or UI, or stop it "
+            "and run the command again") from None
 
 
 def _store(settings):
@@ -40,7 +98,8 @@ def _store(settings):
 
     if not settings.db_path.exists():
         raise CommandError(f"no database at {settings.db_path}: run the app once or check --data-dir")
-    return FeedbackStore(settings.db_path)
+    with _data_dir_free(settings):
+        return FeedbackStore(settings.db_path)
 
 
 # DuckDB's memory in the export command: the export streams, so a year of data needs no more than a week's
@@ -48,30 +107,49 @@ def _store(settings):
 EXPORT_MEMORY_MB = 128
 
 
-def export_cmd(args, settings) -> int:
-    since = date.fromisoformat(args.since) if args.since else None
-    info = find_running_app(settings.data_dir)
-    out = Path(args.out)
-    if info:
-        import httpx
+def export_target(out: str, data_dir: Path, force: bool = False) -> Path:
+    """The file ``export --out`` may write, or a CommandError saying why not; checks only, writes nothing.
 
-        params = {"format": args.format, "rated_only": str(args.rated_only).lower()}
-        if since:
-            params["since"] = since.isoformat()
-        # Streamed to a temp file beside ``out`` and renamed: a year of data never sits in memory, and a
-        # failed download leaves the old file as it was.
-        tmp = out.with_name(f".{out.name}.download")
-        try:
-            with httpx.stream("GET", info["url"] + "/v1/admin/export", params=params, timeout=600,
-                              headers={"Authorization": f"Bearer {info['token']}"}) as r:
-                if r.status_code >= 400:
-                    raise CommandError(r.read().decode(errors="replace"))
-                with tmp.open("wb") as f:
-                    for chunk in r.iter_bytes(1 << 20):
-                        f.write(chunk)
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    Never inside the data dir (paths compared resolved, so neither a symlink nor ".." gets there): an export
+    renamed over ``tuneloop.duckdb`` or ``users.toml`` replaces the app's own files, under it if it runs.
+    An existing file only with ``force``; never a folder or anything but a regular file.
+    """
+    if not out:
+        raise CommandError("--out needs a file name")
+    path = Path(out)
+    root = Path(data_dir).resolve()
+    resolved = path.resolve()
+    if resolved.is_relative_to(root):
+        raise CommandError(f"--out {out} is inside the data dir {root}: export to a file outside it")
+    if path.is_dir():
+        raise CommandError(f"--out {out} is a folder: name a file")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise CommandError(f"--out {out} exists and is not a regular file")
+        if not force:
+            raise CommandError(f"--out {out} exists: pass --force to replace it")
+    parent = resolved.parent
+    while not parent.exists():  # the folders export creates: the first that exists must take them
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write --out {out}: {parent} is not a folder this user may write to")
+    return path
+
+
+def _since(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        raise CommandError(f"--since {text!r} is not a date: use YYYY-MM-DD, e.g. 2024-05-01") from None
+
+
+def export_cmd(args, settings) -> int:
+    since = _since(args.since)
+    out = export_target(args.out, settings.data_dir, args.force)
+    info = find_running_app(settings.data_dir)
+    if info:
+        with _writing(out):
+            _download_export(info, out, args.format, since, args.rated_only)
         print(f"exported to {out} (through the running app)")
         return 0
     from feedback.export import export
@@ -79,11 +157,43 @@ def export_cmd(args, settings) -> int:
     store = _store(settings)
     store.limit_memory(EXPORT_MEMORY_MB)
     try:
-        n = export(store, out, args.format, since=since, rated_only=args.rated_only)
+        with _writing(out):
+            n = export(store, out, args.format, since=since, rated_only=args.rated_only)
     finally:
         store.close()
     print(f"exported {n} rows to {out}")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    try:
+        yield
+    except OSError as exc:  # export_target checked, but disks fill and folders change: still one sentence
+        raise CommandError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+
+
+def _download_export(info: dict, out: Path, fmt: str, since: date | None, rated_only: bool) -> None:
+    import httpx
+
+    params = {"format": fmt, "rated_only": str(rated_only).lower()}
+    if since:
+        params["since"] = since.isoformat()
+    # Streamed to a temp file beside ``out`` and renamed: a year of data never sits in memory, and a
+    # failed download leaves the old file as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.download")
+    try:
+        with _app_answers(info), httpx.stream("GET", info["url"] + "/v1/admin/export", params=params, timeout=600,
+                                              headers={"Authorization": f"Bearer {info['token']}"}) as r:
+            if r.status_code >= 400:
+                raise CommandError(_error_message(r.status_code, r.read().decode(errors="replace")))
+            with tmp.open("wb") as f:
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def retrain_cmd(args, settings) -> int:
@@ -96,7 +206,8 @@ def retrain_cmd(args, settings) -> int:
     else:
         from app import build_context
 
-        ctx = build_context(settings)
+        with _data_dir_free(settings):
+            ctx = build_context(settings)
         try:
             run = ctx.retrain.trigger(actor="cli", trigger="cli", promote=args.promote, force=True, wait=True)["run"]
         finally:
@@ -142,7 +253,8 @@ def adapters_cmd(args, settings) -> int:
         if args.action == "rollback":
             result = _call_app(info, "POST", "/v1/admin/adapters/rollback", {"to": args.to, "reason": args.reason})
         else:
-            result = _call_app(info, "POST", f"/v1/admin/adapters/{args.name}/promote", {"reason": args.reason})
+            result = _call_app(info, "POST", f"/v1/admin/adapters/{_segment(args.name)}/promote",
+                               {"reason": args.reason}, no_route=f"unknown adapter {args.name!r}")
         print(f"production -> {result['production']}")
         return 0
     from retrain.promotion import Promoter
@@ -172,12 +284,21 @@ def users_cmd(args, settings) -> int:
     if not args.name:
         raise CommandError(f"users {args.action} needs a NAME")
     if args.action == "add":
-        password = args.password or getpass.getpass(f"password for {args.name}: ")
-        users.add_user(args.name, password, args.role)
-        print(f"user {args.name} ({args.role}) saved in {settings.users_path}")
+        # An empty --password is a password too short, not a request to be asked for one.
+        password = args.password if args.password is not None else _ask_password(args.name)
+        role = users.add_user(args.name, password, args.role)
+        print(f"user {args.name} ({role}) saved in {settings.users_path}")
     else:
         print(users.create_token(args.name))
     return 0
+
+
+def _ask_password(name: str) -> str:
+    try:
+        return getpass.getpass(f"password for {name}: ")
+    except EOFError:  # no terminal, and stdin ended before a line: end the prompt's line first
+        print(file=sys.stderr)
+        raise CommandError("no password given: pass --password or run the command on a terminal") from None
 
 
 def train_node_cmd(args, settings) -> int:
@@ -199,6 +320,10 @@ def data_cmd(args, settings) -> int:
 
     info = find_running_app(settings.data_dir)
     if args.action == "list":
+        from web.api_review import MAX_PAGE
+
+        if not 1 <= args.limit <= MAX_PAGE:
+            raise CommandError(f"--limit must be between 1 and {MAX_PAGE}, not {args.limit}")
         state = args.state or "pending_review"
         if info:
             from urllib.parse import urlencode
@@ -228,7 +353,8 @@ def data_cmd(args, settings) -> int:
             raise CommandError("data trust takes one user NAME")
         name, trusted = args.ids[0], not args.off
         if info:
-            _call_app(info, "PUT", f"/v1/admin/data/trust/{name}", {"trusted": trusted})
+            _call_app(info, "PUT", f"/v1/admin/data/trust/{_segment(name)}", {"trusted": trusted},
+                      no_route=f"unknown user {name!r}")
         else:
             if UserDirectory(settings.users_path).principal(name) is None:
                 raise CommandError(f"unknown user {name!r}")

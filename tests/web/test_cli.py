@@ -88,3 +88,49 @@ def test_export_and_users_commands(tmp_path, demo_model_dir):
     assert users.by_token(token).name == "bob" and users.check_password("bob", "bob-password-1")
     bad = cli(data_dir, "users", "add", "../evil", "--password", "long-enough-1", demo=False)
     assert bad.returncode != 0 and "invalid user name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_names_in_the_running_apps_urls_are_one_path_segment_and_export_spares_its_files(tmp_path, demo_model_dir):
+    """A name holding "/", ".." or "?" reached other routes: `adapters promote 'x/../rollback?'` rolled
+    production back, `'x/../../retrain?'` started a retrain, `data trust 'bob/../alice'` trusted alice."""
+    from tests.web.conftest import add_users
+
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir, demo_model_dir)
+    tokens = add_users(data_dir, ("admin", "alice", "bob"))
+    port = free_port()
+    proc = start_app_process(data_dir, port)
+    try:
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                         headers={"Authorization": f"Bearer {tokens['admin']}"})
+        for name in ("demo-a", "demo-b"):
+            assert c.post(f"/v1/admin/adapters/{name}/promote", json={}).status_code == 200
+        events = c.get("/v1/admin/adapters/events").json()["events"]
+        for name in ("x/../rollback?", "x/../../retrain?", "x/..%2F..%2Fretrain", ".."):
+            r = cli(data_dir, "adapters", "promote", name, demo=False)
+            assert r.returncode == 2 and "unknown adapter" in r.stderr.splitlines()[-1], (name, r.stdout, r.stderr)
+        assert c.get("/v1/adapters").json()["production"] == "demo-b"
+        assert c.get("/v1/admin/adapters/events").json()["events"] == events
+        assert c.get("/v1/admin/runs").json()["runs"] == []
+
+        r = cli(data_dir, "data", "trust", "bob/../alice", demo=False)
+        assert r.returncode == 2 and "unknown user 'bob/../alice'" in r.stderr, r.stderr
+        assert not any(u["user"] == "alice" and u["trusted"] for u in c.get("/v1/admin/data/trust").json()["users"])
+        r = cli(data_dir, "data", "trust", "alice", demo=False)  # a plain name still works through the app
+        assert r.returncode == 0, r.stderr
+        assert any(u["user"] == "alice" and u["trusted"] for u in c.get("/v1/admin/data/trust").json()["users"])
+
+        # export --out onto the running app's own files: refused, they stay as they were, the app still serves.
+        before = {p: p.read_bytes() for p in (data_dir / "users.toml",)}
+        for out in (data_dir / "tuneloop.duckdb", data_dir / "users.toml"):
+            r = cli(data_dir, "export", "--out", str(out), "--force", demo=False)
+            assert r.returncode == 2 and "inside the data dir" in r.stderr, r.stderr
+        assert {p: p.read_bytes() for p in before} == before
+        assert c.get("/v1/models").status_code == 200
+        out = tmp_path / "chats.jsonl"
+        assert cli(data_dir, "export", "--out", str(out), demo=False).returncode == 0
+        r = cli(data_dir, "export", "--out", str(out), demo=False)
+        assert r.returncode == 2 and "--force" in r.stderr, r.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
