@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback import ab_stats
+from feedback.models import AdapterRecord
 from feedback.store import FeedbackStore
 from retrain.canary import CanaryPolicy, decide
 from serving.adapters import ALIASES, RESERVED, check_name
@@ -70,12 +71,17 @@ class Promoter:
                     except ServingError as exc:
                         log.error("production alias not restored: %s", exc)
                     return False
+            loaded = self.loaded()
             for rec in self.store.list_adapter_records():
                 if rec.status in ("candidate", "production", "retired"):
                     try:
                         self.ensure_loaded(rec.name)
                     except Exception as exc:  # a broken adapter must not stop the app from serving
                         log.error("adapter %s not loaded at start-up: %s", rec.name, exc)
+                elif rec.status == "archived" and rec.name in loaded and rec.name != target:
+                    # The local backend loads every adapter directory it finds; an archived one stays out of use.
+                    self.backend.unload_adapter(rec.name)
+                    log.info("archived adapter %s not served", rec.name)
             if self.backend is not None:
                 if target != BASE and target not in self.loaded():
                     log.error("production adapter %s is not loadable; serving base", target)
@@ -134,6 +140,12 @@ class Promoter:
                     self.backend.set_alias(PRODUCTION, previous)  # keep serving and record in step
                 raise
             log.info("production -> %s by %s (%s)", name, actor, reason)
+            exp = self.store.active_experiment()
+            if exp is not None and exp.candidate != name:
+                # Its control arm was the old production and its traffic split would go on serving it:
+                # a rollback or another promotion must reach every user, so the experiment ends here.
+                self.store.end_experiment(exp.id, "stopped", f"production switched to {name} by {actor} ({action}): "
+                                          f"the experiment compared against {exp.control}", actor)
 
     def promote(self, name: str, actor: str, reason: str) -> None:
         with self._lock:
@@ -160,16 +172,45 @@ class Promoter:
                 return event["from"]
         return None
 
+    def in_use(self, name: str) -> str | None:
+        """Why ``name`` must stay loaded (production, or an arm of the running experiment), else None."""
+        if name == self.store.production():
+            return f"{name!r} is in production; promote another adapter first"
+        exp = self.store.active_experiment()
+        if exp is not None and name in (exp.control, exp.candidate):
+            arm = "candidate" if name == exp.candidate else "control"
+            return (f"{name!r} is the {arm} of the running experiment {exp.id}, serving part of production's "
+                    "traffic; stop the experiment first")
+        return None
+
+    def unload(self, name: str, actor: str) -> None:
+        """Unload an adapter from the backend (the engine API's unload), unless production traffic needs it."""
+        with self._lock:
+            if (why := self.in_use(name)) is not None:
+                raise PromotionError(why)
+            self.backend.unload_adapter(name)
+            log.info("adapter unloaded name=%s by %s", name, actor)
+
     def archive(self, name: str, actor: str) -> None:
         with self._lock:
-            if name in (BASE, PRODUCTION) or name == self.store.production():
-                raise PromotionError(f"{name!r} is in production or reserved; promote another adapter first")
+            if name in (BASE, PRODUCTION):
+                raise PromotionError(f"{name!r} is reserved, not an adapter version")
+            if (why := self.in_use(name)) is not None:
+                raise PromotionError(why)
             check_name(name)
             if self.store.get_adapter(name) is None and name not in self.loaded():
                 raise UnknownAdapter(f"unknown adapter {name!r}")
             if self.backend is not None and name in self.loaded():
                 self.backend.unload_adapter(name)
-            self.store.set_adapter_status(name, "archived")
+            if self.store.get_adapter(name) is None:
+                # An adapter directory nobody registered (loaded from disk, or over the engine API): recorded
+                # now, or the archive would not outlive a restart, which loads every directory it finds.
+                self.store.register_adapter(AdapterRecord(name=name, path=str(Path(self.settings.adapters_dir) / name),
+                                                          status="archived"))
+            else:
+                self.store.set_adapter_status(name, "archived")
+            if name in self.store.public_adapters():  # archived is out of use for everyone, not admin-only
+                self.store.set_adapter_public(name, False, actor)
             log.info("adapter archived name=%s by %s", name, actor)
 
     def set_public(self, name: str, public: bool, actor: str) -> None:

@@ -29,7 +29,7 @@ from serving.errors import AdapterRejected, BadRequest, UnknownAdapter
 from serving.types import PRODUCTION, SamplingParams
 from web import openai_compat as oa
 from web import review
-from web.access import chat_choices, check_battle, owned_message
+from web.access import chat_choices, check_battle, owned_message, public_models
 from web.auth import LOCAL_USER, Principal
 from web.context import AppContext
 from web.errors import ApiError, install_handlers
@@ -390,8 +390,18 @@ def vote_battle(battle_id: str, body: VoteRequest, ctx: Ctx, user: User):
 
 
 @users.get("/v1/adapters")
-def list_adapters(ctx: Ctx):
-    return ctx.promoter.leaderboard()
+def list_adapters(ctx: Ctx, user: User):
+    board = ctx.promoter.leaderboard()
+    if user.is_admin:
+        return board
+    # A user sees the adapters they may chat with, without the registry's internals (runs, snapshots, gate
+    # numbers): an admin-only adapter is one /v1/models and chat call unknown, so it is not listed here either.
+    allowed = public_models(ctx.store)
+    rows = [{k: v for k, v in row.items() if k not in ("run_id", "snapshot_id", "gate_metrics", "parent")}
+            for row in board["adapters"] if row["name"] in allowed]
+    pairwise = {a: {b: cell for b, cell in row.items() if b in allowed}
+                for a, row in board["pairwise"].items() if a in allowed}
+    return {"production": board["production"], "adapters": rows, "pairwise": pairwise}
 
 
 # --- admin ---------------------------------------------------------------------------------------
@@ -536,10 +546,9 @@ def unload_lora_adapter(body: UnloadLoraRequest, ctx: Ctx, user: Admin):
     if not body.lora_name:
         raise ApiError(400, "'lora_name' must be provided (adapters are unloaded by name).", code="invalid_request")
     try:
-        ctx.backend.unload_adapter(body.lora_name)
+        ctx.promoter.unload(body.lora_name, actor=user.name)
     except UnknownAdapter as exc:
         raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", code="model_not_found") from exc
-    log.info("adapter unloaded over the engine API: %s by %s", body.lora_name, user.name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
