@@ -286,7 +286,21 @@ engine = APIRouter(prefix="/v1", dependencies=[Depends(_admin)])
 
 @public.get("/healthz")
 def healthz(ctx: Ctx):
+    # Anyone may probe it (load balancers, Docker): up or not, and which kind of backend, nothing more. The
+    # details (model path on disk, adapter names, the remote engine's URL and error) are for admins.
     health = ctx.backend.health()
+    return JSONResponse({"ok": bool(health.get("ok")), "backend": health.get("backend")},
+                        status_code=200 if health.get("ok") else 503)
+
+
+@admin.get("/health")
+def admin_health(ctx: Ctx):
+    """The backend's health in full, and what production really serves beside what the registry records
+    (they differ when the recorded adapter could not be loaded at start-up and base is served instead)."""
+    health = ctx.backend.health()
+    serving = ctx.backend.resolve(PRODUCTION)
+    recorded = ctx.store.production()
+    health["production"] = {"recorded": recorded, "serving": serving, "in_step": serving == recorded}
     return JSONResponse(health, status_code=200 if health.get("ok") else 503)
 
 

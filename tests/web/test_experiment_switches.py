@@ -99,3 +99,28 @@ def test_users_see_only_the_adapters_they_may_use(team):
     assert all("run_id" not in row and "gate_metrics" not in row for row in board["adapters"])
     assert app.admin.post("/v1/admin/adapters/demo-b/public", json={"public": True}).status_code == 200
     assert "demo-b" in {row["name"] for row in app.alice.get("/v1/adapters").json()["adapters"]}
+
+
+def test_health_details_are_for_admins_and_say_what_production_serves(team):
+    import shutil
+
+    import httpx
+
+    app = team()
+    adapters = app.ctx.settings.adapters_dir
+    shutil.copytree(adapters / "demo-a", adapters / "v7")  # the demo restores its own adapters at start-up
+    assert app.admin.post("/v1/load_lora_adapter", json={"lora_name": "v7", "lora_path": str(adapters / "v7")}).status_code == 200
+    assert app.admin.post("/v1/admin/adapters/v7/promote", json={}).status_code == 200
+    anon = httpx.get(f"{app.url}/healthz", timeout=30)
+    assert anon.status_code == 200 and anon.json() == {"ok": True, "backend": "local"}  # no paths, no adapter names
+    assert app.alice.get("/v1/admin/health").status_code == 403
+    full = app.admin.get("/v1/admin/health").json()
+    assert full["base_model"] and "v7" in full["adapters"]
+    assert full["production"] == {"recorded": "v7", "serving": "v7", "in_step": True}
+    app.admin.close(), app.alice.close(), app.stop()
+    # production's adapter is gone at the next start: base is served, and an admin can see that it is
+    shutil.rmtree(adapters / "v7")
+    app = team()
+    assert served_by(app) == "base"
+    assert app.admin.get("/v1/admin/health").json()["production"] == {
+        "recorded": "v7", "serving": "base", "in_step": False}
