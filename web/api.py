@@ -7,6 +7,7 @@ cannot forget the check.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -203,7 +204,7 @@ class RollbackRequest(BaseModel):
 
 class ExperimentRequest(BaseModel):
     candidate: Name
-    percent: float | None = Field(None, ge=0, le=100)
+    percent: float | None = Field(None, ge=0, le=100, strict=True)  # not true, not "50"
 
 
 class LoadLoraRequest(BaseModel):
@@ -237,7 +238,7 @@ def _principal(request: Request) -> Principal:
     ctx: AppContext = request.app.state.ctx
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if token and token == ctx.control_token:
+    if token and hmac.compare_digest(token.encode(), ctx.control_token.encode()):
         return Principal("cli", "admin")
     if ctx.users.single_user:
         return Principal(LOCAL_USER, "admin")

@@ -42,6 +42,8 @@ def served_by(app, model: str = "production") -> str:
 
 def test_an_experiment_arm_cannot_be_archived_or_unloaded(team):
     app = team()
+    for loose in (True, "50"):  # read as 1% and 50% before
+        assert app.admin.post("/v1/admin/experiments", json={"candidate": "demo-a", "percent": loose}).status_code == 422
     assert app.admin.post("/v1/admin/experiments", json={"candidate": "demo-a", "percent": 100}).status_code == 200
     assert served_by(app) == "demo-a"
     for url, body in (("/v1/admin/adapters/demo-a/archive", None), ("/v1/unload_lora_adapter", {"lora_name": "demo-a"})):
