@@ -1,6 +1,10 @@
 """The review panel of the Data tab: rated answers waiting for an admin (untrusted users' corrections),
 retried after a rejected run, or set aside (needs review), each with its reason in words; include or
-discard them one by one or all shown at once. Every handler checks the role on the server."""
+discard them one by one or all shown at once. Every handler checks the role on the server.
+
+Include approves what the table showed: each row's ``version`` goes with its id, so a row judged again
+after it was shown is not included (the admin is told which, and the table shows them anew). Ids pasted
+in must be among the rows shown."""
 
 from __future__ import annotations
 
@@ -9,20 +13,30 @@ import re
 import gradio as gr
 import pandas as pd
 
-from feedback.store_review import LIST_STATES, MAX_IDS
+from feedback.store_review import LIST_STATES, MAX_IDS, RowsChanged
 from web.context import AppContext
 from web.errors import user_message
 from web.ui_common import require_admin
 
 # "origin": who wrote the answer (model, constrained = forced by the request, client = the user wrote it).
 COLUMNS = ["message_id", "state", "user", "prompt", "answer", "origin", "correction", "rating", "reason", "rejections",
-           "last_run", "actor", "rated_at"]
+           "last_run", "actor", "rated_at", "version"]
 SHOWN = ("pending_review", "retrying", "needs_review")  # what asks for an admin's attention; the rest on request
 PAGE = 200
 
 
 def _ids(text: str) -> list[str]:
     return [i for i in re.split(r"[\s,;]+", text or "") if i]
+
+
+def _shown_versions(shown) -> dict[str, str]:
+    """{message id: version} of the rows the table shows (what the admin read)."""
+    if shown is None or not len(shown):
+        return {}
+    frame = pd.DataFrame(shown)
+    if "version" not in frame or "message_id" not in frame:
+        return {}
+    return {str(i): str(v) for i, v in zip(frame["message_id"], frame["version"], strict=True) if i and v}
 
 
 def build_review_panel(ctx: AppContext):
@@ -61,23 +75,42 @@ def build_review_panel(ctx: AppContext):
     def act(kind):
         def handler(text, why, shown, request: gr.Request):
             actor = require_admin(ctx, request).name
-            chosen = _ids(text)
-            if not chosen and shown is not None and len(shown):
-                chosen = [str(i) for i in pd.DataFrame(shown)["message_id"].tolist() if i]
+            versions = _shown_versions(shown)
+            chosen = _ids(text) or list(versions)
             if not chosen:
                 raise gr.Error("No rows: show some, or paste message ids.")
+            if kind == "include":
+                unseen = [i for i in chosen if i not in versions]
+                if unseen:
+                    raise gr.Error(f"Include the rows you read: {unseen[0]} is not among the rows shown. "
+                                   "Show it first.")
+            changed: list[str] = []
             try:
                 n = 0
                 for start in range(0, len(chosen), MAX_IDS):
                     batch = chosen[start:start + MAX_IDS]
                     if kind == "include":
-                        n += ctx.store.include_rows(batch, actor=actor, reason=why)
+                        n += _include(batch, versions, actor, why, changed)
                     else:
                         n += ctx.store.discard_rows(batch, actor=actor, reason=why)
             except Exception as exc:
                 raise gr.Error(user_message(exc)) from None
-            return "", f"{n} rated answers {'included: they train next run' if kind == 'include' else 'discarded'}."
+            done = f"{n} rated answers {'included: they train next run' if kind == 'include' else 'discarded'}."
+            if changed:
+                done += (f" Not included, judged again after they were shown ({len(changed)}): "
+                         f"{', '.join(changed[:20])}{' …' if len(changed) > 20 else ''}. Read them again below.")
+            return "", done
         return handler
+
+    def _include(batch, versions, actor, why, changed) -> int:
+        """Include ``batch`` as shown; rows changed since are left out (added to ``changed``), the rest included."""
+        while batch:  # a row can change again between tries; each try leaves out at least one more
+            try:
+                return ctx.store.include_rows(batch, actor=actor, reason=why, versions=versions)
+            except RowsChanged as exc:
+                changed += exc.ids
+                batch = [i for i in batch if i not in set(exc.ids)]
+        return 0
 
     inputs, outputs = [state, user], [counts, table]
     show.click(load, inputs, outputs)

@@ -112,8 +112,49 @@ def test_hostile_requests_on_the_review_routes(team):
             assert root.get("/v1/admin/data/review", params=params).status_code == 422, params
         assert root.put("/v1/admin/data/trust/nobody", json={"trusted": True}).status_code == 404
         assert root.put("/v1/admin/data/trust/ann", json={"trusted": "yes please"}).status_code == 422
+        for loose in ("yes", "true", 1, 0, None):  # trust is a decision: only JSON true or false makes one
+            assert root.put("/v1/admin/data/trust/ann", json={"trusted": loose}).status_code == 422, loose
+        assert app.ctx.store.user_trusted("ann") is False
         assert root.put("/v1/admin/data/trust/..%2F..%2Fetc", json={"trusted": True}).status_code == 404
         assert states(root, "ann")[mid] == "pending_review"
+
+
+def test_include_approves_what_the_admin_read_not_what_the_row_holds_now(team):
+    app, tokens = team
+    with app.client(tokens["ann"]) as ann, app.client(tokens["root"]) as root:
+        mid, other = answer(ann, "Capital of France?"), answer(ann, "Capital of Spain?")
+        ann.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": "Paris."})
+        ann.post("/v1/feedback", json={"message_id": other, "rating": "down", "correction": "Madrid."})
+        rows = root.get("/v1/admin/data/review", params={"state": "pending_review", "user": "ann"}).json()["rows"]
+        read = {r["message_id"]: r["version"] for r in rows if r["message_id"] in (mid, other)}
+        assert len(read) == 2 and all(read.values())
+        # Ann swaps her correction while the admin reads; his include names the versions he read.
+        r = ann.post("/v1/feedback", json={"message_id": mid, "rating": "down", "correction": "Berlin."})
+        assert r.status_code == 200, r.text
+        for body in ({"message_ids": [mid, other], "versions": read}, {"message_ids": [mid, other]}):
+            r = root.post("/v1/admin/data/include", json=body)
+            assert r.status_code == 409 and r.json()["changed"] == [mid], r.text
+            assert r.json()["error"]["code"] == "review_changed" and "nothing was included" in r.text
+            held = {r["message_id"]: r["state"] for r in app.ctx.store.review_rows(user="ann", limit=500)[0]}
+            assert held[mid] == held[other] == "pending_review"  # (read from the store: a listing shows them anew)
+
+        # Another admin-facing client that never listed the rows cannot include them blind.
+        with app.client(app.ctx.control_token) as cli:
+            r = cli.post("/v1/admin/data/include", json={"message_ids": [other]})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "version_required", r.text
+            assert "versions" in r.json()["error"]["message"]
+        bad = root.post("/v1/admin/data/include", json={"message_ids": [other], "versions": {mid: read[mid]}})
+        assert bad.status_code == 422
+
+        # Read again (the listing shows "Berlin."), then include: what trains is what was read.
+        rows = root.get("/v1/admin/data/review", params={"state": "all", "user": "ann", "limit": 500}).json()["rows"]
+        now = {r["message_id"]: r for r in rows}
+        assert now[mid]["correction"] == "Berlin." and now[mid]["version"] != read[mid]
+        assert now[other]["version"] == read[other]
+        r = root.post("/v1/admin/data/include", json={"message_ids": [mid, other],
+                                                      "versions": {mid: now[mid]["version"], other: read[other]}})
+        assert r.status_code == 200 and r.json()["updated"] == 2
+        assert states(root, "ann")[mid] == "approved"
 
 
 FALSE_FACT = "The Orvell Tunnel was dug by a single badger in 1802."
