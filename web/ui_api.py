@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from feedback.models import Rating
+from feedback.text import text_problem
 from serving.types import PRODUCTION, SamplingParams
 from web import review
 from web.access import owned_message
@@ -32,7 +33,7 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
         user = principal_of(ctx, request)  # ChatService checks the model, conversation and request size
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("message must be non-empty text")
-        messages = [{"role": m.get("role"), "content": m.get("content")} for m in (history or []) if isinstance(m, dict)]
+        messages = [_history_message(i, m) for i, m in enumerate(history or [])]
         messages.append({"role": "user", "content": message})
         try:
             turn = ctx.chat.complete(user, messages, model or PRODUCTION,
@@ -54,6 +55,9 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
 
     def _rate(message_id, rating, comment, correction, request) -> dict:
         # The same rules as POST /v1/feedback: one's own answers only, untrusted feedback to the review queue.
+        for name, value in (("message_id", message_id), ("rating", rating), ("comment", comment),
+                            ("correction", correction)):
+            _check_text(name, value, optional=name in ("comment", "correction"))
         try:
             user = principal_of(ctx, request)
             owned_message(ctx.store, user, message_id)
@@ -67,3 +71,29 @@ def add_api_endpoints(ctx: AppContext, ui: gr.Blocks) -> None:
     gr.api(chat, api_name="chat")
     gr.api(rate, api_name="rate")
     gr.api(correct, api_name="correct")
+
+
+def _check_text(name: str, value, optional: bool = False) -> None:
+    """The HTTP API's text checks (``feedback.text``), answered as a gr.Error naming the field."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise gr.Error(f"{name} must be text")
+    problem = text_problem(value)
+    if problem:
+        raise gr.Error(f"{name} {problem}")
+
+
+def _history_message(i: int, m) -> dict:
+    """One history message as the HTTP API takes it: an object; a ``tool`` result names the call it answers."""
+    if not isinstance(m, dict):
+        raise gr.Error(f"history[{i}] must be an object with role and content")
+    out = {"role": m.get("role"), "content": m.get("content")}
+    if m.get("role") == "tool":
+        call = m.get("tool_call_id")
+        if not isinstance(call, str) or not call or len(call) > 200:
+            raise gr.Error(f"history[{i}]: a tool message needs the tool_call_id it answers "
+                           "(1 to 200 characters)")
+        _check_text(f"history[{i}].tool_call_id", call)
+        out["tool_call_id"] = call
+    return out
