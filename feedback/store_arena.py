@@ -38,7 +38,7 @@ class ArenaStore(StoreCore):
     def vote(self, battle_id: str, user: str, winner: str) -> ArenaVote:
         """Record ``user``'s verdict on a battle; each user votes once per battle."""
         if winner not in WINNERS:
-            raise InvalidRating(f"winner must be one of {WINNERS}, not {winner!r}")
+            raise InvalidRating(f"winner must be one of {WINNERS}, not {str(winner)[:40]!r}")  # not echoed whole
         now = _now()
         with self._write() as cur:
             b = cur.execute("SELECT adapter_a, adapter_b FROM battles WHERE id = ?", [battle_id]).fetchone()

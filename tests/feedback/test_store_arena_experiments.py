@@ -26,6 +26,9 @@ def test_battle_vote_once_per_user(store):
         store.vote("nope", "alice", "a")
     with pytest.raises(InvalidRating):
         store.vote("b1", "carol", "c")
+    with pytest.raises(InvalidRating) as refused:  # a 10,000-character winner is not echoed back whole
+        store.vote("b1", "carol", "x" * 10_000)
+    assert len(str(refused.value)) < 200
     assert store.get_battle("nope") is None
     assert [v.winner for v in store.arena_votes()] == ["b", "tie"]
 
