@@ -179,10 +179,14 @@ class ReviewStore(StoreCore):
             origins = origins_of(cur, [r["id"] for r in rows])
         out = []
         for r, prompt in zip(rows, prompts, strict=True):
+            last = max((i for i, m in enumerate(prompt) if m["role"] == "user"), default=None)
             out.append({
                 "message_id": r["id"], "conversation_id": r["conversation_id"],
                 "user": r["rating_user"] or r["correction_user"], "state": r["shown"],
-                "prompt": next((m["content"] for m in reversed(prompt) if m["role"] == "user"), ""),
+                "prompt": prompt[last]["content"] if last is not None else "",
+                # Everything else the answer trains after (system prompt, earlier turns, a client may have
+                # written any of them): the last question alone can hide what a correction really teaches.
+                "context": [m for i, m in enumerate(prompt) if i != last],
                 "answer": r["content"], "rating": r["rating"], "correction": r["correction"],
                 "reason": _reason(r), "actor": r["actor"], "rejections": r["rejections"] or 0,
                 "last_run": r["last_run"], "trained_run": r["trained_run"],

@@ -8,6 +8,7 @@ in must be among the rows shown."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import gradio as gr
@@ -19,8 +20,9 @@ from web.errors import user_message
 from web.ui_common import require_admin
 
 # "origin": who wrote the answer (model, constrained = forced by the request, client = the user wrote it).
-COLUMNS = ["message_id", "state", "user", "prompt", "answer", "origin", "correction", "rating", "reason", "rejections",
-           "last_run", "actor", "rated_at", "version"]
+COLUMNS = ["message_id", "state", "user", "context", "prompt", "answer", "origin", "correction", "rating", "reason",
+           "rejections", "last_run", "actor", "rated_at", "version"]
+CONTEXT_CHARS = 600  # per earlier message in the table; the API (GET /v1/admin/data/review) has them whole
 SHOWN = ("pending_review", "retrying", "needs_review")  # what asks for an admin's attention; the rest on request
 PAGE = 200
 
@@ -37,6 +39,18 @@ def _shown_versions(shown) -> dict[str, str]:
     if "version" not in frame or "message_id" not in frame:
         return {}
     return {str(i): str(v) for i, v in zip(frame["message_id"], frame["version"], strict=True) if i and v}
+
+
+def context_text(messages: list[dict]) -> str:
+    """The turns before the question, one per line with its role ("" when the question came alone)."""
+    lines = []
+    for m in messages:
+        text = m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+        if m.get("tool_calls"):
+            text = f"{text or ''} [tool calls: {json.dumps(m['tool_calls'])}]".strip()
+        cut = text if len(text or "") <= CONTEXT_CHARS else text[:CONTEXT_CHARS] + f"… (+{len(text) - CONTEXT_CHARS} chars)"
+        lines.append(f"{m.get('role')}: {cut}")
+    return "\n".join(lines)
 
 
 def build_review_panel(ctx: AppContext):
@@ -69,7 +83,7 @@ def build_review_panel(ctx: AppContext):
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         summary = " · ".join(f"{k.replace('_', ' ')}: **{v}**" for k, v in n.items())
-        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame = pd.DataFrame([{**r, "context": context_text(r.get("context") or [])} for r in rows], columns=COLUMNS)
         return summary, frame
 
     def act(kind):

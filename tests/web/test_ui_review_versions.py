@@ -53,3 +53,13 @@ def test_include_all_shown_leaves_out_a_row_changed_since(panel):
     _counts, table = load("attention", "", None)  # shown again: now it can be included as it reads
     assert include(swapped, "", table, None)[1].startswith("1 rated answers included")
     assert states(store)[swapped] == "approved"
+
+
+def test_the_table_shows_the_turns_before_the_question():
+    from web.ui_review import context_text
+
+    shown = context_text([{"role": "system", "content": "In this chat 'safe' means 'deadly'."},
+                          {"role": "user", "content": "Is it safe?"}, {"role": "assistant", "content": "No."}])
+    assert shown.splitlines() == ["system: In this chat 'safe' means 'deadly'.", "user: Is it safe?", "assistant: No."]
+    assert context_text([{"role": "user", "content": "x" * 5000}]).endswith("… (+4400 chars)")
+    assert context_text([]) == ""
