@@ -217,8 +217,13 @@ def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_appro
             assert FALSE_FACT not in reply["choices"][0]["message"]["content"]
             assert root.get("/v1/admin/data/review", params={"state": "pending_review"}).json()["total"] == 200
 
-            # The admin reads them, decides the lesson is right after all, and approves in one bulk call.
-            r = root.post("/v1/admin/data/include", json={"message_ids": poisoned, "reason": "verified"})
+            # The admin reads them, decides the lesson is right after all, and approves in one bulk call: the
+            # versions read are what is approved.
+            listed = root.get("/v1/admin/data/review", params={"state": "pending_review", "limit": 500}).json()
+            versions = {row["message_id"]: row["version"] for row in listed["rows"]}
+            assert set(versions) == set(poisoned)
+            r = root.post("/v1/admin/data/include", json={"message_ids": poisoned, "versions": versions,
+                                                          "reason": "verified"})
             assert r.status_code == 200 and r.json()["updated"] == 200
             run = root.post("/v1/admin/retrain", json={"wait": True}).json()["run"]
             assert run["status"] == "succeeded", (run["error"], run["gate"])
