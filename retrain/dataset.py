@@ -185,13 +185,15 @@ def build_views(rated: list[RatedExample], pairs: list[PreferencePair]) -> dict[
     for r in sorted(rated, key=lambda r: (r.rated_at, r.message_id)):
         row = Example(prompt=r.prompt, completion=r.answer, conversation_id=r.conversation_id, user=r.user,
                       source_id=r.message_id, trusted=r.trusted)
-        corrected = bool(r.correction and r.correction.strip()) and normalise(r.correction) != normalise(r.answer)
+        # normalise: a correction of only spaces or invisible (format) characters is no correction at all.
+        wanted = normalise(r.correction) if r.correction else ""
+        corrected = bool(wanted) and wanted != normalise(r.answer)
         if corrected:
             fixed = dataclasses.replace(row, completion=r.correction)
             sft.append(fixed)
             kto += [dataclasses.replace(fixed, label=True), dataclasses.replace(row, label=False)]
             pref.append(dataclasses.replace(fixed, rejected=r.answer))
-        elif r.rating == "up" or r.correction:  # a correction equal to the answer endorses it
+        elif r.rating == "up" or wanted:  # a correction equal to the answer endorses it
             sft.append(row)
             kto.append(dataclasses.replace(row, label=True))
         elif r.rating == "down":

@@ -376,3 +376,24 @@ def test_answers_the_model_did_not_write_freely_train_only_when_trusted(data_sto
     picked = {r.message_id: r for r in dataset.select(data_store, datetime.now(UTC)).rated}
     assert set(picked) == {local, free}
     assert picked[local].trusted and not picked[free].trusted
+
+
+def test_a_correction_of_invisible_characters_is_no_correction():
+    """A thumbs-down whose correction is only U+200B (stored before the store refused it) trains as the plain
+    thumbs-down it is, not as an endorsement of the answer or a blank answer to learn."""
+    from datetime import UTC, datetime
+
+    from feedback.models import RatedExample
+    from retrain.dataset import build_views
+
+    def rated(correction, rating="down"):
+        return RatedExample(message_id=f"m{len(str(correction))}{rating}", conversation_id="c", user="bob",
+                            adapter="demo-a", prompt=[{"role": "user", "content": "Capital of Peru?"}],
+                            answer="Lima.", rating=rating, correction=correction, implicit=False,
+                            rated_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    views = build_views([rated("\u200b\u2060 ")], [])
+    assert views["sft"] == [] and views["pref"] == []
+    assert [(e.completion, e.label) for e in views["kto"]] == [("Lima.", False)]
+    views = build_views([rated(" lima. ", rating=None)], [])  # the same answer given as a correction endorses it
+    assert [(e.completion, e.label) for e in views["kto"]] == [("Lima.", True)] and len(views["sft"]) == 1
