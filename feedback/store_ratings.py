@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import time
-import unicodedata
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -25,7 +24,7 @@ from feedback.store_core import (
     _to_db,
     upsert,
 )
-from feedback.text import text_problem
+from feedback.text import text_problem, visible
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,6 @@ MAX_DATA_PAGE = 500  # most rows one Data tab page shows
 KEY_CHUNK = 1000
 # More answers than this in a window and one scan of history is cheaper than chunks of index lookups.
 MAX_KEYED = 50_000
-
-
-def _blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: only whitespace and format characters (Unicode Cf: U+200B, U+2060, ...)."""
-    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def _chunks(items: list, size: int | None = None):
@@ -159,7 +153,7 @@ class RatingStore(StoreCore):
         if rating.comment is not None and len(rating.comment) > MAX_TEXT_CHARS:
             raise InvalidRating(f"comment longer than {MAX_TEXT_CHARS} characters")
         if rating.correction is not None:
-            if _blank(rating.correction):
+            if not visible(rating.correction).strip():
                 raise InvalidRating("correction is empty")
             if len(rating.correction) > MAX_TEXT_CHARS:
                 raise InvalidRating(f"correction longer than {MAX_TEXT_CHARS} characters")

@@ -103,6 +103,12 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     upsert(cur, "review", {"message_id": message_id}, values)
 
 
+def user_trusted(cur, user: str) -> bool:
+    """Whether an admin set ``user``'s feedback to train as given (``set_user_trust``)."""
+    row = cur.execute('SELECT trusted FROM user_trust WHERE "user" = ?', [user]).fetchone()
+    return bool(row and row[0])
+
+
 class VersionRequired(InvalidReview):
     """An include that names rows without the version the admin was shown (``ids``: those rows)."""
 
@@ -326,8 +332,7 @@ class ReviewStore(StoreCore):
 
     def user_trusted(self, user: str) -> bool:
         with self._read() as cur:
-            row = cur.execute('SELECT trusted FROM user_trust WHERE "user" = ?', [user]).fetchone()
-        return bool(row and row[0])
+            return user_trusted(cur, user)
 
     def list_user_trust(self) -> list[dict]:
         with self._read() as cur:

@@ -225,10 +225,9 @@ class TurnStore(StoreCore):
         knows (local mode's single user and users an admin trusts are trusted; anyone else is not)."""
         if turn.trust is not None:
             return turn.trust
-        from feedback.store_review import LOCAL_USER
+        from feedback.store_review import LOCAL_USER, user_trusted
 
-        row = cur.execute('SELECT trusted FROM user_trust WHERE "user" = ?', [turn.user]).fetchone()
-        return "trusted" if turn.user == LOCAL_USER or (row and row[0]) else "untrusted"
+        return "trusted" if turn.user == LOCAL_USER or user_trusted(cur, turn.user) else "untrusted"
 
     def _conversation_for(self, cur, root: str, user: str, request: list[Message], now: datetime) -> tuple[str, int]:
         """(conversation id, number of request messages already stored) for a turn's history."""

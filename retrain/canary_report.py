@@ -15,7 +15,7 @@ import numpy as np
 
 from feedback.ab_stats import wilson_interval
 from feedback.models import Experiment
-from retrain.canary import CanaryPolicy, count, decide, evidence
+from retrain.canary import CanaryDecision, CanaryPolicy, count, decide, evidence
 
 ARMS = ("control", "candidate")
 
@@ -28,6 +28,12 @@ def _arm(up: float, n: float) -> dict:
 def _progress(log_e: float, alpha: float) -> float:
     """How far the evidence has come toward its threshold, 0..1+ on the log scale (1 = decision)."""
     return max(0.0, log_e) / math.log(1.0 / alpha)
+
+
+def decide_now(store, exp: Experiment, policy: CanaryPolicy, now: datetime) -> CanaryDecision:
+    """The canary's decision on ``exp`` from the store's counts (each rater weighed down to the policy's cap)."""
+    return decide(store.experiment_step_counts(exp.id, policy.max_judgements_per_user), exp.started_at, now,
+                  policy, store.experiment_raters(exp.id))
 
 
 def pick_experiment(store) -> Experiment | None:
@@ -78,8 +84,7 @@ def experiment_report(store, policy: CanaryPolicy, exp: Experiment, now: datetim
             "progress_harm": _progress(float(ev["log_e_harm"]), policy.harm_alpha),
         })
     if exp.active:
-        decision = decide(store.experiment_step_counts(exp.id, policy.max_judgements_per_user), exp.started_at, now,
-                          policy, store.experiment_raters(exp.id))
+        decision = decide_now(store, exp, policy, now)
         status, numbers = decision.reason, decision.numbers
     else:
         status = exp.reason or f"Ended ({exp.outcome})."

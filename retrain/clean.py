@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from feedback.models import Message
+from feedback.text import visible
 
 CountTokens = Callable[[str], int]
 
@@ -80,8 +81,7 @@ def normalise(text: str) -> str:
     Confusables (a Cyrillic "а" for a Latin "a") are not folded: the standard library has no table of
     them (Unicode's confusables.txt), and no package in the environment provides one.
     """
-    text = unicodedata.normalize("NFKC", text)
-    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold().split())
+    return " ".join(visible(unicodedata.normalize("NFKC", text)).casefold().split())
 
 
 # Shorter than this, a prefix says little ("I", "Yes, the"): such answers must match whole.

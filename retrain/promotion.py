@@ -15,7 +15,8 @@ from pathlib import Path
 from feedback import ab_stats
 from feedback.models import AdapterRecord
 from feedback.store import FeedbackStore
-from retrain.canary import CanaryPolicy, decide
+from retrain.canary import CanaryPolicy
+from retrain.canary_report import decide_now
 from serving.adapters import ALIASES, RESERVED, check_name
 from serving.errors import ServingError, UnknownAdapter
 from serving.types import BASE, PRODUCTION
@@ -198,11 +199,12 @@ class Promoter:
             if (why := self.in_use(name)) is not None:
                 raise PromotionError(why)
             check_name(name)
-            if self.store.get_adapter(name) is None and name not in self.loaded():
+            registered, loaded = self.store.get_adapter(name) is not None, name in self.loaded()
+            if not (registered or loaded):
                 raise UnknownAdapter(f"unknown adapter {name!r}")
-            if self.backend is not None and name in self.loaded():
+            if loaded:
                 self.backend.unload_adapter(name)
-            if self.store.get_adapter(name) is None:
+            if not registered:
                 # An adapter directory nobody registered (loaded from disk, or over the engine API): recorded
                 # now, or the archive would not outlive a restart, which loads every directory it finds.
                 self.store.register_adapter(AdapterRecord(name=name, path=str(Path(self.settings.adapters_dir) / name),
@@ -249,9 +251,7 @@ class Promoter:
             exp = self.store.active_experiment()
             if exp is None:
                 return None
-            policy = CanaryPolicy.from_settings(self.settings)
-            decision = decide(self.store.experiment_step_counts(exp.id, policy.max_judgements_per_user),
-                              exp.started_at, now or datetime.now(UTC), policy, self.store.experiment_raters(exp.id))
+            decision = decide_now(self.store, exp, CanaryPolicy.from_settings(self.settings), now or datetime.now(UTC))
             if decision.action == "continue":
                 return decision
             log.info("canary %s: %s (%s)", exp.id, decision.action, decision.reason)
