@@ -11,15 +11,21 @@ capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store k
 from __future__ import annotations
 
 from feedback.models import Rating
+from feedback.store_turns import MODEL
 from web.auth import Principal
 from web.context import AppContext
 
 
+def trusted(store, principal: Principal) -> bool:
+    """Whether ``principal``'s judgements train as given: an admin's, or a user's an admin trusts."""
+    return principal.is_admin or store.user_trusted(principal.name)
+
+
 def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str:
     """``trusted``, ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating."""
-    if principal.is_admin or ctx.store.user_trusted(principal.name):
+    if trusted(ctx.store, principal):
         return "trusted"
-    if ctx.store.answer_origins([rating.message_id]).get(rating.message_id, "model") != "model":
+    if ctx.store.answer_origins([rating.message_id]).get(rating.message_id, MODEL) != MODEL:
         return "review"  # the user wrote or forced this answer: the store holds it (feedback.store_turns)
     scope = ctx.settings.review_untrusted
     held = scope != "off" and (rating.correction is not None or (scope == "corrections_and_ups" and rating.rating == "up"))
