@@ -123,7 +123,8 @@ def build_review_panel(ctx: AppContext):
                 return ctx.store.include_rows(batch, actor=actor, reason=why, versions=versions)
             except RowsChanged as exc:
                 changed += exc.ids
-                batch = [i for i in batch if i not in set(exc.ids)]
+                gone = set(exc.ids)
+                batch = [i for i in batch if i not in gone]
         return 0
 
     inputs, outputs = [state, user], [counts, table]
