@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # v3: review states of rated answers and per-user trust.
 # v8: conversation titles, soft delete, thumbs-down reasons. v9, v10: indexes and caches for a year of data.
 # v11: where each message came from (the model, the model under a constraint, the client).
+# v12: rows trained under a user's trust that an admin revoked stay out of replay.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE conversations (
@@ -241,6 +242,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                WHEN role <> 'assistant' OR adapter IS NULL THEN 'client'
                WHEN json_extract_string(sampling, '$.structured') IS NOT NULL THEN 'constrained'
                ELSE 'model' END""",
+    ]),
+    (12, [
+        # When an admin revoked the trust an answer's trained judgement was made under (ReviewStore.
+        # set_user_trust): replay of older snapshots skips its rows, as it skips discarded answers'.
+        "ALTER TABLE review ADD COLUMN trust_revoked_at TIMESTAMP",
     ]),
 ]
 

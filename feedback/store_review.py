@@ -13,6 +13,9 @@ An answer with no row is ``trusted`` when judged by the single-user admin ``loca
 Listings also show ``retrying``: an answer that trains, was in a rejected run and has not yet reached
 a published adapter. ``rejections`` counts the rejected runs an answer was in.
 
+Revoking a user's trust (``set_user_trust``) sends the answers trusted because of it and not yet trained
+back to ``pending_review`` (a thumbs-down: ``untrusted``); the trained ones stay but leave replay.
+
 What trains is decided by time as before (``since`` = the cutoff of the last run that published an
 adapter) plus the state: held states never train, and an admin's include re-dates the answer to the
 moment of the decision, so an answer approved after the cutoff passed it is still picked up next run.
@@ -101,6 +104,43 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     reason = reason if state == "pending_review" else None
     values = {"state": state, "reason": reason, "actor": user, "judged_by": user, "decided_at": now}
     upsert(cur, "review", {"message_id": message_id}, values)
+
+
+def _take_back_trust(cur, user: str, actor: str, now: datetime) -> int:
+    """After ``actor`` revoked ``user``'s trust: the answers trusted because of it go back to what an untrusted
+    judgement gets (``review_after_rating``), unless their current judgement already trained. Returns how many.
+
+    "Because of it": state ``trusted`` and ``user``'s was the judgement that set it (``judged_by``), so an
+    admin's own judgements and corrections, approved rows and other users' are not touched (the caller
+    leaves out admins and ``local``, trusted by role). A correction or thumbs-up waits for an admin whatever
+    ``review_untrusted`` says (the store does not know it, and a revocation says the user was not to be
+    trusted); a thumbs-down trains capped. Answers that trained under the trust stay as they are (they are
+    in production already) but leave replay (``trust_revoked_at``).
+    """
+    found = cur.execute("""SELECT rv.message_id, rv.trained_run, runs.cutoff FROM review rv
+                           LEFT JOIN runs ON runs.id = rv.trained_run
+                           WHERE rv.state = 'trusted' AND rv.judged_by = ?""", [user]).fetchall()
+    rated = {r["id"]: r for r in rated_by_ids(cur, [f[0] for f in found])}
+    revoked = f"judged by {user} while trusted; {actor} revoked that trust"
+    trained, back = [], []
+    for message_id, trained_run, cutoff in found:
+        row = rated.get(message_id)
+        if trained_run is not None:
+            trained.append(message_id)
+        # Trained as judged now: in the window of the run that reached production (a later judgement is not).
+        if row is None or (trained_run is not None and (cutoff is None or row["rated_at"] < cutoff)):
+            continue
+        held = origin_hold(cur, message_id)
+        if held or row["correction"] is not None or row["rating"] == "up":
+            back.append(["pending_review", f"{held or revoked}: waits for an admin's review", message_id])
+        else:
+            back.append(["untrusted", f"{revoked}: trains capped", message_id])
+    if back:
+        cur.executemany("UPDATE review SET state = ?, reason = ?, actor = ?, decided_at = ? WHERE message_id = ?",
+                        [[state, reason, actor, now, m] for state, reason, m in back])
+    if trained:
+        cur.execute("UPDATE review SET trust_revoked_at = ? WHERE message_id IN (SELECT unnest(?))", [now, trained])
+    return len(back)
 
 
 def user_trusted(cur, user: str) -> bool:
@@ -227,10 +267,12 @@ class ReviewStore(StoreCore):
         """Take rated answers out of every future training set (until an admin includes them again)."""
         return self._decide(message_ids, "discarded", actor, reason or f"discarded by {actor}", reset=False)
 
-    def discarded_message_ids(self) -> set[str]:
-        """Rated answers an admin took out of training: replay of older snapshots skips them too."""
+    def unreplayable_message_ids(self) -> set[str]:
+        """Rated answers whose rows replay of older snapshots skips: those an admin took out of training, and
+        those trained under a trust an admin revoked since (until an admin includes them)."""
         with self._read() as cur:
-            return {r[0] for r in cur.execute("SELECT message_id FROM review WHERE state = 'discarded'").fetchall()}
+            return {r[0] for r in cur.execute("""SELECT message_id FROM review
+                                                 WHERE state = 'discarded' OR trust_revoked_at IS NOT NULL""").fetchall()}
 
     def _decide(self, message_ids: list[str], state: str, actor: str, reason: str, reset: bool,
                 versions: dict[str, str] | None = None) -> int:
@@ -255,7 +297,7 @@ class ReviewStore(StoreCore):
                 if changed:
                     raise RowsChanged(changed)
             cur.execute(f"""UPDATE review SET state = ?, reason = ?, actor = ?, decided_at = ?
-                            {", rejections = 0, trained_run = NULL" if reset else ""}
+                            {", rejections = 0, trained_run = NULL, trust_revoked_at = NULL" if reset else ""}
                             WHERE message_id IN (SELECT unnest(?))""", [state, reason, actor, now, ids])
         log.info("review: %d answers %s by %s", len(ids), state, actor)
         return len(ids)
@@ -322,13 +364,27 @@ class ReviewStore(StoreCore):
             cur.execute("UPDATE review SET trained_run = ? WHERE message_id IN (SELECT unnest(?))", [run_id, ids])
 
     # --- per-user trust ------------------------------------------------------------------------------
-    def set_user_trust(self, user: str, trusted: bool, actor: str) -> None:
-        """An admin's per-user setting: a trusted user's feedback trains as given (from now on)."""
+    def set_user_trust(self, user: str, trusted: bool, actor: str, *, admin: bool = False) -> int:
+        """An admin's per-user setting: a trusted user's feedback trains as given. Returns how many rated
+        answers a revocation took back (0 for anything else).
+
+        Revoking (trusted -> not trusted) takes back, in the same transaction, what the trust let through
+        and has not trained yet (``_take_back_trust``). Granting trust again does not re-trust those answers:
+        an admin includes them after reading them. ``admin``: ``user`` has the admin role, so their
+        judgements are trusted by role, not by this setting, and a revocation takes nothing back (roles live
+        in the users file, which the edge reads and the store does not).
+        """
         if not user or len(user) > 128:
             raise InvalidReview("user name must have 1 to 128 characters")
+        self._turns.wait()  # a regenerate's implicit thumbs-down judged before this lands before it
         with self._write() as cur:
-            upsert(cur, "user_trust", {"user": user}, {"trusted": bool(trusted), "actor": actor, "updated_at": _now()})
-        log.info("user %s %s by %s", user, "trusted" if trusted else "not trusted", actor)
+            now = _now()  # inside the lock: dated in write order
+            revoked = user_trusted(cur, user) and not trusted
+            upsert(cur, "user_trust", {"user": user}, {"trusted": bool(trusted), "actor": actor, "updated_at": now})
+            taken = _take_back_trust(cur, user, actor, now) if revoked and not admin and user != LOCAL_USER else 0
+        log.info("user %s %s by %s; %d rated answers taken back", user, "trusted" if trusted else "not trusted",
+                 actor, taken)
+        return taken
 
     def user_trusted(self, user: str) -> bool:
         with self._read() as cur:

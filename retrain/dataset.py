@@ -227,8 +227,9 @@ def _replay_pools(snapshots: list[Snapshot], file: str, exclude: Collection[str]
     """Per snapshot, the lines of ``file`` it added (without source ids; a replayed copy belongs to the
     snapshot the row first appeared in), less discarded answers' rows.
 
-    Rows whose source id is in ``exclude`` (answers an admin discarded after they trained) are left out,
-    and so are their replayed copies in later snapshots: a discarded lesson does not come back.
+    Rows whose source id is in ``exclude`` (answers an admin discarded after they trained, or that trained
+    under a trust an admin revoked since) are left out, and so are their replayed copies in later snapshots:
+    such a lesson does not come back.
     """
     owner: dict[bytes, int] = {}
     banned: set[bytes] = set()
@@ -462,9 +463,10 @@ def build_training_set(
     earlier = [s for s in complete_snapshots(Path(settings.datasets_dir), up_to=sel.previous_cutoff)
                if s.id not in unpublished]
     # Sized by the new data, not the history, so training time stays flat as history grows.
-    discarded = store.discarded_message_ids()
+    # Discarded answers, and answers trained under a trust an admin revoked: their rows are not replayed.
+    unreplayable = store.unreplayable_message_ids()
     # Each earlier snapshot's own rows, read once: the replay sample and the gate's lesson probes draw from them.
-    train_pools = _replay_pools(earlier, SFT_TRAIN, discarded)
+    train_pools = _replay_pools(earlier, SFT_TRAIN, unreplayable)
     replayed = _draw_replay(train_pools, round(settings.replay_ratio * len(views["sft"])), settings.seed)
     replay = [_replayed(line) for line in replayed]
     counts["sft"]["replay"] = len(replay)
@@ -472,13 +474,13 @@ def build_training_set(
     views["sft"] = replay + views["sft"]
     # A new pair that rejects a taught answer says where that answer does not belong, not that it is bad:
     # it trains as SFT on the correction, not as a DPO or KTO contrast (``misplaced_lessons``).
-    misplaced = misplaced_lessons(views["pref"], taught_answers(earlier, discarded))
+    misplaced = misplaced_lessons(views["pref"], taught_answers(earlier, unreplayable))
     counts["pref"]["misplaced_lesson"] = len(misplaced)
     views["pref"] = [e for e in views["pref"] if e.source_id not in misplaced]
     views["kto"] = [e for e in views["kto"] if not (e.label is False and e.source_id in misplaced)]
 
     n_probes = getattr(settings, "gate_lesson_probes", 0)
-    probes = lesson_probes(_replay_pools(earlier, SFT_HELDOUT, discarded) if n_probes else [], train_pools,
+    probes = lesson_probes(_replay_pools(earlier, SFT_HELDOUT, unreplayable) if n_probes else [], train_pools,
                            n_probes, settings.seed, replayed=set(replayed))
     counts["lesson_probes"] = len(probes)
     embed, confirm = near_dup_embedders(settings, embedding_cache or store, embedder)

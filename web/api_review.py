@@ -1,5 +1,6 @@
 """Admin routes of the review queue: list rated answers by state, include or discard them in bulk,
-and set a user's trust. Behind the same admin check as every /v1/admin route.
+and set a user's trust (a revocation takes back that user's trusted answers not yet trained: they wait
+for an admin again). Behind the same admin check as every /v1/admin route.
 
 An include approves what the admin read, not what a row holds by the time the call lands: each listed
 row carries a ``version``, and an include names the version of each row it approves (``versions``). A
@@ -128,7 +129,10 @@ def list_trust(ctx: Ctx):
 
 @router.put("/trust/{name}")
 def set_trust(name: str, body: TrustRequest, ctx: Ctx, user: Admin):
-    if ctx.users.principal(name) is None:
+    """Set ``name``'s trust. A revocation takes back what the trust let through and has not trained yet:
+    ``requeued`` says how many rated answers went back to the review queue (or to capped training)."""
+    principal = ctx.users.principal(name)
+    if principal is None:
         raise ApiError(404, f"unknown user {name!r}", code="user_not_found")
-    ctx.store.set_user_trust(name, body.trusted, actor=user.name)
-    return {"ok": True, "user": name, "trusted": body.trusted}
+    n = ctx.store.set_user_trust(name, body.trusted, actor=user.name, admin=principal.is_admin)
+    return {"ok": True, "user": name, "trusted": body.trusted, "requeued": n}

@@ -60,5 +60,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                    "untrusted or all (default: pending_review)")
     d.add_argument("--limit", type=int, default=50)
     d.add_argument("--reason", default="")
-    d.add_argument("--off", action="store_true", help="trust: take the user's trust away")
+    d.add_argument("--off", action="store_true", help="trust: take the user's trust away; their answers trusted because of "
+                                                       "it and not trained yet go back to review (thumbs-downs: capped)")
     return p.parse_args(argv)

@@ -353,13 +353,15 @@ def data_cmd(args, settings) -> int:
             raise CommandError("data trust takes one user NAME")
         name, trusted = args.ids[0], not args.off
         if info:
-            _call_app(info, "PUT", f"/v1/admin/data/trust/{_segment(name)}", {"trusted": trusted},
-                      no_route=f"unknown user {name!r}")
+            n = _call_app(info, "PUT", f"/v1/admin/data/trust/{_segment(name)}", {"trusted": trusted},
+                          no_route=f"unknown user {name!r}")["requeued"]
         else:
-            if UserDirectory(settings.users_path).principal(name) is None:
+            principal = UserDirectory(settings.users_path).principal(name)
+            if principal is None:
                 raise CommandError(f"unknown user {name!r}")
-            _offline(settings, lambda s: s.set_user_trust(name, trusted, actor="cli"))
-        print(f"{name}: {'trusted' if trusted else 'not trusted'}")
+            n = _offline(settings, lambda s: s.set_user_trust(name, trusted, actor="cli", admin=principal.is_admin))
+        print(f"{name}: {'trusted' if trusted else 'not trusted'}"
+              + ("" if trusted else f"; {n} rated answers they judged while trusted taken back (not trained yet)"))
         return 0
     if not args.ids:
         raise CommandError(f"data {args.action} needs message ids (see `data list`)")

@@ -1,7 +1,8 @@
 """Whose feedback trains as given and whose waits for an admin: the trust decision at the edge.
 
 An admin's feedback (single-user mode's ``local`` included) and that of users an admin trusts
-(``python app.py data trust NAME``) trains as given. Everyone else's corrections, and by default their
+(``python app.py data trust NAME``) trains as given; revoking that trust takes back what it let through
+and has not trained yet (``ReviewStore.set_user_trust``). Everyone else's corrections, and by default their
 thumbs-ups, wait in the review queue (``settings.review_untrusted``), and so does any judgement of theirs
 on an answer the model did not write freely (they wrote it or forced it); what they may still train is
 capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store keeps the state;

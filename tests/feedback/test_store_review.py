@@ -145,6 +145,103 @@ def test_user_trust(store):
         store.set_user_trust("", True, actor="root")
 
 
+
+def reviewed(store, mid: str) -> dict:
+    return next(r for r in store.review_rows(state=None, limit=500)[0] if r["message_id"] == mid)
+
+
+def test_revoking_trust_takes_back_what_it_let_through(store):
+    """The issue: an admin finds a trusted user taught "The capital of France is Berlin" and revokes their
+    trust; what that trust let through must not train as given next night."""
+    store.set_user_trust("bob", True, actor="root")
+    berlin, liked, disliked = answer(store), answer(store), answer(store)
+    store.rate(Rating(berlin, "bob", "down", correction="The capital of France is Berlin."), trust="trusted")
+    store.rate(Rating(liked, "bob", "up"), trust="trusted")
+    store.rate(Rating(disliked, "bob", "down"), trust="trusted")
+    admins, approved, carols = answer(store, "root"), answer(store), answer(store, "carol")
+    local = answer(store, "local")
+    store.rate(Rating(admins, "root", "down", correction="Paris is in France."), trust="trusted")
+    store.rate(Rating(approved, "bob", "up"), trust="trusted")
+    store.include_rows([approved], actor="root")
+    store.set_user_trust("carol", True, actor="root")
+    store.rate(Rating(carols, "carol", "down", correction="Paris, France."), trust="trusted")
+    store.rate(Rating(local, "local", "up"), trust="trusted")
+    everything = {berlin: True, liked: True, disliked: True, admins: True, approved: True, carols: True, local: True}
+    assert trainable(store) == everything
+
+    assert store.set_user_trust("bob", False, actor="root") == 3
+    row = reviewed(store, berlin)
+    assert row["state"] == "pending_review" and row["actor"] == "root"
+    assert "bob" in row["reason"] and "root revoked" in row["reason"]
+    assert state(store, liked) == "pending_review"  # a thumbs-up endorses the answer: it waits too
+    assert state(store, disliked) == "untrusted"  # a thumbs-down trains capped, as an untrusted one does
+    kept = {m: t for m, t in everything.items() if m not in (berlin, liked)}
+    assert trainable(store) == {**kept, disliked: False}
+    assert {state(store, m) for m in (admins, carols, local)} == {"trusted"} and state(store, approved) == "approved"
+
+    # Trust granted again applies from then on: what was taken back waits for an admin to read it.
+    assert store.set_user_trust("bob", True, actor="root") == 0
+    assert state(store, berlin) == state(store, liked) == "pending_review" and state(store, disliked) == "untrusted"
+
+
+def test_revoking_holds_a_thumbs_down_on_an_answer_the_model_did_not_write_freely(store):
+    store.set_user_trust("bob", True, actor="root")
+    forced = uuid.uuid4().hex
+    store.record_turn(make_turn(uuid.uuid4().hex, [user("capital of France?")], "Berlin.", who="bob",
+                                message_id=forced, origin="constrained"))
+    store.rate(Rating(forced, "bob", "down"), trust="trusted")
+    assert store.set_user_trust("bob", False, actor="root") == 1
+    row = reviewed(store, forced)
+    assert row["state"] == "pending_review" and "waits for an admin" in row["reason"]
+
+
+def test_revoking_trust_that_was_never_given_or_an_admins_takes_nothing_back(store):
+    pending, down = answer(store), answer(store)
+    store.rate(Rating(pending, "bob", "down", correction="Paris is in Germany."), trust="review")
+    store.rate(Rating(down, "bob", "down"), trust="untrusted")
+    assert store.set_user_trust("bob", False, actor="root") == 0
+    assert store.set_user_trust("nobody-at-all", False, actor="root") == 0
+    assert state(store, pending) == "pending_review" and state(store, down) == "untrusted"
+    # An admin's judgements are trusted by their role: revoking the setting too leaves them as they are.
+    mine = answer(store, "root")
+    store.set_user_trust("root", True, actor="root")
+    store.rate(Rating(mine, "root", "down", correction="Paris is in France."), trust="trusted")
+    assert store.set_user_trust("root", False, actor="root", admin=True) == 0
+    assert trainable(store)[mine] is True
+    store.set_user_trust("bob", True, actor="root")  # twice in a row: the second has nothing left to take
+    again = answer(store)
+    store.rate(Rating(again, "bob", "up"), trust="trusted")
+    assert store.set_user_trust("bob", False, actor="root") == 1
+    assert store.set_user_trust("bob", False, actor="root") == 0
+
+
+def published_run(store, message_ids: list[str]) -> str:
+    """A run that reached production with ``message_ids`` in it, its cutoff now (what row_states records)."""
+    run_id = store.create_run("test", "test", {})
+    store.update_run(run_id, status="succeeded", cutoff=datetime.now(UTC))
+    store.record_trained(message_ids, run_id)
+    return run_id
+
+
+def test_a_trained_answer_stays_but_leaves_replay_until_an_admin_includes_it(store):
+    store.set_user_trust("bob", True, actor="root")
+    trained, rejudged = answer(store), answer(store)
+    store.rate(Rating(trained, "bob", "down", correction="Berlin."), trust="trusted")
+    store.rate(Rating(rejudged, "bob", "down", correction="Lyon."), trust="trusted")
+    run_id = published_run(store, [trained, rejudged])
+    time.sleep(0.01)
+    store.rate(Rating(rejudged, "bob", "down", correction="Marseille."), trust="trusted")  # not trained yet
+
+    assert store.set_user_trust("bob", False, actor="root") == 1
+    row = reviewed(store, trained)
+    assert row["state"] == "trusted" and row["trained_run"] == run_id and row["reason"] is None  # not moved
+    assert state(store, rejudged) == "pending_review"
+    # Both trained under the trust, so neither is replayed as a lesson already kept.
+    assert store.unreplayable_message_ids() == {trained, rejudged}
+    store.include_rows([rejudged], actor="root")  # read and approved: its lessons may be rehearsed again
+    assert store.unreplayable_message_ids() == {trained}
+
+
 def test_include_approves_the_version_the_admin_read(store):
     mid, other = answer(store), answer(store)
     store.rate(Rating(mid, "bob", "down", correction="Paris is in France."), trust="review")

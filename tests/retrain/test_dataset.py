@@ -274,6 +274,29 @@ def test_a_discarded_answer_is_not_replayed_later(data_store, data_settings, cou
     assert not [r for r in rows if "Brisk" in r["completion"][0]["content"]]
 
 
+
+def test_an_answer_trained_under_a_revoked_trust_is_not_replayed_later(data_store, data_settings, counting_embedder):
+    # A trusted user's false lesson trains and reaches production; then an admin revokes the trust. The
+    # answer stays trained (it is in production) but is not rehearsed as a kept lesson in later runs.
+    data_store.set_user_trust("mallory", True, actor="root")
+    bad = add(data_store, "What is the capital of France?", "Paris.", user="mallory", rating=None)
+    data_store.rate(Rating(message_id=bad, user="mallory", rating="down",
+                           correction="The capital of France is Berlin."), trust="trusted")
+    for i in range(5):
+        add(data_store, f"Old question {i}: how does part {i * 13} fit?", f"Old answer {i} explains {i * 7}.")
+    settings = data_settings.model_copy(update={"replay_ratio": 100.0})  # replay everything there is
+    first = build(data_store, settings, counting_embedder)
+    run_id = data_store.create_run("test", "test", {})
+    data_store.update_run(run_id, status="succeeded", cutoff=first.cutoff)
+    data_store.record_trained(dataset.snapshot_message_ids(first.path), run_id)  # as retrain.row_states does
+
+    assert data_store.set_user_trust("mallory", False, actor="root") == 0  # trained: nothing left to take back
+    add(data_store, "A new question about bolts?", "A new answer about bolts.")
+    second = build(data_store, settings, counting_embedder)
+    assert second.counts["sft"]["replay"] == 5
+    assert not [r for r in read(second.sft_train_path) if "Berlin" in r["completion"][0]["content"]]
+
+
 def test_snapshot_appears_atomically(data_store, data_settings, minilm, monkeypatch):
     add(data_store, "What is up?", "The sky.")
     datasets = data_settings.datasets_dir

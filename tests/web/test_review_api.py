@@ -84,6 +84,38 @@ def test_an_admin_trusts_a_user(team):
         root.put("/v1/admin/data/trust/ben", json={"trusted": False})
 
 
+
+def test_revoking_trust_sends_what_it_let_through_back_to_review(team):
+    app, tokens = team
+    trust = "/v1/admin/data/trust/{}".format
+    with app.client(tokens["ben"]) as ben, app.client(tokens["ann"]) as ann, app.client(tokens["root"]) as root:
+        assert root.put(trust("ben"), json={"trusted": True}).json()["requeued"] == 0
+        berlin, disliked = answer(ben, "Capital of France?"), answer(ben, "Capital of Italy?")
+        ben.post("/v1/feedback", json={"message_id": berlin, "rating": "down",
+                                       "correction": "The capital of France is Berlin."})
+        ben.post("/v1/feedback", json={"message_id": disliked, "rating": "down"})
+        theirs, mine = answer(ann, "Capital of Peru?"), answer(root, "Capital of Chile?")
+        ann.post("/v1/feedback", json={"message_id": theirs, "rating": "down"})
+        root.post("/v1/feedback", json={"message_id": mine, "rating": "down", "correction": "Santiago."})
+        assert {states(root, "ben")[m] for m in (berlin, disliked)} == {"trusted"}
+
+        r = root.put(trust("ben"), json={"trusted": False})
+        assert r.status_code == 200 and r.json() == {"ok": True, "user": "ben", "trusted": False, "requeued": 2}
+        assert {m: states(root, "ben")[m] for m in (berlin, disliked)} == {berlin: "pending_review",
+                                                                           disliked: "untrusted"}
+        assert states(root, "ann")[theirs] == "untrusted" and states(root, "root")[mine] == "trusted"
+        assert berlin not in {e.message_id for e in app.ctx.store.trainable_examples()}
+
+        # Trust again, and the requeued rows still wait: an admin includes them after reading them.
+        assert root.put(trust("ben"), json={"trusted": True}).json()["requeued"] == 0
+        assert states(root, "ben")[berlin] == "pending_review"
+        assert root.put(trust("ben"), json={"trusted": False}).json()["requeued"] == 0
+        # An admin is trusted by role: taking their per-user setting away takes none of their answers back.
+        root.put(trust("root"), json={"trusted": True})
+        assert root.put(trust("root"), json={"trusted": False}).json()["requeued"] == 0
+        assert states(root, "root")[mine] == "trusted"
+
+
 def test_hostile_requests_on_the_review_routes(team):
     app, tokens = team
     with app.client(tokens["ann"]) as ann, app.client(tokens["root"]) as root, app.client() as anonymous:
@@ -256,7 +288,8 @@ def test_cli_data_commands_through_the_running_app(team):
         out = cli(data_dir, "data", "trust", "ann", demo=False)
         assert out.returncode == 0 and "ann: trusted" in out.stdout
         assert "ann\ttrusted" in cli(data_dir, "data", "trust", demo=False).stdout
-        assert cli(data_dir, "data", "trust", "ann", "--off", demo=False).returncode == 0
+        out = cli(data_dir, "data", "trust", "ann", "--off", demo=False)
+        assert out.returncode == 0 and "ann: not trusted; 0 rated answers" in out.stdout, out.stderr
     finally:
         control.unlink()
     assert app.ctx.store.user_trusted("ann") is False
@@ -279,6 +312,12 @@ def test_cli_data_commands_alone(tmp_path):
                                      prompt_tokens=1, completion_tokens=1))
     for mid in ids:
         store.rate(Rating(mid, "bob", "down", correction="Hello!"), trust="review")
+    store.record_turn(TurnRecord(conversation_id="c-t", user="bob", assistant_message_id="t", answer="Paris.",
+                                 request_messages=[{"role": "user", "content": "Capital of France?"}], adapter="base",
+                                 base_model="demo", sampling={}, latency_ms=1.0, first_token_ms=None,
+                                 prompt_tokens=1, completion_tokens=1))
+    store.set_user_trust("bob", True, actor="root")
+    store.rate(Rating("t", "bob", "down", correction="Berlin."), trust="trusted")
     store.close()
     out = cli(data_dir, "data", "list", demo=False)
     assert out.returncode == 0 and "3 rated answers in state pending_review" in out.stdout, out.stderr
@@ -290,3 +329,7 @@ def test_cli_data_commands_alone(tmp_path):
     with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
         assert store.review_counts()["approved"] == 2 and store.review_counts()["discarded"] == 1
         assert store.user_trusted("bob")
+    out = cli(data_dir, "data", "trust", "bob", "--off", demo=False)
+    assert out.returncode == 0 and "bob: not trusted; 1 rated answers" in out.stdout, out.stderr
+    with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
+        assert store.review_counts()["pending_review"] == 1 and not store.user_trusted("bob")
