@@ -2,7 +2,8 @@
 
 Handlers only translate between HTTP and the services in ``AppContext``; errors become JSON in
 ``web.errors``. Admin routes sit on a router whose dependency checks the role, so a new admin route
-cannot forget the check.
+cannot forget the check. Every route of an authenticated router checks its caller before the request
+body is read (``guarded_router``), so an anonymous caller learns nothing about any route's body.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -260,6 +263,37 @@ User = Annotated[Principal, Depends(_principal)]
 Admin = Annotated[Principal, Depends(_admin)]
 
 
+def _caller_admin(request: Request) -> Principal:
+    return _admin(_principal(request))
+
+
+def _checked_first(check) -> type[APIRoute]:
+    """A route class that runs ``check(request)`` before FastAPI reads the body.
+
+    FastAPI decodes a JSON body before it runs any dependency, so a router's auth dependency alone let an
+    anonymous caller's malformed body be answered 422 (the decoder's words) or 400 before its 401.
+    """
+
+    class CheckedFirst(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                await run_in_threadpool(check, request)  # reads the users file: not on the event loop
+                return await handler(request)
+
+            return checked
+
+    return CheckedFirst
+
+
+def guarded_router(admin_only: bool, prefix: str = "") -> APIRouter:
+    """A router whose every route needs a signed-in caller (an admin, with ``admin_only``): checked before
+    the body is read, and again as the routes' dependency, so the routes' own signature says so."""
+    check, dependency = (_caller_admin, _admin) if admin_only else (_principal, _principal)
+    return APIRouter(prefix=prefix, dependencies=[Depends(dependency)], route_class=_checked_first(check))
+
+
 def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
@@ -278,11 +312,11 @@ def _params(ctx: AppContext, max_tokens: int | None, temperature: float | None, 
 
 # --- routes --------------------------------------------------------------------------------------
 public = APIRouter()
-users = APIRouter(dependencies=[Depends(_principal)])
-admin = APIRouter(prefix="/v1/admin", dependencies=[Depends(_admin)])
+users = guarded_router(admin_only=False)
+admin = guarded_router(admin_only=True, prefix="/v1/admin")
 # vLLM's runtime LoRA routes, so another Tuneloop can use this one as its engine. They sit outside
 # /v1/admin because the paths are vLLM's, but behind the same admin check.
-engine = APIRouter(prefix="/v1", dependencies=[Depends(_admin)])
+engine = guarded_router(admin_only=True, prefix="/v1")
 
 
 @public.get("/healthz")

@@ -15,15 +15,15 @@ import threading
 from collections import OrderedDict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool
 
 from feedback.store_review import LIST_STATES, MAX_IDS, RowsChanged, VersionRequired
-from web.api import Admin, Ctx, Id, Name, Text, _admin
+from web.api import Admin, Ctx, Id, Name, Text, guarded_router
 from web.errors import ApiError, error_body
 
-router = APIRouter(prefix="/v1/admin/data", dependencies=[Depends(_admin)])
+router = guarded_router(admin_only=True, prefix="/v1/admin/data")
 MAX_PAGE = 500
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.web.conftest import seed_data_dir, start_app
@@ -63,6 +65,48 @@ def test_every_admin_route_refuses_anonymous_and_user(multi_user_app):
             assert bob.request(method, path, json={}).status_code == 403, path
         with app.client("tl-made-up-token") as forged:
             assert forged.request(method, path, json={}).status_code == 401, path
+
+
+# Bodies FastAPI cannot decode: it reads them before any dependency runs, so these once got 422 (the JSON
+# decoder's words) or 400 before the auth check could answer.
+BAD_BODIES = (b'{"messages": [', b'{"rating": "\xff"}')
+
+
+def body_routes(app) -> list[tuple[str, str, bool]]:
+    """(method, path, admin only) of every route that takes a JSON body, read from the app itself."""
+    routes = []
+    for path, methods in app.server.config.app.openapi()["paths"].items():
+        for method, op in methods.items():
+            if "requestBody" in op:
+                concrete = re.sub(r"\{[^}]+\}", "x", path)
+                routes.append((method.upper(), concrete, path.startswith("/v1/admin") or path in ENGINE_ROUTES))
+    return routes
+
+
+def test_a_body_is_judged_only_after_the_caller(multi_user_app):
+    """Anonymous: 401 on every route with a body, whatever the body; a user on an admin route: 403; a caller
+    allowed the route still learns what was wrong with the body."""
+    app, tokens = multi_user_app
+    routes = body_routes(app)
+    assert {("POST", "/v1/chat/completions", False), ("POST", "/v1/feedback", False),
+            ("POST", "/v1/admin/data/include", True)} <= set(routes)
+    headers = {"content-type": "application/json"}
+    for method, path, admin_only in routes:
+        for body in BAD_BODIES:
+            with app.client() as anon, app.client("tl-made-up-token") as forged:
+                for caller in (anon, forged):
+                    r = caller.request(method, path, content=body, headers=headers)
+                    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (path, body)
+            with app.client(tokens["bob"]) as bob:
+                r = bob.request(method, path, content=body, headers=headers)
+                assert r.status_code == (403 if admin_only else 422 if body == BAD_BODIES[0] else 400), (path, body)
+            if admin_only:
+                with app.client(tokens["alice"]) as alice:
+                    r = alice.request(method, path, content=body, headers=headers)
+                    assert r.status_code == (422 if body == BAD_BODIES[0] else 400), (path, body)
+    with app.client(tokens["bob"]) as bob:
+        r = bob.post("/v1/chat/completions", content=BAD_BODIES[0], headers=headers)
+    assert "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_user_routes_need_a_token_and_record_the_user(multi_user_app):
