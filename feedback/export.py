@@ -10,9 +10,11 @@ conversation left without an assistant answer is skipped, since fine-tuning need
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, time
@@ -29,21 +31,19 @@ OPENAI_MESSAGE_KEYS = ("role", "content")
 
 
 def export(store: FeedbackStore, out: Path, fmt: Literal["openai", "parquet"], since: date | None = None,
-           rated_only: bool = False) -> int:
+           rated_only: bool = False, replace: bool = True) -> int:
     """Write the export to ``out`` atomically; returns rows written (conversations or messages).
 
     Written a batch of rows at a time (``FeedbackStore.export_batches``), so memory stays flat
-    however large the export is.
+    however large the export is. Without ``replace`` an existing ``out`` raises ``FileExistsError``
+    (see ``written_to``).
     """
     if fmt not in ("openai", "parquet"):
         raise ValueError(f"unknown export format {fmt!r}; use 'openai' or 'parquet'")
     start = datetime.combine(since, time.min) if since is not None else None
     batches = store.export_batches(since=start, rated_only=rated_only)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     written = 0
-    try:
+    with written_to(Path(out), replace) as tmp:
         if fmt == "openai":
             with tmp.open("w", encoding="utf-8") as f:
                 for rows in _conversations(batches):
@@ -67,11 +67,47 @@ def export(store: FeedbackStore, out: Path, fmt: Literal["openai", "parquet"], s
             finally:
                 if writer is not None:
                     writer.close()
-        os.replace(tmp, out)  # readers see the old file or the whole new one, never a partial one
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("export written fmt=%s rows=%d path=%s", fmt, written, out)
     return written
+
+
+@contextlib.contextmanager
+def written_to(out: Path, replace: bool) -> Iterator[Path]:
+    """A fresh temp file beside ``out`` to write; when the block ends without error it becomes ``out`` whole.
+
+    Readers see the old file or the whole new one, never a partial one, and the temp file is gone either
+    way. Without ``replace`` the file is linked in, which fails if ``out`` exists by then: a file created
+    after the caller checked is never replaced (``FileExistsError``). A temp name no one can guess, so
+    nothing placed there in advance (a symlink) is written through.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        if replace:
+            os.replace(tmp, out)
+        else:
+            _link_new(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, out: Path) -> None:
+    """``tmp`` at ``out``, which must not exist; ``FileExistsError`` if it does."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise
+    except OSError:
+        # A file system without hard links (FAT, some network shares): create exclusively, then copy. A
+        # reader may see it grow, but no file that was there is lost.
+        with open(out, "xb") as dst:
+            try:
+                with open(tmp, "rb") as src:
+                    shutil.copyfileobj(src, dst)
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
 
 
 def _conversations(batches) -> Iterator[list[dict]]:

@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub.add_parser("serve", help="run the app (the default)", parents=[common])
     e = sub.add_parser("export", help="export conversations with their ratings", parents=[common])
     e.add_argument("--out", required=True, help="file to write (outside the data dir)")
-    e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--force", action="store_true",
+                   help="replace --out if it exists; without it a file there, even one made while exporting, stays")
     e.add_argument("--format", choices=["openai", "parquet"], default="openai")
     e.add_argument("--since", help="only conversations from this date (YYYY-MM-DD)")
     e.add_argument("--rated-only", action="store_true")

@@ -112,7 +112,8 @@ def export_target(out: str, data_dir: Path, force: bool = False) -> Path:
 
     Never inside the data dir (paths compared resolved, so neither a symlink nor ".." gets there): an export
     renamed over ``tuneloop.duckdb`` or ``users.toml`` replaces the app's own files, under it if it runs.
-    An existing file only with ``force``; never a folder or anything but a regular file.
+    An existing file only with ``force``; never a folder or anything but a regular file. One created after
+    this check is still never replaced without ``force`` (``feedback.export.written_to``).
     """
     if not out:
         raise CommandError("--out needs a file name")
@@ -149,7 +150,7 @@ def export_cmd(args, settings) -> int:
     info = find_running_app(settings.data_dir)
     if info:
         with _writing(out):
-            _download_export(info, out, args.format, since, args.rated_only)
+            _download_export(info, out, args.format, since, args.rated_only, args.force)
         print(f"exported to {out} (through the running app)")
         return 0
     from feedback.export import export
@@ -158,7 +159,7 @@ def export_cmd(args, settings) -> int:
     store.limit_memory(EXPORT_MEMORY_MB)
     try:
         with _writing(out):
-            n = export(store, out, args.format, since=since, rated_only=args.rated_only)
+            n = export(store, out, args.format, since=since, rated_only=args.rated_only, replace=args.force)
     finally:
         store.close()
     print(f"exported {n} rows to {out}")
@@ -169,31 +170,31 @@ def export_cmd(args, settings) -> int:
 def _writing(out: Path):
     try:
         yield
+    except FileExistsError:  # checked absent, but created while the export ran: theirs stays
+        raise CommandError(f"--out {out} was created while exporting and was left as it is: "
+                           "pass --force to replace it") from None
     except OSError as exc:  # export_target checked, but disks fill and folders change: still one sentence
         raise CommandError(f"cannot write --out {out}: {exc.strerror or exc}") from None
 
 
-def _download_export(info: dict, out: Path, fmt: str, since: date | None, rated_only: bool) -> None:
+def _download_export(info: dict, out: Path, fmt: str, since: date | None, rated_only: bool, replace: bool) -> None:
     import httpx
+
+    from feedback.export import written_to
 
     params = {"format": fmt, "rated_only": str(rated_only).lower()}
     if since:
         params["since"] = since.isoformat()
-    # Streamed to a temp file beside ``out`` and renamed: a year of data never sits in memory, and a
-    # failed download leaves the old file as it was.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.download")
-    try:
-        with _app_answers(info), httpx.stream("GET", info["url"] + "/v1/admin/export", params=params, timeout=600,
-                                              headers={"Authorization": f"Bearer {info['token']}"}) as r:
-            if r.status_code >= 400:
-                raise CommandError(_error_message(r.status_code, r.read().decode(errors="replace")))
-            with tmp.open("wb") as f:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Streamed to a temp file beside ``out``: a year of data never sits in memory, and a failed download
+    # leaves the old file as it was.
+    with written_to(out, replace) as tmp, _app_answers(info), \
+            httpx.stream("GET", info["url"] + "/v1/admin/export", params=params, timeout=600,
+                         headers={"Authorization": f"Bearer {info['token']}"}) as r:
+        if r.status_code >= 400:
+            raise CommandError(_error_message(r.status_code, r.read().decode(errors="replace")))
+        with tmp.open("wb") as f:
+            for chunk in r.iter_bytes(1 << 20):
+                f.write(chunk)
 
 
 def retrain_cmd(args, settings) -> int:

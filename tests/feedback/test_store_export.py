@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import date, timedelta
 
 import pyarrow.parquet as pq
@@ -85,3 +86,42 @@ def test_export_in_small_batches_is_the_same_file(filled, tmp_path, monkeypatch)
     assert small.read_bytes() == whole["openai"].read_bytes()
     export(filled, tmp_path / "small.parquet", "parquet")
     assert pq.read_table(tmp_path / "small.parquet").equals(pq.read_table(whole["parquet"]))
+
+
+@pytest.mark.parametrize("fmt", ["openai", "parquet"])
+def test_a_file_at_the_target_is_replaced_only_when_asked(filled, tmp_path, fmt):
+    """Without ``replace`` a file at ``out`` (one created after the CLI checked, say) stays as it was and no
+    temp file is left; a dangling symlink there is not written through either."""
+    folder = tmp_path / "out"  # the store lives in tmp_path
+    folder.mkdir()
+    out = folder / "theirs"
+    out.write_text("theirs")
+    with pytest.raises(FileExistsError):
+        export(filled, out, fmt, replace=False)
+    assert out.read_text() == "theirs" and os.listdir(folder) == ["theirs"]
+    link = folder / "link"
+    link.symlink_to(folder / "elsewhere")
+    with pytest.raises(FileExistsError):
+        export(filled, link, fmt, replace=False)
+    assert sorted(os.listdir(folder)) == ["link", "theirs"]
+    assert export(filled, out, fmt) > 0 and out.read_bytes() != b"theirs"
+    assert export(filled, folder / "new", fmt, replace=False) > 0
+    assert sorted(os.listdir(folder)) == ["link", "new", "theirs"]
+
+
+def test_without_hard_links_a_new_target_is_created_exclusively(filled, tmp_path, monkeypatch):
+    """On a file system without hard links (FAT, some shares) the no-replace export still lands, and still
+    never replaces a file that is there."""
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    folder = tmp_path / "out"  # the store lives in tmp_path
+    folder.mkdir()
+    out = folder / "new.jsonl"
+    assert export(filled, out, "openai", replace=False) == 3
+    assert len(out.read_text().splitlines()) == 3
+    out.write_text("theirs")
+    with pytest.raises(FileExistsError):
+        export(filled, out, "openai", replace=False)
+    assert out.read_text() == "theirs" and os.listdir(folder) == ["new.jsonl"]

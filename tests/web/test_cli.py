@@ -4,6 +4,7 @@ users; as a user would type them."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,46 @@ def cli(data_dir: Path, *args: str, demo: bool = True, timeout: float = 600) -> 
     flags = ["--demo"] if demo else []
     return subprocess.run([sys.executable, "app.py", *flags, "--data-dir", str(data_dir), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# `python app.py ...` with a file created at --out just after the command checked it was free: the race
+# between another program and the export, made to happen every time.
+EXPORT_RACE = """
+import sys
+
+import app
+from web import commands
+
+checked = commands.export_target
+
+
+def then_created(out, data_dir, force=False):
+    path = checked(out, data_dir, force)
+    path.write_text("theirs")
+    return path
+
+
+commands.export_target = then_created
+sys.exit(app.main(sys.argv[1:]))
+"""
+
+
+def export_raced(data_dir: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", EXPORT_RACE, "--data-dir", str(data_dir), "export", "--out", str(out),
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def assert_race_lost_nothing(data_dir: Path, out: Path) -> None:
+    """Without --force the file created after the check stays, with one line saying so; with it, replaced."""
+    r = export_raced(data_dir, out)
+    assert r.returncode == 2 and out.read_text() == "theirs", (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == (
+        f"error: --out {out} was created while exporting and was left as it is: pass --force to replace it")
+    assert os.listdir(out.parent) == [out.name]  # no temp file left beside it
+    out.unlink()
+    r = export_raced(data_dir, out, "--force")
+    assert r.returncode == 0 and out.read_text() != "theirs", r.stderr
+    assert os.listdir(out.parent) == [out.name]
 
 
 def rate_some(url: str, n: int = 4) -> None:
@@ -88,6 +129,8 @@ def test_export_and_users_commands(tmp_path, demo_model_dir):
     assert users.by_token(token).name == "bob" and users.check_password("bob", "bob-password-1")
     bad = cli(data_dir, "users", "add", "../evil", "--password", "long-enough-1", demo=False)
     assert bad.returncode != 0 and "invalid user name" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "raced").mkdir()
+    assert_race_lost_nothing(data_dir, tmp_path / "raced" / "chats.jsonl")
 
 
 def test_names_in_the_running_apps_urls_are_one_path_segment_and_export_spares_its_files(tmp_path, demo_model_dir):
@@ -131,6 +174,8 @@ def test_names_in_the_running_apps_urls_are_one_path_segment_and_export_spares_i
         assert cli(data_dir, "export", "--out", str(out), demo=False).returncode == 0
         r = cli(data_dir, "export", "--out", str(out), demo=False)
         assert r.returncode == 2 and "--force" in r.stderr, r.stderr
+        (tmp_path / "raced").mkdir()
+        assert_race_lost_nothing(data_dir, tmp_path / "raced" / "chats.jsonl")  # through the app's download
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
