@@ -6,6 +6,11 @@ by its latest correction. A conversation is cut just before an answer whose late
 thumbs-down and that has no correction: what follows was built on an answer users rejected, and
 keeping it would teach the model that answer. Trailing non-assistant messages are trimmed and a
 conversation left without an assistant answer is skipped, since fine-tuning needs one to learn from.
+The lines hold nothing but ``messages`` of ``role`` and ``content``: the format has no place for metadata.
+
+Parquet: every message with its metadata (``FeedbackStore.export_batches``), ``origin`` among it: whether
+the model wrote the answer freely (``model``), under a constraint (``constrained``), or the client sent it
+(``client``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from feedback.store_core import (
     _to_db,
     upsert,
 )
+from feedback.store_turns import origin_sql, origins_of
 from feedback.text import text_problem, visible
 
 log = logging.getLogger(__name__)
@@ -267,13 +268,14 @@ class RatingStore(StoreCore):
                 rows += [r for r in _rows(cur) if (r["message_id"], r["user"]) in order]
             rows.sort(key=lambda r: order[(r["message_id"], r["user"])])
             prompts = self._prompts(cur, rows)
+            origins = origins_of(cur, [r["message_id"] for r in rows])
         out = []
         for row, prompt in zip(rows, prompts, strict=True):
             last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
             out.append({"message_id": row["message_id"], "conversation_id": row["conversation_id"],
                         "user": row["user"], "adapter": row["adapter"], "prompt": last_user, "answer": row["answer"],
                         "rating": row["rating"], "reason": row["reason"], "implicit": row["implicit"],
-                        "comment": row["comment"],
+                        "comment": row["comment"], "origin": origins.get(row["message_id"]),
                         "correction": row["correction"], "created_at": _from_db(row["created_at"])})
         return out
 
@@ -441,7 +443,7 @@ counts AS (SELECT message_id, count(*) FILTER (rating = 'up') AS ups, count(*) F
            FROM ratings WHERE message_id IN (SELECT id FROM inrange) GROUP BY message_id),
 """ + _EXPORT_PICKED + """
 SELECT m.id AS message_id, m.conversation_id, cv.parent_id AS parent_conversation_id, m.position,
-       m.role, m.content, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
+       m.role, m.content, {origin} AS origin, m."user", m.adapter, m.base_model, m.superseded, m.replaces,
        m.experiment_id, m.arm, m.created_at, r.rating, r.reason, r.implicit, r.comment,
        coalesce(n.ups, 0) AS ups, coalesce(n.downs, 0) AS downs, c.content AS correction,
        c."user" AS corrected_by
@@ -451,7 +453,7 @@ LEFT JOIN lr r ON r.message_id = m.id AND r.rn = 1
 LEFT JOIN lc c ON c.message_id = m.id AND c.rn = 1
 LEFT JOIN counts n ON n.message_id = m.id
 ORDER BY m.conversation_id, m.position, m.seq
-""").format(range=_IN_RANGE)
+""").format(range=_IN_RANGE, origin=origin_sql("m"))
 
 
 _PER_ADAPTER_SQL = """

@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 MODEL, CONSTRAINED, CLIENT = "model", "constrained", "client"
 ORIGINS = (MODEL, CONSTRAINED, CLIENT)
-# The stored origin; a row inserted without one (plain SQL, feedback/synthetic.py) reads as migration 11
-# sets old rows: an answer always has an adapter, a message of the request never does.
-ORIGIN_SQL = "coalesce(origin, CASE WHEN role = 'assistant' AND adapter IS NOT NULL THEN 'model' ELSE 'client' END)"
 # Why an untrusted user's judgement of such an answer waits for an admin, whatever the judgement says.
 HOLD_REASONS = {
     CLIENT: "the model did not write this answer: the user sent it as part of the chat history; "
@@ -35,6 +32,16 @@ HOLD_REASONS = {
                  "row cannot show; waits for an admin's review",
 }
 _ORIGIN_CHUNK = 1000  # ids per IN list: below DuckDB's index_scan_max_count, so the primary key serves it
+
+
+def origin_sql(alias: str = "") -> str:
+    """The origin of a ``messages`` row (``alias``: the table's name in the query) as SQL.
+
+    The stored origin; a row inserted without one (plain SQL, feedback/synthetic.py) reads as migration 11
+    sets old rows: an answer always has an adapter, a message of the request never does.
+    """
+    m = f"{alias}." if alias else ""
+    return f"coalesce({m}origin, CASE WHEN {m}role = 'assistant' AND {m}adapter IS NOT NULL THEN 'model' ELSE 'client' END)"
 
 
 def answer_origin(turn: TurnRecord) -> str:
@@ -50,7 +57,7 @@ def origins_of(cur, message_ids: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for i in range(0, len(ids), _ORIGIN_CHUNK):
         chunk = ids[i:i + _ORIGIN_CHUNK]
-        cur.execute(f"SELECT id, {ORIGIN_SQL} FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        cur.execute(f"SELECT id, {origin_sql()} FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         out.update(cur.fetchall())
     return out
 

@@ -81,7 +81,7 @@ def build_data_tab(ctx: AppContext):
             return (_totals_sentence(stats["totals"]), pd.DataFrame(days, columns=["day", "kind", "count"]),
                     fmt.table(adapters, ["adapter", "messages", "rated", "up", "down", "corrections", "up_rate"],
                               "No answers yet: once people chat, each adapter's thumbs appear here."),
-                    fmt.table(rows, ["created_at", "user", "adapter", "prompt", "answer", "rating", "reason",
+                    fmt.table(rows, ["created_at", "user", "adapter", "prompt", "answer", "origin", "rating", "reason",
                                      "comment", "correction"],
                               "No rated answers match. Ratings appear here when users press 👍 or 👎 under an "
                               "answer, or edit an answer to correct it.", elem_class="tl-rated"))

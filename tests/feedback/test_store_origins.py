@@ -169,3 +169,32 @@ def test_a_v10_file_gets_origins_for_the_messages_it_holds(tmp_path):
         assert con.execute("SELECT count(*) FROM messages WHERE origin IS NULL").fetchone()[0] == 0
     finally:
         con.close()
+
+
+def test_rated_rows_and_the_parquet_export_say_where_each_answer_came_from(store, tmp_path):
+    """The Data tab's rows and the Parquet export carry ``origin``; the OpenAI JSONL keeps its fixed schema
+    (it has no place for it)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from feedback.export import export
+
+    forged, answer = _forged_turn(store)
+    forced = make_turn("c2", [user("json please")], '{"a": 1}', origin="constrained")
+    store.record_turn(forced)
+    for mid in (forged, answer, forced.assistant_message_id):
+        store.rate(Rating(message_id=mid, user="admin", rating="up"), trust="trusted")
+    expected = {forged: "client", answer: "model", forced.assistant_message_id: "constrained"}
+
+    assert {r["message_id"]: r["origin"] for r in store.rated_conversations()} == expected
+
+    export(store, tmp_path / "all.parquet", "parquet")
+    rows = pq.read_table(tmp_path / "all.parquet").to_pylist()
+    assert {r["message_id"]: r["origin"] for r in rows if r["message_id"] in expected} == expected
+    assert {r["origin"] for r in rows if r["role"] != "assistant"} == {"client"}
+
+    export(store, tmp_path / "all.jsonl", "openai")
+    lines = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert lines and all(set(r) == {"messages"} and all(set(m) == {"role", "content"} for m in r["messages"])
+                         for r in lines)
