@@ -1,12 +1,15 @@
 """Tuneloop's entry point: settings → store → backend → scheduler → UI + API → launch. Wiring only.
 
     python app.py [--demo] [--model ID_OR_PATH] [--config FILE] [--data-dir DIR] [--host H] [--port P]
-    python app.py export --out FILE --format openai|parquet [--since DATE] [--rated-only]
+    python app.py export --out FILE --format openai|parquet [--since DATE] [--rated-only] [--force]
     python app.py retrain [--promote auto|ab|manual] [--json]
     python app.py adapters list | rollback [--to NAME] [--reason TEXT] | promote NAME
-    python app.py users add NAME [--role admin|user] | token NAME
+    python app.py users add NAME [--role admin|user] [--password P] | token NAME | list
     python app.py train-node --machine-rank N   (another machine of a multi-machine training set-up)
     python app.py data list [--state S] | include ID... | discard ID... [--reason TEXT] | trust [NAME [--off]]
+
+export never writes inside the data dir, and replaces an existing FILE only with --force. users add on an
+existing user sets a new password and keeps their role unless --role is given (a new user is a "user").
 """
 
 from __future__ import annotations
