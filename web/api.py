@@ -238,6 +238,15 @@ class RetrainRequest(BaseModel):
 
 # --- auth ----------------------------------------------------------------------------------------
 def _principal(request: Request) -> Principal:
+    """The caller, or 401. Found once per request: ``guarded_router``'s check and the routes' dependency
+    both ask, and the answer is kept on the request."""
+    found = getattr(request.state, "principal", None)
+    if found is None:
+        found = request.state.principal = _find_principal(request)
+    return found
+
+
+def _find_principal(request: Request) -> Principal:
     ctx: AppContext = request.app.state.ctx
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
