@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     remote_url: str = Field("", description="The engine's OpenAI-compatible base URL, e.g. http://host:8000/v1.")
     remote_api_key: str = Field("", description="API key for the remote engine, if it wants one.")
     remote_adapter_dir: str = Field("", description="The adapters directory as the remote engine sees it.")
-    remote_timeout_s: float = Field(60.0, gt=0, description="Timeout for one remote request.")
+    remote_timeout_s: float = Field(60.0, gt=0, description="Timeout for one remote request (for a streamed answer: the longest wait for the next bytes).")
+    remote_stream_timeout_s: float = Field(600.0, gt=0, description="Most seconds one streamed answer may take on the remote engine, however it trickles in; a stream still running then is closed and answered as an engine failure.")
     remote_can_load_adapters: bool = Field(True, description="The engine accepts /v1/load_lora_adapter at run time (vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
 
     # --- users -----------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ the HTTP library ``InferenceClient`` itself uses, so one set of transport errors
 The ``production`` alias lives here, client-side: the engine knows concrete adapter names only. Every
 engine failure becomes a ``serving.errors`` error; nothing raises at construction, so the app keeps
 serving its UI and storing feedback while the engine is down.
+
+The engine is not trusted to be well-behaved: an answer is cut where ``max_tokens`` should have ended it
+(chunks and characters), a stream still running after ``stream_timeout_s`` is closed, a reply with no
+chunk is a failure (not an empty answer), token counts must be whole numbers, error messages are cut to a
+few hundred characters, and the model list is capped in bytes and entries, its adapter names
+checked as Tuneloop's own. Not bounded: the length of one SSE line before it is parsed, which
+``InferenceClient`` reads whole (the stream timeout ends such a stream).
 """
 
 from __future__ import annotations
@@ -42,6 +49,14 @@ log = logging.getLogger(__name__)
 MODELS_TTL_S = 2.0  # how long the engine's model list is trusted: short, since other apps may load adapters
 LIST_TIMEOUT_S = 5.0  # the model list is small: /healthz and the UI must not wait remote_timeout_s for it
 UNLOAD_WAIT_S = 30.0  # how long unload waits for this app's in-flight requests on the adapter
+# Bounds on what an engine sends back, so a broken or hostile one cannot make an answer, an error or the
+# model list grow without end. An engine that ignores max_tokens is cut where it should have stopped.
+CHUNK_SLACK = 16  # stream chunks beyond one per token: the role chunk, the finish and usage chunks, ...
+MAX_CHARS_PER_TOKEN = 32  # a token is ~4 characters; 32 leaves room for long whitespace or code tokens
+MAX_ENGINE_MODELS = 1000  # model list entries kept; an engine listing more is cut (and logged)
+MAX_MODELS_BYTES = 4_000_000  # the model list body; more is answered as an engine failure
+MAX_ERROR_CHARS = 500  # of an engine's error message, as shown to users and logged
+MAX_NAMES_SHOWN = 20  # adapter names an "unknown adapter" error lists
 
 RUNTIME_LOADING_HELP = (
     "the engine at {url} cannot load adapters at run time. Either restart vLLM with "
@@ -62,6 +77,7 @@ class RemoteBackend:
         api_key: str = "",
         adapter_dir: str = "",
         timeout_s: float = 60.0,
+        stream_timeout_s: float = 600.0,
         can_load_adapters: bool = True,
         max_new_tokens: int = 512,
     ):
@@ -71,7 +87,8 @@ class RemoteBackend:
         self.url = url.rstrip("/")
         self.base_model = base_model
         self.adapter_dir = adapter_dir
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # each read from the engine
+        self.stream_timeout_s = stream_timeout_s  # one whole streamed answer, however the engine trickles it
         self.can_load_adapters = can_load_adapters
         self.max_new_tokens = max_new_tokens
         self._api_key = api_key or None
@@ -94,6 +111,7 @@ class RemoteBackend:
             api_key=settings.remote_api_key,
             adapter_dir=settings.remote_adapter_dir,
             timeout_s=settings.remote_timeout_s,
+            stream_timeout_s=settings.remote_stream_timeout_s,
             can_load_adapters=settings.remote_can_load_adapters,
             max_new_tokens=settings.max_new_tokens,
         )
@@ -116,9 +134,10 @@ class RemoteBackend:
         response = getattr(exc, "response", None)
         if isinstance(exc, (HfHubHTTPError, httpx2.HTTPStatusError)) and response is not None:
             return self._status_error(response)
+        detail = str(exc)[:MAX_ERROR_CHARS]  # an engine's words, of any length
         if isinstance(exc, (httpx2.TransportError, OSError)):
-            return BackendUnavailable(f"engine at {self.url} is down: {exc}")
-        return BackendUnavailable(f"engine at {self.url} failed: {type(exc).__name__}: {exc}")
+            return BackendUnavailable(f"engine at {self.url} is down: {detail}")
+        return BackendUnavailable(f"engine at {self.url} failed: {type(exc).__name__}: {detail}")
 
     def _offline_message(self) -> str:
         # huggingface_hub refuses every URL in offline mode, the engine's included.
@@ -141,16 +160,16 @@ class RemoteBackend:
     def _fetch_models(self) -> dict[str, dict]:
         timeout_s = min(self.timeout_s, LIST_TIMEOUT_S)
         try:
-            response = self._http.get(f"{self.url}/models", timeout=timeout_s)
-            response.raise_for_status()
-            data = response.json().get("data", [])
-        except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+            with self._http.stream("GET", f"{self.url}/models", timeout=timeout_s) as response:
+                response.raise_for_status()
+                data = json.loads(_read_capped(response, MAX_MODELS_BYTES, "model list")).get("data", [])
+        except (httpx2.HTTPError, ValueError, AttributeError, BackendUnavailable) as exc:
             error = self._engine_error(exc, timeout_s)
             with self._cond:
                 if isinstance(error, BackendUnavailable):
                     self._failure = (time.monotonic(), error)
             raise error from exc
-        models = {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        models = _usable_models(data, self.base_model, self.url)
         with self._cond:
             self._models, self._models_at, self._failure = models, time.monotonic(), None
             self._engine_base = _find_base(models, self.base_model)
@@ -214,20 +233,36 @@ class RemoteBackend:
             raise
         completion = Completion(adapter=concrete)
         cancel = threading.Event()
-        return ChatStream(self._deltas(client, chunks, completion, cancel, started), completion, cancel)
+        # The read timeout restarts with every byte, so an engine that trickles keep-alives or tokens could hold
+        # this request forever: past stream_timeout_s the response is closed under the reader.
+        expired = threading.Event()
+        watchdog = threading.Timer(self.stream_timeout_s, _expire, args=(client, cancel, expired))
+        watchdog.daemon = True
+        watchdog.start()
+        return ChatStream(self._deltas(client, chunks, completion, cancel, started, max_tokens, watchdog, expired),
+                          completion, cancel)
 
-    def _deltas(self, client, chunks, completion: Completion, cancel: threading.Event, started: float) -> Iterator[str]:
+    def _deltas(self, client, chunks, completion: Completion, cancel: threading.Event, started: float,
+                max_tokens: int, watchdog: threading.Timer, expired: threading.Event) -> Iterator[str]:
         deltas = 0
         usage = None
         calls: dict[int, dict] = {}  # streamed tool calls by index: the id and name come first, arguments in parts
+        budget = _Budget(max_tokens)
+        seen = 0  # chunks parsed
         try:
             for chunk in chunks:
+                if expired.is_set():
+                    raise self._stream_timeout()
                 if cancel.is_set():
                     completion.finish_reason = "cancelled"
                     return
+                if not budget.take_chunk():
+                    self._cut(completion, "chunks")
+                    break
+                seen += 1
                 usage = chunk.usage or usage
                 for choice in chunk.choices or ():
-                    text = choice.delta.content if choice.delta else None
+                    text = budget.take_text(choice.delta.content if choice.delta else None)
                     if text:
                         if completion.first_token_s is None:
                             completion.first_token_s = time.monotonic() - started
@@ -237,13 +272,19 @@ class RemoteBackend:
                     for tc in (choice.delta.tool_calls or ()) if choice.delta else ():
                         call = calls.setdefault(tc.index or 0, {"id": "", "type": "function",
                                                                 "function": {"name": "", "arguments": ""}})
-                        call["id"] = tc.id or call["id"]
+                        call["id"] = (tc.id or call["id"])[:200]
                         if tc.function is not None:
-                            call["function"]["name"] += tc.function.name or ""
-                            call["function"]["arguments"] += tc.function.arguments or ""
+                            call["function"]["name"] += budget.take_text(tc.function.name)
+                            call["function"]["arguments"] += budget.take_text(tc.function.arguments)
                     if choice.finish_reason:
                         completion.finish_reason = (choice.finish_reason if choice.finish_reason in ("length", "tool_calls")
                                                     else "stop")
+                if budget.spent:
+                    self._cut(completion, "characters")
+                    break
+            if not seen and not cancel.is_set():  # e.g. an HTML page: no answer, not an empty one
+                raise BackendUnavailable(f"engine at {self.url} sent no chat completion chunks (not an OpenAI "
+                                         "event stream)")
             if calls:
                 completion.tool_calls = [calls[i] for i in sorted(calls)]
                 completion.finish_reason = "tool_calls"
@@ -256,20 +297,36 @@ class RemoteBackend:
             completion.finish_reason = "error"
             if isinstance(exc, ServingError):
                 raise
+            if expired.is_set():  # the watchdog closed the response under the reader
+                raise self._stream_timeout() from exc
             if isinstance(exc, (httpx2.HTTPError, HfHubHTTPError, OSError)):
                 raise self._engine_error(exc) from exc
             # An in-band error event, e.g. the engine failed mid-answer; OpenAI style carries a dict.
             detail = exc.args[0] if exc.args else exc
             message = detail.get("message", detail) if isinstance(detail, dict) else detail
-            raise BackendUnavailable(f"engine at {self.url} failed mid-answer: {message}") from exc
+            raise BackendUnavailable(f"engine at {self.url} failed mid-answer: "
+                                     f"{str(message)[:MAX_ERROR_CHARS]}") from exc
         finally:
+            watchdog.cancel()
             completion.latency_s = time.monotonic() - started
-            if usage is not None:
-                completion.prompt_tokens, completion.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-            else:  # the engine sent no usage: one delta is about one token in OpenAI-style streams
-                completion.completion_tokens = deltas
+            # The engine's counts are stored as they are: a count that is not a whole number a token column
+            # holds counts as missing (a string failed the request, 10**30 the store's whole batch of turns).
+            prompt_tokens = _token_count(getattr(usage, "prompt_tokens", None))
+            completion_tokens = _token_count(getattr(usage, "completion_tokens", None))
+            completion.prompt_tokens = prompt_tokens or 0
+            # without it, one delta is about one token in OpenAI-style streams
+            completion.completion_tokens = deltas if completion_tokens is None else completion_tokens
             client.close()  # closes the response: an abandoned stream stops generating on the engine
             self._release(completion.adapter)
+
+    def _stream_timeout(self) -> BackendUnavailable:
+        return BackendUnavailable(f"engine at {self.url} did not finish the answer within {self.stream_timeout_s:g} s")
+
+    def _cut(self, completion: Completion, what: str) -> None:
+        """The engine sent more than ``max_tokens`` allows: the answer ends there, as if at the length limit."""
+        completion.finish_reason = "length"
+        log.warning("engine at %s sent more %s than max_tokens allows: answer cut (%d characters)",
+                    self.url, what, len(completion.text))
 
     def _acquire(self, concrete: str) -> None:
         with self._cond:
@@ -299,8 +356,10 @@ class RemoteBackend:
         if concrete == self._engine_base:
             return BASE  # the engine's own name for the base model
         if concrete not in models:
-            known = sorted(self._adapter_ids(models))
-            raise UnknownAdapter(f"no adapter named {name!r} on the engine at {self.url} (it serves: {', '.join([BASE, *known])})")
+            known = [BASE, *sorted(self._adapter_ids(models))]
+            more = f" and {len(known) - MAX_NAMES_SHOWN} more" if len(known) > MAX_NAMES_SHOWN else ""
+            raise UnknownAdapter(f"no adapter named {name[:80]!r} on the engine at {self.url} "
+                                 f"(it serves: {', '.join(known[:MAX_NAMES_SHOWN])}{more})")
         return concrete
 
     def _adapter_ids(self, models: dict[str, dict]) -> list[str]:
@@ -324,7 +383,7 @@ class RemoteBackend:
                                meta={**meta, "stale": stale})
 
         infos = [info(BASE, None, {"engine_id": self._engine_base})]
-        infos += [info(i, models[i].get("root"), {"engine_id": i}) for i in self._adapter_ids(models)]
+        infos += [info(i, _text_or_none(models[i].get("root")), {"engine_id": i}) for i in self._adapter_ids(models)]
         infos.append(AdapterInfo(name=PRODUCTION, meta={"alias_of": aliases[PRODUCTION], "stale": stale}))
         return infos
 
@@ -441,18 +500,18 @@ def _error_fields(response) -> tuple[str, str | None]:
     try:
         body = response.json()
     except (ValueError, json.JSONDecodeError):
-        return (response.text or f"HTTP {response.status_code}")[:500], None
+        return (response.text or f"HTTP {response.status_code}")[:MAX_ERROR_CHARS], None
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("message", error)), error.get("code") if isinstance(error.get("code"), str) else None
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            return str(error.get("message", error))[:MAX_ERROR_CHARS], code
         if isinstance(error, str):
-            return error, None
-        if "message" in body:
-            return str(body["message"]), None
-        if "detail" in body:
-            return str(body["detail"]), None
-    return str(body)[:500], None
+            return error[:MAX_ERROR_CHARS], None
+        for key in ("message", "detail"):
+            if key in body:
+                return str(body[key])[:MAX_ERROR_CHARS], None
+    return str(body)[:MAX_ERROR_CHARS], None
 
 
 def _route_missing(response) -> bool:
@@ -467,3 +526,75 @@ def _route_missing(response) -> bool:
     except ValueError:
         return True
     return not isinstance(body, dict) or body.get("detail") == "Not Found"
+
+
+class _Budget:
+    """What one answer may still take from the engine: chunks, and characters of text and tool calls."""
+
+    def __init__(self, max_tokens: int):
+        self.chunks = 2 * max_tokens + CHUNK_SLACK  # generous: some engines send a token's text in two chunks
+        self.chars = max_tokens * MAX_CHARS_PER_TOKEN
+        self.spent = False
+
+    def take_chunk(self) -> bool:
+        self.chunks -= 1
+        return self.chunks >= 0
+
+    def take_text(self, text) -> str:
+        """``text`` (a string, or nothing), cut to what is left; ``spent`` once nothing is."""
+        text = text if isinstance(text, str) else ""
+        if len(text) > self.chars:
+            text, self.spent = text[:self.chars], True
+        self.chars -= len(text)
+        return text
+
+
+def _expire(client, cancel: threading.Event, expired: threading.Event) -> None:
+    """The watchdog's end of a stream: closing the client makes the reader's next read fail."""
+    expired.set()
+    cancel.set()
+    client.close()
+
+
+def _read_capped(response, limit: int, what: str) -> bytes:
+    """A streamed response's body, refused once it passes ``limit`` bytes (before it is all in memory)."""
+    body = bytearray()
+    for part in response.iter_bytes():
+        body += part
+        if len(body) > limit:
+            raise BackendUnavailable(f"the engine's {what} is over {limit} bytes")
+    return bytes(body)
+
+
+def _token_count(value) -> int | None:
+    """A token count from the engine, if it is one (a whole number below 2**31, as the store keeps it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _usable_models(data, base_model: str, url: str) -> dict[str, dict]:
+    """The engine's model list as far as Tuneloop can use it: its base model, under whatever id the engine
+    gives it, and the adapters with a well-formed name (``check_name``); at most ``MAX_ENGINE_MODELS``.
+
+    Adapter names flow into pickers, error messages and the store, so one an engine makes up (empty, a path,
+    markup, a megabyte long) is dropped here rather than checked everywhere."""
+    entries = [m for m in (data if isinstance(data, list) else ())[:MAX_ENGINE_MODELS]
+               if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    listed = {m["id"]: m for m in entries}
+    base = _find_base(listed, base_model)
+    models = {i: m for i, m in listed.items() if (i == base and len(i) <= 256) or _well_named(i)}
+    if len(data if isinstance(data, list) else ()) > len(models):
+        log.warning("engine at %s: %d model list entries ignored (malformed, badly named or over %d)",
+                    url, len(data) - len(models), MAX_ENGINE_MODELS)
+    return models
+
+
+def _well_named(name: str) -> bool:
+    try:
+        check_name(name)
+    except AdapterRejected:
+        return name in (BASE, PRODUCTION)  # a Tuneloop engine lists its own; _adapter_ids leaves them out
+    return True
