@@ -239,8 +239,9 @@ class RemoteBackend:
         watchdog = threading.Timer(self.stream_timeout_s, _expire, args=(client, cancel, expired))
         watchdog.daemon = True
         watchdog.start()
-        return ChatStream(self._deltas(client, chunks, completion, cancel, started, max_tokens, watchdog, expired),
-                          completion, cancel)
+        deltas = self._deltas(client, chunks, completion, cancel, started, max_tokens, watchdog, expired)
+        next(deltas)  # into its try: from here a close() runs the finally (adapter and response given back) unread
+        return ChatStream(deltas, completion, cancel)
 
     def _deltas(self, client, chunks, completion: Completion, cancel: threading.Event, started: float,
                 max_tokens: int, watchdog: threading.Timer, expired: threading.Event) -> Iterator[str]:
@@ -250,6 +251,7 @@ class RemoteBackend:
         budget = _Budget(max_tokens)
         seen = 0  # chunks parsed
         try:
+            yield ""  # taken by stream_chat, never by a reader
             for chunk in chunks:
                 if expired.is_set():
                     raise self._stream_timeout()

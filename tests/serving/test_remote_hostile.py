@@ -120,6 +120,15 @@ def test_an_engine_that_ignores_max_tokens_is_cut_at_the_limit(engine):
     assert 0 < len(completion.text) <= MAX_TOKENS * MAX_CHARS_PER_TOKEN
 
 
+def test_a_stream_closed_before_it_is_read_gives_its_adapter_back(engine):
+    """As when the second of n answers fails to start: the first is closed unread."""
+    backend = RemoteBackend(url_of(engine), base_model=BASE_ID, timeout_s=5)
+    stream = backend.stream_chat(PROMPT, BASE, SamplingParams(max_tokens=MAX_TOKENS))
+    stream.close()
+    assert backend.list_adapters()[0].in_flight == 0  # else unloading it would wait, then fail AdapterInUse
+    assert stream.completion.finish_reason == "cancelled"
+
+
 def test_one_enormous_chunk_is_cut_to_what_max_tokens_allows(engine):
     engine.mode = "one_huge_chunk"
     completion, error = drained(RemoteBackend(url_of(engine), base_model=BASE_ID, timeout_s=5))
