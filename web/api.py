@@ -358,9 +358,11 @@ def metrics(ctx: Ctx):
 def list_models(ctx: Ctx, user: User):
     created = int(time.time())
     visible = set(chat_choices(ctx.store, ctx.backend, user))
+    # vLLM's ``root``: the base model, often a path on this server, which only admins see (docs/security.md)
+    root = ctx.backend.base_model if user.is_admin else None
     data = [
         {"id": a.name, "object": "model", "created": created, "owned_by": "tuneloop",
-         "root": ctx.backend.base_model, "aliases": list(a.aliases)}
+         "root": root, "aliases": list(a.aliases)}
         for a in ctx.backend.list_adapters() if a.name in visible
     ]
     return {"object": "list", "data": data}

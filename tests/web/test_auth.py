@@ -129,6 +129,14 @@ def test_user_routes_need_a_token_and_record_the_user(multi_user_app):
     assert stats["up"] >= 1 and stats["down"] >= 1
 
 
+def test_the_model_list_shows_the_base_models_path_to_admins_only(multi_user_app):
+    app, tokens = multi_user_app
+    with app.client(tokens["bob"]) as bob, app.client(tokens["alice"]) as alice:
+        assert {m["root"] for m in bob.get("/v1/models").json()["data"]} == {None}
+        assert bob.get("/v1/models/base").json()["root"] is None
+        assert {m["root"] for m in alice.get("/v1/models").json()["data"]} == {app.ctx.backend.base_model}
+
+
 def test_a_user_cannot_choose_arena_adapters(multi_user_app):
     app, tokens = multi_user_app
     with app.client(tokens["bob"]) as bob:
