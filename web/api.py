@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -288,7 +287,10 @@ def _checked_first(check) -> type[APIRoute]:
             handler = super().get_route_handler()
 
             async def checked(request: Request) -> Response:
-                await run_in_threadpool(check, request)  # reads the users file: not on the event loop
+                # On the event loop: a stat of the users file and a hash lookup (the file is read again
+                # only when it changed). In a thread, every request would wait in the pool's queue twice
+                # (here, then for its dependencies); they reuse this answer (``_principal``).
+                check(request)
                 return await handler(request)
 
             return checked
