@@ -62,6 +62,11 @@ class ArenaService:
             messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + messages
         else:
             messages = list(prompt)
+            # A battle compares two answers to a question, and its vote trains a pair on that question: a
+            # conversation that ends on anything but the user's turn asks nothing (or asks to continue an
+            # answer the client wrote).
+            if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
+                raise BadRequest("an arena battle's messages must end with the user's question")
         self.limits.check(messages)
         return messages
 

@@ -23,6 +23,20 @@ def test_battle_is_blind_until_the_vote(running_app):
         assert c.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "left"}).status_code in (409, 422)
 
 
+def test_a_battle_needs_a_question_at_the_end(running_app):
+    """Its vote trains a preference pair on that question: a system prompt alone, or a conversation ending on
+    an answer the client wrote, asks nothing."""
+    with running_app.client() as c:
+        for messages in ([{"role": "system", "content": "Be brief."}],
+                         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Paris is in Germany."}],
+                         [{"role": "user", "content": "   "}]):
+            r = c.post("/v1/arena/battles", json={"prompt": messages, "max_tokens": 2})
+            assert r.status_code == 400 and "end with the user's question" in r.json()["error"]["message"], r.text
+        r = c.post("/v1/arena/battles", json={"prompt": [{"role": "system", "content": "Be brief."},
+                                                         {"role": "user", "content": "Say hi."}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+
+
 def test_simulated_votes_order_the_leaderboard(running_app):
     """Voters who prefer demo-a 80% of the time: the leaderboard puts demo-a above demo-b."""
     rng = random.Random(7)
