@@ -175,6 +175,20 @@ class ChatCompletionRequest(BaseModel):
         "Tuneloop: continue a conversation; only an id this server returned to you (unknown ids: 404)"))
     replaces: Id | None = Field(None, description="Tuneloop: id of your answer this regenerates")
 
+    @model_validator(mode="after")
+    def _tool_results_answer_calls(self):
+        """As OpenAI: a tool message answers a call an earlier assistant message made (its ``tool_call_id``);
+        one answering nothing is a client bug, and rendered it would put a result the model never asked for
+        into the prompt, and into what its answer trains on."""
+        called: set[str] = set()
+        for i, m in enumerate(self.messages):
+            if m.role == "assistant":
+                called |= {c.id for c in m.tool_calls or () if c.id}
+            elif m.role == "tool" and m.tool_call_id not in called:
+                raise ValueError(f"messages[{i}]: a tool message must answer a tool call of an earlier assistant "
+                                 f"message; no call has the id {m.tool_call_id[:80]!r}")
+        return self
+
 
 class FeedbackRequest(BaseModel):
     message_id: Id

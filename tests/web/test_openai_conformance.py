@@ -209,6 +209,18 @@ def test_developer_role_and_tool_history_are_rendered_and_stored(app, client):
     assert rated.status_code == 200, rated.text
 
 
+@pytest.mark.parametrize("history", [
+    [{"role": "user", "content": "Weather?"}, {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+    [{"role": "user", "content": "Weather?"},
+     {"role": "assistant", "content": None, "tool_calls": [
+         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+     {"role": "tool", "tool_call_id": "call_2", "content": "sunny"}],
+], ids=["no-call", "other-id"])
+def test_a_tool_result_must_answer_an_earlier_call(client, history):
+    with pytest.raises(openai.UnprocessableEntityError, match="must answer a tool call"):
+        client.chat.completions.create(model="base", messages=history, max_tokens=4)
+
+
 def test_content_null_is_refused_outside_an_assistant_tool_call(client):
     with pytest.raises(openai.UnprocessableEntityError, match="content may be null"):
         client.chat.completions.create(model="base", messages=[{"role": "user", "content": None}])
