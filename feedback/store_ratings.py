@@ -24,7 +24,7 @@ from feedback.store_core import (
     _to_db,
     upsert,
 )
-from feedback.store_turns import origin_sql, origins_of
+from feedback.store_turns import origin_sql
 from feedback.text import text_problem, visible
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ _TOUCHED_SQL = """SELECT message_id FROM ratings WHERE created_at >= $since AND 
 # The Data tab's rows for a page of answers (by key); the caller keeps the (answer, rater) pairs of the page.
 _DATA_ROWS_SQL = """
 SELECT m.id AS message_id, m.conversation_id, r."user", m.adapter, m.position, m.seq, m.content AS answer,
-       r.rating, r.reason, r.implicit, r.comment, c.content AS correction, r.created_at
+       m.origin, r.rating, r.reason, r.implicit, r.comment, c.content AS correction, r.created_at
 FROM (SELECT * FROM ratings WHERE message_id IN ({ids})) r
-JOIN (SELECT id, conversation_id, adapter, position, seq, content FROM messages WHERE id IN ({ids})) m
+JOIN (SELECT id, conversation_id, adapter, position, seq, content, """ + origin_sql() + """ AS origin
+      FROM messages WHERE id IN ({ids})) m
   ON m.id = r.message_id
 LEFT JOIN (SELECT * FROM corrections WHERE message_id IN ({ids})) c
   ON c.message_id = r.message_id AND c."user" = r."user"
@@ -268,14 +269,13 @@ class RatingStore(StoreCore):
                 rows += [r for r in _rows(cur) if (r["message_id"], r["user"]) in order]
             rows.sort(key=lambda r: order[(r["message_id"], r["user"])])
             prompts = self._prompts(cur, rows)
-            origins = origins_of(cur, [r["message_id"] for r in rows])
         out = []
         for row, prompt in zip(rows, prompts, strict=True):
             last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
             out.append({"message_id": row["message_id"], "conversation_id": row["conversation_id"],
                         "user": row["user"], "adapter": row["adapter"], "prompt": last_user, "answer": row["answer"],
                         "rating": row["rating"], "reason": row["reason"], "implicit": row["implicit"],
-                        "comment": row["comment"], "origin": origins.get(row["message_id"]),
+                        "comment": row["comment"], "origin": row["origin"],
                         "correction": row["correction"], "created_at": _from_db(row["created_at"])})
         return out
 
