@@ -24,7 +24,11 @@ class UnknownBattle(FeedbackError):
 
 
 class AlreadyVoted(FeedbackError):
-    """This user already voted on this battle (HTTP 409)."""
+    """The battle already has its vote (HTTP 409)."""
+
+
+class BattleClosed(FeedbackError):
+    """A vote on a battle one of whose adapters was archived since: it would rate an adapter out of use (HTTP 409)."""
 
 
 class SchemaTooNew(FeedbackError):

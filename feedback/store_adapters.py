@@ -7,7 +7,18 @@ import logging
 
 from feedback.errors import ReservedName
 from feedback.models import AdapterRecord, Experiment
-from feedback.store_core import BASE, StoreCore, _aware, _from_db, _loads, _now, _rows, _to_db, new_id
+from feedback.store_core import (
+    BASE,
+    OWNER_VOTE,
+    StoreCore,
+    _aware,
+    _from_db,
+    _loads,
+    _now,
+    _rows,
+    _to_db,
+    new_id,
+)
 
 log = logging.getLogger(__name__)
 PRODUCTION = "production"  # serving.types.PRODUCTION, spelled out for the reason store_core gives for BASE
@@ -244,7 +255,7 @@ class AdapterStore(StoreCore):
     def adapter_daily_stats(self) -> list[dict]:
         """Per adapter per day: thumbs up/down (by rating day) and arena wins/losses (by vote day)."""
         with self._read(settle=True) as cur:
-            return _rows(cur.execute("""
+            return _rows(cur.execute(f"""
                 SELECT strftime(day, '%Y-%m-%d') AS day, adapter, sum(up)::BIGINT AS up, sum(down)::BIGINT AS down,
                        sum(wins)::BIGINT AS wins, sum(losses)::BIGINT AS losses
                 FROM (SELECT r.created_at::DATE AS day, m.adapter, (r.rating = 'up')::INT AS up,
@@ -252,10 +263,10 @@ class AdapterStore(StoreCore):
                       FROM ratings r JOIN messages m ON m.id = r.message_id
                       UNION ALL
                       SELECT v.created_at::DATE, b.adapter_a, 0, 0, (v.winner = 'a')::INT, (v.winner = 'b')::INT
-                      FROM arena_votes v JOIN battles b ON b.id = v.battle_id
+                      FROM arena_votes v JOIN battles b ON b.id = v.battle_id AND {OWNER_VOTE}
                       UNION ALL
                       SELECT v.created_at::DATE, b.adapter_b, 0, 0, (v.winner = 'b')::INT, (v.winner = 'a')::INT
-                      FROM arena_votes v JOIN battles b ON b.id = v.battle_id)
+                      FROM arena_votes v JOIN battles b ON b.id = v.battle_id AND {OWNER_VOTE})
                 WHERE adapter IS NOT NULL
                 GROUP BY day, adapter ORDER BY day, adapter"""))
 

@@ -39,6 +39,9 @@ RATINGS = ("up", "down")
 # Why an answer got a thumbs-down: short, fixed, so the Data tab and exports can count them.
 RATING_REASONS = ("wrong", "unhelpful", "unsafe", "too_long", "other")
 WINNERS = ("a", "b", "tie", "both_bad")
+# The arena vote that counts (v: arena_votes, b: battles), on the leaderboard and in the daily wins: the battle
+# owner's. Files from before the store refused other voters may also hold an admin's vote on a user's battle.
+OWNER_VOTE = 'v."user" = b."user"'
 RUN_STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "skipped")
 _RUN_FIELDS = {"status", "stage", "step", "total_steps", "loss", "eta_s", "snapshot_id", "adapter",
                "parent_adapter", "gate", "error", "cutoff", "started_at", "finished_at", "attempts"}

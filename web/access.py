@@ -1,7 +1,8 @@
 """Who may touch what, for the API and the UI alike.
 
 A user may rate, correct, regenerate (``replaces``) and continue only their own messages and
-conversations, and vote only on their own arena battles; admins may touch any. Anything else is answered exactly as an unknown id is (404, same
+conversations; admins may touch any. An arena battle is voted on by its own user only, admins included: its
+one vote is the verdict of whoever was shown it. Anything else is answered exactly as an unknown id is (404, same
 words), so a guessed or leaked id tells nothing about whether it exists. Users may chat with
 ``production``, ``base`` and the adapters an admin marked public; A/B routing and the arena still
 choose other adapters for them.
@@ -34,9 +35,9 @@ def check_conversation(store: FeedbackStore, user: Principal, conversation_id: s
 
 
 def check_battle(store: FeedbackStore, user: Principal, battle_id: str) -> None:
-    """Voting on a battle: only the user it was shown to (admins: any); its answers and prompt are theirs."""
+    """Voting on a battle: only the user it was shown to, admins too (a second voter counted it twice)."""
     battle = store.get_battle(battle_id)
-    if battle is None or not (user.is_admin or battle.user == user.name):
+    if battle is None or battle.user != user.name:
         raise UnknownBattle(f"unknown battle {battle_id!r}")
 
 

@@ -45,6 +45,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (fe.InvalidTitle, 422, "invalid_title"),
     (fe.SchemaTooNew, 500, "schema_too_new"),
     (fe.AlreadyVoted, 409, "already_voted"),
+    (fe.BattleClosed, 409, "battle_closed"),
     (fe.NotAssistantMessage, 422, "not_assistant_message"),
     (fe.InvalidRating, 422, "invalid_feedback"),
     (fe.InvalidReview, 400, "invalid_review"),

@@ -5,32 +5,63 @@ from __future__ import annotations
 import pytest
 from feedback_helpers import make_turn, user
 
-from feedback.errors import AlreadyVoted, InvalidRating, UnknownBattle
-from feedback.models import Rating
+from feedback.errors import AlreadyVoted, BattleClosed, InvalidRating, UnknownBattle
+from feedback.models import AdapterRecord, Rating
 
 PROMPT = [user("write a haiku")]
 
 
-def test_battle_vote_once_per_user(store):
+def test_a_battle_takes_one_vote_from_the_user_it_was_shown_to(store):
     store.create_battle("b1", "alice", PROMPT, "demo-a", "answer A", "demo-b", "answer B", meta={"seed": 1})
     battle = store.get_battle("b1")
     assert (battle.prompt, battle.answer_a, battle.adapter_b, battle.meta, battle.votes) == (
         PROMPT, "answer A", "demo-b", {"seed": 1}, [])
+    with pytest.raises(UnknownBattle):  # nobody else votes on it: a second voter counted the battle twice
+        store.vote("b1", "admin", "tie")
     vote = store.vote("b1", "alice", "b")
     assert (vote.adapter_a, vote.adapter_b, vote.winner) == ("demo-a", "demo-b", "b")
-    with pytest.raises(AlreadyVoted):
+    with pytest.raises(AlreadyVoted):  # not replaced: the first vote revealed the names
         store.vote("b1", "alice", "a")
-    store.vote("b1", "bob", "tie")  # another user may vote on the same battle
-    assert [(v.user, v.winner) for v in store.get_battle("b1").votes] == [("alice", "b"), ("bob", "tie")]
+    assert [(v.user, v.winner) for v in store.get_battle("b1").votes] == [("alice", "b")]
     with pytest.raises(UnknownBattle):
         store.vote("nope", "alice", "a")
     with pytest.raises(InvalidRating):
-        store.vote("b1", "carol", "c")
+        store.vote("b1", "alice", "c")
     with pytest.raises(InvalidRating) as refused:  # a 10,000-character winner is not echoed back whole
-        store.vote("b1", "carol", "x" * 10_000)
+        store.vote("b1", "alice", "x" * 10_000)
     assert len(str(refused.value)) < 200
     assert store.get_battle("nope") is None
-    assert [v.winner for v in store.arena_votes()] == ["b", "tie"]
+    assert [v.winner for v in store.arena_votes()] == ["b"]
+
+
+def test_a_second_vote_an_older_file_holds_is_not_counted(store):
+    """Before the store refused them, an admin's vote on a user's battle was stored beside the user's."""
+    store.create_battle("b1", "alice", PROMPT, "demo-a", "A", "demo-b", "B")
+    store.vote("b1", "alice", "a")
+    with store._write() as cur:
+        cur.execute("INSERT INTO arena_votes VALUES ('b1', 'admin', 'a', now())")
+    assert store.arena_vote_counts() == [("demo-a", "demo-b", "a", 1)]
+    assert [v.user for v in store.arena_votes()] == ["alice"]
+    daily = {r["adapter"]: r for r in store.adapter_daily_stats()}
+    assert (daily["demo-a"]["wins"], daily["demo-b"]["losses"]) == (1, 1)
+
+
+def test_no_vote_is_taken_once_an_adapter_of_the_battle_is_archived(store):
+    """An archived adapter's rating stays what its votes made it while in use: a battle still waiting for its
+    vote when one of its adapters was archived can no longer move it (nor its opponent's)."""
+    for name in ("demo-a", "demo-b"):
+        store.register_adapter(AdapterRecord(name=name, path=f"/adapters/{name}"))
+    store.create_battle("b1", "alice", PROMPT, "demo-a", "A", "demo-b", "B")
+    store.create_battle("b2", "alice", PROMPT, "demo-b", "A", "demo-a", "B")
+    store.vote("b1", "alice", "b")
+    store.set_adapter_status("demo-b", "archived")
+    with pytest.raises(BattleClosed):
+        store.vote("b2", "alice", "a")
+    assert store.get_battle("b2").votes == []
+    assert store.arena_vote_counts() == [("demo-a", "demo-b", "b", 1)]
+    store.set_adapter_status("demo-b", "candidate")  # back in use: its battles count again
+    store.vote("b2", "alice", "a")
+    assert len(store.arena_vote_counts()) == 2
 
 
 def test_decisive_votes_become_preference_pairs_and_daily_stats(store):

@@ -103,7 +103,22 @@ def test_voting_on_anothers_battle_looks_like_an_unknown_one(trust):
     assert error(theirs)["code"] == error(unknown)["code"] == "battle_not_found"
     assert trust.ctx.store.get_battle(battle).votes == []
     assert trust.clients["alice"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "b"}).status_code == 200
-    assert trust.clients["admin"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "tie"}).status_code == 200
+
+
+def test_a_battle_counts_once_an_admins_vote_on_it_is_refused(trust):
+    """The battle's one vote is its user's: an admin's vote beside it counted the battle twice on the board."""
+    before = trust.ctx.store.arena_vote_counts()
+    battle = trust.clients["alice"].post("/v1/arena/battles", json={"prompt": "hi", "max_tokens": 2}).json()["id"]
+    admin = trust.clients["admin"]
+    first = admin.post(f"/v1/arena/battles/{battle}/vote", json={"winner": "tie"})
+    assert first.status_code == 404 and error(first)["code"] == "battle_not_found"
+    assert trust.clients["alice"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "a"}).status_code == 200
+    after = admin.post(f"/v1/arena/battles/{battle}/vote", json={"winner": "b"})
+    assert after.status_code == 404 and error(after)["code"] == "battle_not_found"
+    again = trust.clients["alice"].post(f"/v1/arena/battles/{battle}/vote", json={"winner": "b"})
+    assert again.status_code == 409 and error(again)["code"] == "already_voted"
+    assert [(v.user, v.winner) for v in trust.ctx.store.get_battle(battle).votes] == [("alice", "a")]
+    assert sum(n for *_, n in trust.ctx.store.arena_vote_counts()) == sum(n for *_, n in before) + 1
 
 
 def test_users_chat_only_with_production_base_and_public_adapters(trust):
