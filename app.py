@@ -57,7 +57,8 @@ def build_context(settings: Settings):
     return AppContext(
         settings=settings, store=store, backend=backend, users=users_directory(settings),
         chat=ChatService(backend, store, on_turn=metrics.observe_turn, limits=limits),
-        arena=ArenaService(backend, store, settings.system_prompt, limits), promoter=promoter, retrain=runner,
+        arena=ArenaService(backend, store, settings.system_prompt, limits, settings.arena_battles_per_user),
+        promoter=promoter, retrain=runner,
         metrics=metrics, control_token=secrets.token_urlsafe(32),
     )
 

@@ -179,6 +179,7 @@ class Settings(BaseSettings):
     canary_max_judgements_per_user: float = Field(5.0, ge=1, description="What one user's thumbs weigh at most in an arm and ramp step, in judgements (at that user's own up-rate): a user who rates a hundred answers is not a hundred people.")
     canary_min_raters: int = Field(3, ge=1, description="Different users who rated each arm before the canary may decide (promote or roll back).")
     canary_max_hours: float = Field(168.0, gt=0, description="The experiment ends after this long either way; production stays without a winner.")
+    arena_battles_per_user: int = Field(2, gt=0, description="Most arena battles one user may have generating at once (the API and the Arena tab together); another answers 429 until one ends, so one user cannot take every arena worker.")
 
     @model_validator(mode="after")
     def _demo_training_defaults(self) -> Settings:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from feedback.store import FeedbackStore
 from serving.backend import Backend
 from serving.errors import BadRequest
-from serving.types import BASE, PRODUCTION, Message, SamplingParams
+from serving.types import BASE, PRODUCTION, ChatStream, Message, SamplingParams
 from web.chat import RequestLimits, new_id
+
+
+class TooManyBattles(Exception):
+    """The user already has ``arena_battles_per_user`` battles generating (HTTP 429)."""
 
 
 @dataclass(frozen=True)
@@ -22,12 +29,35 @@ class Matchup:
 
 class ArenaService:
     def __init__(self, backend: Backend, store: FeedbackStore, system_prompt: str = "",
-                 limits: RequestLimits | None = None):
+                 limits: RequestLimits | None = None, per_user: int = 2):
         self.backend = backend
         self.store = store
         self.system_prompt = system_prompt
         self.limits = limits or RequestLimits()
+        self.per_user = per_user
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="arena")
+        self._running: dict[str, int] = {}  # user -> battles generating now
+        self._running_lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, user: str) -> Iterator[None]:
+        """Hold one of ``user``'s ``per_user`` battles for the block; ``TooManyBattles`` when none is free.
+
+        The workers are shared by every user: without a cap one user's battles could take them all.
+        """
+        with self._running_lock:
+            running = self._running.get(user, 0)
+            if running >= self.per_user:
+                raise TooManyBattles(f"you already have {running} arena battle(s) running, the most one user may "
+                                     "have at once; try again when one has finished")
+            self._running[user] = running + 1
+        try:
+            yield
+        finally:  # a battle that ends, fails or is abandoned gives its slot back
+            with self._running_lock:
+                self._running[user] -= 1
+                if not self._running[user]:
+                    del self._running[user]
 
     def default_pair(self) -> tuple[str, str]:
         """Production against the newest candidate; without one, production against ``base``."""
@@ -70,12 +100,34 @@ class ArenaService:
         self.limits.check(messages)
         return messages
 
+    def open_streams(self, messages: list[Message], m: Matchup, params: SamplingParams) -> dict[str, ChatStream]:
+        """Both sides' streams, by side; when the second cannot start, the first is stopped, not left generating."""
+        streams: dict[str, ChatStream] = {}
+        try:
+            for side, name in (("a", m.adapter_a), ("b", m.adapter_b)):
+                streams[side] = self.backend.stream_chat(messages, name, params)
+        except BaseException:
+            for stream in streams.values():
+                stream.close()
+            raise
+        return streams
+
     def fight(self, user: str, prompt, params: SamplingParams, adapters: tuple[str, str] | None = None):
         """Generate both answers (concurrently, so they batch together) and store the battle."""
-        messages = self.messages_for(prompt)
-        m = self.matchup(adapters)
-        streams = [self.backend.stream_chat(messages, name, params) for name in (m.adapter_a, m.adapter_b)]
-        answer_a, answer_b = self._pool.map(lambda s: s.text(), streams)
+        with self.slot(user):
+            messages = self.messages_for(prompt)
+            m = self.matchup(adapters)
+            a, b = self.open_streams(messages, m, params).values()
+            # Side b is read on a worker and side a on this request's own thread, so a battle takes one of the
+            # shared workers, not two. Half a battle cannot be voted on: a side that fails stops the other.
+            other = self._pool.submit(b.text)
+            other.add_done_callback(lambda f: f.exception() is not None and a.cancel())
+            try:
+                answer_a = a.text()
+            except BaseException:
+                b.cancel()
+                raise
+            answer_b = other.result()  # b's error, when a stopped because b failed
         self.record(user, m, messages, answer_a, answer_b)
         return m, answer_a, answer_b
 

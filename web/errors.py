@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from feedback import errors as fe
 from retrain.promotion import PromotionError
 from serving import errors as se
+from web.arena import TooManyBattles
 from web.auth import AuthError, UsersUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (PromotionError, 409, "conflict"),
     (AuthError, 400, "invalid_user"),
     (UsersUnavailable, 503, "users_unavailable"),
+    (TooManyBattles, 429, "too_many_battles"),
 ]
 # Validation errors of these kinds (web.api's Text, Name and Id) answer 400 (bad characters), not 422.
 BAD_CHARACTERS = ("nul_character", "control_characters", "invalid_id")
@@ -132,5 +134,6 @@ def install_handlers(app) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, UsersUnavailable, Exception):
+    for cls in (ApiError, se.ServingError, fe.FeedbackError, PromotionError, AuthError, UsersUnavailable, TooManyBattles,
+                Exception):
         app.add_exception_handler(cls, core_error)

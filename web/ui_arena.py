@@ -43,8 +43,39 @@ def _merge(streams):
             yield side, delta
 
 
-def build_arena_tab(ctx: AppContext):
+def battle_updates(ctx: AppContext, user: str, text: str, chosen: tuple[str, str] | None = None):
+    """The Compare button's updates, (battle id, answer A, answer B, reveal), as both answers grow.
+
+    One of ``user``'s arena slots is held until the battle ends. A side that fails stops the other (half a
+    battle cannot be voted on); every error reaches the page in the shared words of ``user_message``.
+    """
     s = ctx.settings
+    try:
+        with ctx.arena.slot(user):
+            messages = ctx.arena.messages_for(text)
+            m = ctx.arena.matchup(chosen)
+            params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
+            streams = ctx.arena.open_streams(messages, m, params)
+            answers = {"a": "", "b": ""}
+            shown = [m_ for m_ in messages if m_["role"] != "system"]
+
+            def view(side):
+                return display([*shown, {"role": "assistant", "content": answers[side]}])
+
+            try:
+                for side, delta in _merge(streams):
+                    answers[side] += delta
+                    yield None, view("a"), view("b"), ""
+            finally:  # a side failed, or the page went away: neither stream goes on generating
+                for stream in streams.values():
+                    stream.cancel()
+            ctx.arena.record(user, m, messages, answers["a"], answers["b"])
+            yield m.battle_id, view("a"), view("b"), "Which answer is better?"
+    except Exception as exc:
+        raise gr.Error(user_message(exc)) from None
+
+
+def build_arena_tab(ctx: AppContext):
     gr.Markdown("Ask one question and compare two anonymous answers. The names appear after you vote.")
     battle = gr.State(None)
     with gr.Row(visible=False) as picker:
@@ -67,25 +98,7 @@ def build_arena_tab(ctx: AppContext):
         if a_name and b_name:
             require_admin(ctx, request)
             chosen = (a_name, b_name)
-        try:
-            messages = ctx.arena.messages_for(text)
-            m = ctx.arena.matchup(chosen)
-            params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
-            streams = {"a": ctx.backend.stream_chat(messages, m.adapter_a, params),
-                       "b": ctx.backend.stream_chat(messages, m.adapter_b, params)}
-        except Exception as exc:
-            raise gr.Error(user_message(exc)) from None
-        answers = {"a": "", "b": ""}
-        shown = [m_ for m_ in messages if m_["role"] != "system"]
-
-        def view(side):
-            return display([*shown, {"role": "assistant", "content": answers[side]}])
-
-        for side, delta in _merge(streams):
-            answers[side] += delta
-            yield None, view("a"), view("b"), ""
-        ctx.arena.record(user.name, m, messages, answers["a"], answers["b"])
-        yield m.battle_id, view("a"), view("b"), "Which answer is better?"
+        yield from battle_updates(ctx, user.name, text, chosen)
 
     def vote(battle_id: str | None, label: str, request: gr.Request):
         if not battle_id:
