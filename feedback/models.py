@@ -33,7 +33,8 @@ class TurnRecord:
     # "model" (generated freely) or "constrained" (under a response_format or forced tool call); None, in
     # turns journaled before it existed: read from ``sampling["structured"]`` (feedback.store_turns.ORIGINS).
     origin: str | None = None
-    # What the implicit thumbs-down of a regenerate counts as (web.review's trust: "trusted" or "untrusted");
+    # What the implicit thumbs-down of a regenerate counts as (web.review's trust by role: "trusted" or
+    # "untrusted"; the store trusts users an admin trusts either way, read when the turn is written);
     # None: the store decides from what it knows (local mode's user, users an admin trusts).
     trust: str | None = None
 
@@ -48,6 +49,7 @@ class Rating:
     implicit: bool = False  # True for the thumbs-down a regenerate implies
     created_at: datetime | None = None
     reason: str | None = None  # why a thumbs-down: one of feedback.store_core.RATING_REASONS
+    review: str | None = None  # the answer's review state once stored (set by ``rate`` when given a trust)
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,11 @@ class RatingStore(StoreCore):
     def rate(self, rating: Rating, *, trust: str | None = None) -> Rating:
         """Store (or replace) ``rating.user``'s rating of an assistant answer, and its correction if any.
 
-        ``trust`` is decided by the edge that knows who rated (``web/review.py``): ``trusted``,
+        ``trust`` is decided by the edge that knows who rated (``web/review.py``): ``trusted`` (by role),
         ``untrusted`` or ``review`` (held for an admin); it updates the answer's review state in the
-        same transaction. None leaves the state as it is (see ``feedback/store_review.py``).
+        same transaction, where a user an admin trusts is trusted (read there, so a revocation cannot
+        land between the check and the write), and the stored rating's ``review`` says the state it
+        left. None leaves the state as it is (see ``feedback/store_review.py``).
         """
         if rating.rating not in RATINGS:
             raise InvalidRating(f"rating must be one of {RATINGS}, not {rating.rating!r}")
@@ -174,16 +176,18 @@ class RatingStore(StoreCore):
                                          "implicit": rating.implicit, "created_at": now, "reason": rating.reason})
             if rating.correction is not None:
                 upsert(cur, "corrections", who, {"content": rating.correction, "created_at": now})
+            state = None
             if trust is not None:
                 from feedback.store_review import review_after_rating  # store_review builds on this module
 
-                review_after_rating(cur, rating.message_id, rating.user, trust, rating.correction is not None, now)
+                state = review_after_rating(cur, rating.message_id, rating.user, trust,
+                                            rating.correction is not None, now)
         self._note_judged()
         log.info("rating stored message=%s user=%s rating=%s reason=%s correction=%s", rating.message_id,
                  rating.user, rating.rating, rating.reason, rating.correction is not None)
         return Rating(message_id=rating.message_id, user=rating.user, rating=rating.rating, comment=rating.comment,
                       correction=rating.correction, implicit=rating.implicit, created_at=_from_db(now),
-                      reason=rating.reason)
+                      reason=rating.reason, review=state)
 
     def stats(self, max_age_s: float = 0) -> dict:
         """Totals, per adapter and per day. Implicit thumbs-down (from regenerates) count as downs.

@@ -13,8 +13,10 @@ An answer with no row is ``trusted`` when judged by the single-user admin ``loca
 Listings also show ``retrying``: an answer that trains, was in a rejected run and has not yet reached
 a published adapter. ``rejections`` counts the rejected runs an answer was in.
 
-Revoking a user's trust (``set_user_trust``) sends the answers trusted because of it and not yet trained
-back to ``pending_review`` (a thumbs-down: ``untrusted``); the trained ones stay but leave replay.
+A user's trust is read in the same write transaction as their judgement (``review_after_rating``), so a
+judgement and a revocation are ordered. Revoking it (``set_user_trust``) sends the answers trusted because
+of it and not yet trained back to ``pending_review`` (a thumbs-down: ``untrusted``); the trained ones stay
+but leave replay.
 
 What trains is decided by time as before (``since`` = the cutoff of the last run that published an
 adapter) plus the state: held states never train, and an admin's include re-dates the answer to the
@@ -81,10 +83,14 @@ def _with_review(cur, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def review_after_rating(cur, message_id: str, user: str, trust: str, has_correction: bool, now: datetime) -> None:
-    """Update ``message_id``'s state for a new judgement by ``user`` (inside the rating's transaction).
+def review_after_rating(cur, message_id: str, user: str, trust: str, has_correction: bool, now: datetime) -> str:
+    """Update ``message_id``'s state for a new judgement by ``user`` (inside the rating's transaction);
+    returns the state it is in now.
 
-    ``trust``: ``trusted`` (an admin or a trusted user), ``untrusted``, or ``review`` (untrusted and held).
+    ``trust``: ``trusted`` (an admin, by role), ``untrusted``, or ``review`` (untrusted and held). A user an
+    admin trusts (``user_trust``) is trusted whatever ``trust`` says: read here, in the write transaction,
+    so a revocation lands either before the judgement (which is then untrusted) or after it (and takes
+    it back), never between a check and the write.
     Discarded and needs-review answers stay so until an admin acts; a pending answer stays pending
     unless a trusted user replaces its content with a correction of their own. Any new untrusted
     judgement voids an earlier approval: an admin approved the content as it was then. An untrusted
@@ -92,10 +98,12 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     """
     if trust not in TRUST_INPUTS:
         raise InvalidReview(f"trust must be one of {TRUST_INPUTS}, not {trust!r}")
+    if trust != "trusted" and user_trusted(cur, user):
+        trust = "trusted"
     row = cur.execute("SELECT state FROM review WHERE message_id = ?", [message_id]).fetchone()
     old = row[0] if row else None
     if old in ("discarded", "needs_review"):
-        return
+        return old
     held = None if trust == "trusted" else origin_hold(cur, message_id)
     if held or (old == "pending_review" and not (trust == "trusted" and has_correction)):
         trust = "review"
@@ -104,6 +112,7 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     reason = reason if state == "pending_review" else None
     values = {"state": state, "reason": reason, "actor": user, "judged_by": user, "decided_at": now}
     upsert(cur, "review", {"message_id": message_id}, values)
+    return state
 
 
 def _take_back_trust(cur, user: str, actor: str, now: datetime) -> int:

@@ -228,13 +228,14 @@ class TurnStore(StoreCore):
 
     @staticmethod
     def _regenerate_trust(cur, turn: TurnRecord) -> str:
-        """The trust of a regenerate's implicit thumbs-down: as the chat service passed it, else what the store
-        knows (local mode's single user and users an admin trusts are trusted; anyone else is not)."""
+        """The trust of a regenerate's implicit thumbs-down: as the chat service passed it (by role; per-user
+        trust is read by ``review_after_rating`` in this write), else what the store knows (local mode's
+        single user and users an admin trusts are trusted; anyone else is not)."""
         if turn.trust is not None:
             return turn.trust
-        from feedback.store_review import LOCAL_USER, user_trusted
+        from feedback.store_review import LOCAL_USER
 
-        return "trusted" if turn.user == LOCAL_USER or user_trusted(cur, turn.user) else "untrusted"
+        return "trusted" if turn.user == LOCAL_USER else "untrusted"
 
     def _conversation_for(self, cur, root: str, user: str, request: list[Message], now: datetime) -> tuple[str, int]:
         """(conversation id, number of request messages already stored) for a turn's history."""

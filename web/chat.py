@@ -21,7 +21,6 @@ from serving.errors import BadRequest, RequestTooLarge
 from serving.structured import StructuredOutput
 from serving.traffic import assign_arm
 from serving.types import PRODUCTION, ChatStream, Completion, Message, SamplingParams
-from web import review
 from web.access import check_conversation, check_model, owned_message
 from web.auth import Principal
 
@@ -207,10 +206,10 @@ class ChatService:
         if replaces is not None:
             owned_message(self.store, principal, replaces)
         user = principal.name
-        # A regenerate implies a thumbs-down by ``user``, which counts as their rating would: web.review's
-        # trust of a plain down (an admin's or a trusted user's trains as given; anyone else's is capped).
-        trust = None if replaces is None else (
-            "trusted" if review.trusted(self.store, principal) else "untrusted")
+        # A regenerate implies a thumbs-down by ``user``, which counts as their rating would: an admin's trains
+        # as given, anyone else's is capped unless an admin trusts them when the turn is written (the store
+        # reads that then: read now, a revocation during generation would leave the down trusted).
+        trust = None if replaces is None else ("trusted" if principal.is_admin else "untrusted")
         # An answer decoded under a grammar may be text the client chose (a schema's const, a one-value enum).
         constrained = params.constraint is not None or (params.structured is not None and params.structured.constrained)
         adapter, experiment_id, arm = self.route(user, model)

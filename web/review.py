@@ -1,8 +1,8 @@
 """Whose feedback trains as given and whose waits for an admin: the trust decision at the edge.
 
 An admin's feedback (single-user mode's ``local`` included) and that of users an admin trusts
-(``python app.py data trust NAME``) trains as given; revoking that trust takes back what it let through
-and has not trained yet (``ReviewStore.set_user_trust``). Everyone else's corrections, and by default their
+(``python app.py data trust NAME``, read by the store as it writes the judgement) trains as given; revoking
+that trust takes back what it let through and has not trained yet (``ReviewStore.set_user_trust``). Everyone else's corrections, and by default their
 thumbs-ups, wait in the review queue (``settings.review_untrusted``), and so does any judgement of theirs
 on an answer the model did not write freely (they wrote it or forced it); what they may still train is
 capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store keeps the state;
@@ -17,14 +17,13 @@ from web.auth import Principal
 from web.context import AppContext
 
 
-def trusted(store, principal: Principal) -> bool:
-    """Whether ``principal``'s judgements train as given: an admin's, or a user's an admin trusts."""
-    return principal.is_admin or store.user_trusted(principal.name)
-
-
 def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str:
-    """``trusted``, ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating."""
-    if trusted(ctx.store, principal):
+    """``trusted`` (an admin), ``untrusted`` (trains, capped) or ``review`` (held for an admin) for this rating.
+
+    A user an admin trusts is left to the store, which reads that trust in the rating's write transaction:
+    read here, a revocation could land between the check and the write and the rating would stay trusted.
+    """
+    if principal.is_admin:
         return "trusted"
     if ctx.store.answer_origins([rating.message_id]).get(rating.message_id, MODEL) != MODEL:
         return "review"  # the user wrote or forced this answer: the store holds it (feedback.store_turns)
@@ -33,14 +32,11 @@ def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str
     return "review" if held else "untrusted"
 
 
-STATE_OF = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}
-
-
 def rate(ctx: AppContext, principal: Principal, rating: Rating) -> tuple[Rating, str]:
     """Store a rating with its review state (the one way the API and the UI store a user's rating).
 
     Returns the stored rating and what happens to it: ``trusted`` (trains as given), ``untrusted``
     (trains, capped) or ``pending_review`` (waits for an admin), so the user is told, not left guessing.
     """
-    trust = feedback_trust(ctx, principal, rating)
-    return ctx.store.rate(rating, trust=trust), STATE_OF[trust]
+    stored = ctx.store.rate(rating, trust=feedback_trust(ctx, principal, rating))
+    return stored, stored.review

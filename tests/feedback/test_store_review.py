@@ -335,3 +335,18 @@ def test_a_review_row_shows_everything_the_answer_trains_after(store):
     row = store.review_rows(state="pending_review")[0][0]
     assert row["prompt"] == "Are you sure?"
     assert [m["content"] for m in row["context"]] == [m["content"] for m in history[:3]]
+
+
+def test_a_per_user_trust_is_read_in_the_write_of_the_judgement(store):
+    """The edge passes trust by role; whether an admin trusts the user is read where the rating is written,
+    for a rating and for a regenerate's implicit thumbs-down alike (a revocation cannot fall in between)."""
+    store.set_user_trust("bob", True, actor="root")
+    rated, regenerated = answer(store), answer(store)
+    assert store.rate(Rating(rated, "bob", "up"), trust="review").review == "trusted"
+    store.record_turn(make_turn(uuid.uuid4().hex, [SYSTEM, user("Where is Paris?")], "Paris is in France.",
+                                who="bob", replaces=regenerated, trust="untrusted"))
+    assert state(store, regenerated) == "trusted"
+    assert store.set_user_trust("bob", False, actor="root") == 2
+    assert state(store, rated) == "pending_review" and state(store, regenerated) == "untrusted"
+    assert store.rate(Rating(rated, "bob", "down"), trust="untrusted").review == "pending_review"  # still held
+
