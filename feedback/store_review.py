@@ -16,7 +16,7 @@ a published adapter. ``rejections`` counts the rejected runs an answer was in.
 A user's trust is read in the same write transaction as their judgement (``review_after_rating``), so a
 judgement and a revocation are ordered. Revoking it (``set_user_trust``) sends the answers trusted because
 of it and not yet trained back to ``pending_review`` (a thumbs-down: ``untrusted``); the trained ones stay
-but leave replay.
+but leave replay. An answer trusted for an admin's correction stays trusted when the user only rated it later.
 
 What trains is decided by time as before (``since`` = the cutoff of the last run that published an
 adapter) plus the state: held states never train, and an admin's include re-dates the answer to the
@@ -95,13 +95,14 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     unless a trusted user replaces its content with a correction of their own. Any new untrusted
     judgement voids an earlier approval: an admin approved the content as it was then. An untrusted
     judgement of an answer the model did not write freely (the user wrote it, or forced it) is held.
+    ``judged_by`` names whose judgement the trusted state rests on (what a revocation takes back).
     """
     if trust not in TRUST_INPUTS:
         raise InvalidReview(f"trust must be one of {TRUST_INPUTS}, not {trust!r}")
     if trust != "trusted" and user_trusted(cur, user):
         trust = "trusted"
-    row = cur.execute("SELECT state FROM review WHERE message_id = ?", [message_id]).fetchone()
-    old = row[0] if row else None
+    row = cur.execute("SELECT state, judged_by FROM review WHERE message_id = ?", [message_id]).fetchone()
+    old, judged_by = row if row else (None, None)
     if old in ("discarded", "needs_review"):
         return old
     held = None if trust == "trusted" else origin_hold(cur, message_id)
@@ -110,21 +111,34 @@ def review_after_rating(cur, message_id: str, user: str, trust: str, has_correct
     state = {"trusted": "trusted", "untrusted": "untrusted", "review": "pending_review"}[trust]
     reason = held or f"judged by {user}, who is not trusted: waits for an admin's review"
     reason = reason if state == "pending_review" else None
-    values = {"state": state, "reason": reason, "actor": user, "judged_by": user, "decided_at": now}
+    # A trusted thumbs on an answer trusted for someone else's correction changes nothing that trains (a
+    # correction is the row's content, whatever the rating): the trust still rests on that correction,
+    # so revoking this user's trust later must not send the row back to the queue.
+    if not (state == old == "trusted" and not has_correction and judged_by
+            and _latest_corrector(cur, message_id) not in (None, user)):
+        judged_by = user
+    values = {"state": state, "reason": reason, "actor": user, "judged_by": judged_by, "decided_at": now}
     upsert(cur, "review", {"message_id": message_id}, values)
     return state
+
+
+def _latest_corrector(cur, message_id: str) -> str | None:
+    """Who wrote the answer's latest correction (the one that trains, as in _RATED_CTE); None if none."""
+    row = cur.execute("""SELECT "user" FROM corrections WHERE message_id = ?
+                         ORDER BY created_at DESC, "user" LIMIT 1""", [message_id]).fetchone()
+    return row[0] if row else None
 
 
 def _take_back_trust(cur, user: str, actor: str, now: datetime) -> int:
     """After ``actor`` revoked ``user``'s trust: the answers trusted because of it go back to what an untrusted
     judgement gets (``review_after_rating``), unless their current judgement already trained. Returns how many.
 
-    "Because of it": state ``trusted`` and ``user``'s was the judgement that set it (``judged_by``), so an
-    admin's own judgements and corrections, approved rows and other users' are not touched (the caller
-    leaves out admins and ``local``, trusted by role). A correction or thumbs-up waits for an admin whatever
-    ``review_untrusted`` says (the store does not know it, and a revocation says the user was not to be
-    trusted); a thumbs-down trains capped. Answers that trained under the trust stay as they are (they are
-    in production already) but leave replay (``trust_revoked_at``).
+    "Because of it": state ``trusted`` and ``user``'s was the judgement it rests on (``judged_by``), so an
+    admin's own judgements and corrections (even ones ``user`` rated later), approved rows and other users'
+    are not touched (the caller leaves out admins and ``local``, trusted by role). A correction or thumbs-up
+    waits for an admin whatever ``review_untrusted`` says (the store does not know it, and a revocation says
+    the user was not to be trusted); a thumbs-down trains capped. Answers that trained under the trust stay
+    as they are (they are in production already) but leave replay (``trust_revoked_at``).
     """
     found = cur.execute("""SELECT rv.message_id, rv.trained_run, runs.cutoff FROM review rv
                            LEFT JOIN runs ON runs.id = rv.trained_run

@@ -350,3 +350,25 @@ def test_a_per_user_trust_is_read_in_the_write_of_the_judgement(store):
     assert state(store, rated) == "pending_review" and state(store, regenerated) == "untrusted"
     assert store.rate(Rating(rated, "bob", "down"), trust="untrusted").review == "pending_review"  # still held
 
+
+def test_an_admins_correction_rated_later_by_a_revoked_user_keeps_training_as_given(store):
+    """The admin's correction is what trains; bob's later thumbs, given while trusted, change nothing that
+    trains, so revoking bob leaves the row trusted. A correction of bob's own, or one an admin only rated
+    after it (the admin rated the answer, not bob's text), goes back to the queue."""
+    store.set_user_trust("bob", True, actor="root")
+    liked, disliked, rewritten, endorsed = answer(store), answer(store), answer(store), answer(store)
+    for mid in (liked, disliked, rewritten):
+        store.rate(Rating(mid, "root", "down", correction="Paris is in France."), trust="trusted")
+    store.rate(Rating(liked, "bob", "up"), trust="trusted")
+    store.rate(Rating(disliked, "bob", "down"), trust="trusted")
+    store.rate(Rating(rewritten, "bob", "down", correction="Paris is in Spain."), trust="trusted")
+    store.rate(Rating(endorsed, "bob", "down", correction="Paris is in Spain."), trust="trusted")
+    store.rate(Rating(endorsed, "root", "up"), trust="trusted")
+
+    assert store.set_user_trust("bob", False, actor="root") == 2
+    assert state(store, liked) == state(store, disliked) == "trusted"
+    assert state(store, rewritten) == state(store, endorsed) == "pending_review"
+    examples = {e.message_id: e for e in store.trainable_examples(until=datetime.now(UTC))}
+    assert set(examples) == {liked, disliked}
+    assert all(e.trusted and e.correction == "Paris is in France." for e in examples.values())
+
