@@ -14,9 +14,10 @@ Listings also show ``retrying``: an answer that trains, was in a rejected run an
 a published adapter. ``rejections`` counts the rejected runs an answer was in.
 
 A user's trust is read in the same write transaction as their judgement (``review_after_rating``), so a
-judgement and a revocation are ordered. Revoking it (``set_user_trust``) sends the answers trusted because
-of it and not yet trained back to ``pending_review`` (a thumbs-down: ``untrusted``); the trained ones stay
-but leave replay. An answer trusted for an admin's correction stays trusted when the user only rated it later.
+judgement and a revocation are ordered. Revoking it (``set_user_trust``) gives the answers trusted because
+of it and not yet trained what the same judgement by an untrusted user gets (``untrusted_trust``: the
+review queue, or capped training); the trained ones stay but leave replay. An answer trusted for an
+admin's correction stays trusted when the user only rated it later.
 
 What trains is decided by time as before (``since`` = the cutoff of the last run that published an
 adapter) plus the state: held states never train, and an admin's include re-dates the answer to the
@@ -42,7 +43,7 @@ from feedback.store_ratings import (
     rated_by_ids,
     touched_ids,
 )
-from feedback.store_turns import origin_hold, origins_of
+from feedback.store_turns import HOLD_REASONS, MODEL, origin_hold, origins_of
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ LIST_STATES = ("pending_review", "retrying", "needs_review", "discarded", "appro
 HELD = ("pending_review", "needs_review", "discarded")  # never in a training set
 TRUSTED = ("trusted", "approved")  # train as given: no per-user or per-answer caps
 TRUST_INPUTS = ("trusted", "untrusted", "review")  # what the edge that knows the rater passes to ``rate``
+REVIEW_UNTRUSTED = ("off", "corrections", "corrections_and_ups")  # settings.review_untrusted
 MAX_IDS = 1000  # ids one include/discard call may name
 
 # The stored state, or the default for answers without a row.
@@ -81,6 +83,23 @@ def _with_review(cur, rows: list[dict]) -> list[dict]:
         default = "trusted" if (r["rating_user"] or r["correction_user"]) == LOCAL_USER else "untrusted"
         r["state"] = r["rv_state"] or default
     return rows
+
+
+def untrusted_trust(review_untrusted: str, rating: str | None, has_correction: bool, origin: str) -> str:
+    """What a judgement by a user who is not trusted gets: ``review`` (held for an admin) or ``untrusted``
+    (trains, capped). The one rule for a new judgement (the edge) and for one whose trust was revoked.
+
+    Held: any judgement of an answer the model did not write freely (``origin``, see feedback.store_turns);
+    under ``review_untrusted`` (settings) ``corrections``, a correction; ``corrections_and_ups``, a
+    thumbs-up too; ``off``, nothing else.
+    """
+    if review_untrusted not in REVIEW_UNTRUSTED:
+        raise InvalidReview(f"review_untrusted must be one of {REVIEW_UNTRUSTED}, not {review_untrusted!r}")
+    if origin != MODEL:
+        return "review"
+    held = review_untrusted != "off" and (
+        has_correction or (review_untrusted == "corrections_and_ups" and rating == "up"))
+    return "review" if held else "untrusted"
 
 
 def review_after_rating(cur, message_id: str, user: str, trust: str, has_correction: bool, now: datetime) -> str:
@@ -129,35 +148,38 @@ def _latest_corrector(cur, message_id: str) -> str | None:
     return row[0] if row else None
 
 
-def _take_back_trust(cur, user: str, actor: str, now: datetime) -> int:
-    """After ``actor`` revoked ``user``'s trust: the answers trusted because of it go back to what an untrusted
-    judgement gets (``review_after_rating``), unless their current judgement already trained. Returns how many.
+def _take_back_trust(cur, user: str, actor: str, now: datetime, review_untrusted: str) -> int:
+    """After ``actor`` revoked ``user``'s trust: the answers trusted because of it get what the same judgement
+    by an untrusted user gets now (``untrusted_trust`` under ``review_untrusted``), unless their current
+    judgement already trained. Returns how many.
 
     "Because of it": state ``trusted`` and ``user``'s was the judgement it rests on (``judged_by``), so an
     admin's own judgements and corrections (even ones ``user`` rated later), approved rows and other users'
-    are not touched (the caller leaves out admins and ``local``, trusted by role). A correction or thumbs-up
-    waits for an admin whatever ``review_untrusted`` says (the store does not know it, and a revocation says
-    the user was not to be trusted); a thumbs-down trains capped. Answers that trained under the trust stay
-    as they are (they are in production already) but leave replay (``trust_revoked_at``).
+    are not touched (the caller leaves out admins and ``local``, trusted by role). Answers that trained
+    under the trust stay as they are (they are in production already) but leave replay (``trust_revoked_at``).
     """
     found = cur.execute("""SELECT rv.message_id, rv.trained_run, runs.cutoff FROM review rv
                            LEFT JOIN runs ON runs.id = rv.trained_run
                            WHERE rv.state = 'trusted' AND rv.judged_by = ?""", [user]).fetchall()
     rated = {r["id"]: r for r in rated_by_ids(cur, [f[0] for f in found])}
     revoked = f"judged by {user} while trusted; {actor} revoked that trust"
-    trained, back = [], []
+    trained, untrained = [], []
     for message_id, trained_run, cutoff in found:
         row = rated.get(message_id)
         if trained_run is not None:
             trained.append(message_id)
         # Trained as judged now: in the window of the run that reached production (a later judgement is not).
-        if row is None or (trained_run is not None and (cutoff is None or row["rated_at"] < cutoff)):
-            continue
-        held = origin_hold(cur, message_id)
-        if held or row["correction"] is not None or row["rating"] == "up":
-            back.append(["pending_review", f"{held or revoked}: waits for an admin's review", message_id])
+        if row is not None and not (trained_run is not None and (cutoff is None or row["rated_at"] < cutoff)):
+            untrained.append(row)
+    origins = origins_of(cur, [r["id"] for r in untrained])
+    back = []
+    for row in untrained:
+        origin = origins.get(row["id"], MODEL)
+        if untrusted_trust(review_untrusted, row["rating"], row["correction"] is not None, origin) == "review":
+            back.append(["pending_review", f"{HOLD_REASONS.get(origin) or revoked}: waits for an admin's review",
+                         row["id"]])
         else:
-            back.append(["untrusted", f"{revoked}: trains capped", message_id])
+            back.append(["untrusted", f"{revoked}: trains capped", row["id"]])
     if back:
         cur.executemany("UPDATE review SET state = ?, reason = ?, actor = ?, decided_at = ? WHERE message_id = ?",
                         [[state, reason, actor, now, m] for state, reason, m in back])
@@ -387,24 +409,30 @@ class ReviewStore(StoreCore):
             cur.execute("UPDATE review SET trained_run = ? WHERE message_id IN (SELECT unnest(?))", [run_id, ids])
 
     # --- per-user trust ------------------------------------------------------------------------------
-    def set_user_trust(self, user: str, trusted: bool, actor: str, *, admin: bool = False) -> int:
+    def set_user_trust(self, user: str, trusted: bool, actor: str, *, admin: bool = False,
+                       review_untrusted: str = "corrections_and_ups") -> int:
         """An admin's per-user setting: a trusted user's feedback trains as given. Returns how many rated
         answers a revocation took back (0 for anything else).
 
         Revoking (trusted -> not trusted) takes back, in the same transaction, what the trust let through
-        and has not trained yet (``_take_back_trust``). Granting trust again does not re-trust those answers:
-        an admin includes them after reading them. ``admin``: ``user`` has the admin role, so their
-        judgements are trusted by role, not by this setting, and a revocation takes nothing back (roles live
-        in the users file, which the edge reads and the store does not).
+        and has not trained yet (``_take_back_trust``): each gets what the same judgement by an untrusted
+        user gets under ``review_untrusted`` (the app's setting; the default is the strictest). Granting
+        trust again does not re-trust those answers: an admin includes them after reading them. ``admin``:
+        ``user`` has the admin role, so their judgements are trusted by role, not by this setting, and a
+        revocation takes nothing back (roles live in the users file, which the edge reads and the store
+        does not).
         """
         if not user or len(user) > 128:
             raise InvalidReview("user name must have 1 to 128 characters")
+        if review_untrusted not in REVIEW_UNTRUSTED:
+            raise InvalidReview(f"review_untrusted must be one of {REVIEW_UNTRUSTED}, not {review_untrusted!r}")
         self._turns.wait()  # a regenerate's implicit thumbs-down judged before this lands before it
         with self._write() as cur:
             now = _now()  # inside the lock: dated in write order
             revoked = user_trusted(cur, user) and not trusted
             upsert(cur, "user_trust", {"user": user}, {"trusted": bool(trusted), "actor": actor, "updated_at": now})
-            taken = _take_back_trust(cur, user, actor, now) if revoked and not admin and user != LOCAL_USER else 0
+            taken = (_take_back_trust(cur, user, actor, now, review_untrusted)
+                     if revoked and not admin and user != LOCAL_USER else 0)
         log.info("user %s %s by %s; %d rated answers taken back", user, "trusted" if trusted else "not trusted",
                  actor, taken)
         return taken

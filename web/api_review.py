@@ -134,5 +134,6 @@ def set_trust(name: str, body: TrustRequest, ctx: Ctx, user: Admin):
     principal = ctx.users.principal(name)
     if principal is None:
         raise ApiError(404, f"unknown user {name!r}", code="user_not_found")
-    n = ctx.store.set_user_trust(name, body.trusted, actor=user.name, admin=principal.is_admin)
+    n = ctx.store.set_user_trust(name, body.trusted, actor=user.name, admin=principal.is_admin,
+                                 review_untrusted=ctx.settings.review_untrusted)
     return {"ok": True, "user": name, "trusted": body.trusted, "requeued": n}

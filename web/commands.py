@@ -360,7 +360,8 @@ def data_cmd(args, settings) -> int:
             principal = UserDirectory(settings.users_path).principal(name)
             if principal is None:
                 raise CommandError(f"unknown user {name!r}")
-            n = _offline(settings, lambda s: s.set_user_trust(name, trusted, actor="cli", admin=principal.is_admin))
+            n = _offline(settings, lambda s: s.set_user_trust(name, trusted, actor="cli", admin=principal.is_admin,
+                                                              review_untrusted=settings.review_untrusted))
         print(f"{name}: {'trusted' if trusted else 'not trusted'}"
               + ("" if trusted else f"; {n} rated answers they judged while trusted taken back (not trained yet)"))
         return 0

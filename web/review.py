@@ -12,6 +12,7 @@ capped (``max_untrusted_user_rows``, ``max_untrusted_answer_rows``). The store k
 from __future__ import annotations
 
 from feedback.models import Rating
+from feedback.store_review import untrusted_trust
 from feedback.store_turns import MODEL
 from web.auth import Principal
 from web.context import AppContext
@@ -25,11 +26,8 @@ def feedback_trust(ctx: AppContext, principal: Principal, rating: Rating) -> str
     """
     if principal.is_admin:
         return "trusted"
-    if ctx.store.answer_origins([rating.message_id]).get(rating.message_id, MODEL) != MODEL:
-        return "review"  # the user wrote or forced this answer: the store holds it (feedback.store_turns)
-    scope = ctx.settings.review_untrusted
-    held = scope != "off" and (rating.correction is not None or (scope == "corrections_and_ups" and rating.rating == "up"))
-    return "review" if held else "untrusted"
+    origin = ctx.store.answer_origins([rating.message_id]).get(rating.message_id, MODEL)
+    return untrusted_trust(ctx.settings.review_untrusted, rating.rating, rating.correction is not None, origin)
 
 
 def rate(ctx: AppContext, principal: Principal, rating: Rating) -> tuple[Rating, str]:

@@ -372,3 +372,39 @@ def test_an_admins_correction_rated_later_by_a_revoked_user_keeps_training_as_gi
     assert set(examples) == {liked, disliked}
     assert all(e.trusted and e.correction == "Paris is in France." for e in examples.values())
 
+
+def test_revoking_reads_the_origins_of_all_taken_back_answers_at_once(store, monkeypatch):
+    import feedback.store_review
+    import feedback.store_turns
+
+    store.set_user_trust("bob", True, actor="root")
+    mids = [answer(store) for _ in range(5)]
+    for mid in mids:
+        store.rate(Rating(mid, "bob", "up"), trust="trusted")
+    calls = []
+    real = feedback.store_turns.origins_of
+
+    def counted(cur, ids):
+        calls.append(len(ids))
+        return real(cur, ids)
+
+    monkeypatch.setattr(feedback.store_turns, "origins_of", counted)
+    monkeypatch.setattr(feedback.store_review, "origins_of", counted)
+    assert store.set_user_trust("bob", False, actor="root") == 5
+    assert calls == [5] and {state(store, m) for m in mids} == {"pending_review"}
+
+
+@pytest.mark.parametrize("scope, wait", [("off", set()), ("corrections", {"corrected"}),
+                                         ("corrections_and_ups", {"corrected", "liked"})])
+def test_taken_back_answers_get_what_review_untrusted_gives_an_untrusted_judgement(store, scope, wait):
+    store.set_user_trust("bob", True, actor="root")
+    mids = {"corrected": answer(store), "liked": answer(store), "disliked": answer(store)}
+    store.rate(Rating(mids["corrected"], "bob", "down", correction="Paris is in France."), trust="trusted")
+    store.rate(Rating(mids["liked"], "bob", "up"), trust="trusted")
+    store.rate(Rating(mids["disliked"], "bob", "down"), trust="trusted")
+    assert store.set_user_trust("bob", False, actor="root", review_untrusted=scope) == 3
+    assert {k: state(store, m) for k, m in mids.items()} == {
+        k: "pending_review" if k in wait else "untrusted" for k in mids}
+    assert set(trainable(store).values()) <= {False}  # what trains, trains capped
+    with pytest.raises(InvalidReview):
+        store.set_user_trust("bob", False, actor="root", review_untrusted="never")

@@ -14,7 +14,7 @@ from tests.feedback.feedback_helpers import SYSTEM, make_turn, user
 from web import review
 from web.auth import Principal
 
-BOB = Principal("bob", "user")
+BOB, CAROL = Principal("bob", "user"), Principal("carol", "user")
 
 
 @pytest.fixture
@@ -55,3 +55,21 @@ def test_a_revocation_between_the_trust_decision_and_the_write_leaves_the_rating
     assert state(store, mid) == "pending_review"
     assert told == stored.review == "pending_review"  # and bob is told what happened, not what was decided first
 
+
+@pytest.mark.parametrize("scope", ["off", "corrections", "corrections_and_ups"])
+def test_a_taken_back_judgement_gets_what_a_new_untrusted_one_gets(store, scope):
+    """One rule for both: carol (never trusted) judges as bob did while trusted; after bob's revocation,
+    each of his answers is in the state carol's is in, under each ``review_untrusted``."""
+    ctx = SimpleNamespace(store=store, settings=Settings(review_untrusted=scope))
+    store.set_user_trust("bob", True, actor="root")
+    judgements = [("down", "Paris is in France."), ("up", None), ("down", None)]
+    pairs = []
+    for rating, correction in judgements:
+        bobs, carols = answer(store, "bob"), answer(store, "carol")
+        review.rate(ctx, BOB, Rating(bobs, "bob", rating, correction=correction))
+        review.rate(ctx, CAROL, Rating(carols, "carol", rating, correction=correction))
+        pairs.append((bobs, carols))
+    assert {state(store, b) for b, _ in pairs} == {"trusted"}
+    assert store.set_user_trust("bob", False, actor="root", review_untrusted=scope) == 3
+    assert [state(store, b) for b, _ in pairs] == [state(store, c) for _, c in pairs]
+    assert len({state(store, c) for _, c in pairs}) == (1 if scope == "off" else 2)  # the scope did matter
