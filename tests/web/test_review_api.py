@@ -267,6 +267,24 @@ def test_one_users_false_corrections_never_reach_a_promoted_adapter_unless_appro
         app.stop()
 
 
+def test_a_revocation_follows_review_untrusted_and_leaves_an_admins_correction(team, monkeypatch):
+    """What a revocation takes back gets what a new untrusted judgement gets under the app's settings (here
+    'corrections': a thumbs-up trains capped); an admin's correction the user only rated stays trusted."""
+    app, tokens = team
+    monkeypatch.setattr(app.ctx.settings, "review_untrusted", "corrections")
+    trust = "/v1/admin/data/trust/{}".format
+    with app.client(tokens["ben"]) as ben, app.client(tokens["root"]) as root:
+        root.put(trust("ben"), json={"trusted": True})
+        liked, fixed = answer(ben, "Capital of Spain?"), answer(ben, "Capital of Japan?")
+        root.post("/v1/feedback", json={"message_id": fixed, "rating": "down", "correction": "Tokyo."})
+        for mid in (liked, fixed):
+            assert ben.post("/v1/feedback", json={"message_id": mid, "rating": "up"}).json()["review"] == "trusted"
+        assert root.put(trust("ben"), json={"trusted": False}).json()["requeued"] == 1
+        assert {m: states(root, "ben")[m] for m in (liked, fixed)} == {liked: "untrusted", fixed: "trusted"}
+        example = next(e for e in app.ctx.store.trainable_examples() if e.message_id == fixed)
+        assert example.trusted and example.correction == "Tokyo."
+
+
 def test_cli_data_commands_through_the_running_app(team):
     from tests.web.test_cli import cli
 
@@ -295,7 +313,7 @@ def test_cli_data_commands_through_the_running_app(team):
     assert app.ctx.store.user_trusted("ann") is False
 
 
-def test_cli_data_commands_alone(tmp_path):
+def test_cli_data_commands_alone(tmp_path, monkeypatch):
     from feedback.models import Rating, TurnRecord
     from feedback.store import FeedbackStore
     from settings import Settings
@@ -329,7 +347,11 @@ def test_cli_data_commands_alone(tmp_path):
     with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
         assert store.review_counts()["approved"] == 2 and store.review_counts()["discarded"] == 1
         assert store.user_trusted("bob")
+    # The app's review_untrusted decides what a taken-back correction gets, as for a new untrusted one:
+    # with 'off' it trains capped instead of waiting.
+    monkeypatch.setenv("TUNELOOP_REVIEW_UNTRUSTED", "off")
     out = cli(data_dir, "data", "trust", "bob", "--off", demo=False)
     assert out.returncode == 0 and "bob: not trusted; 1 rated answers" in out.stdout, out.stderr
     with FeedbackStore(Settings(data_dir=data_dir).db_path) as store:
-        assert store.review_counts()["pending_review"] == 1 and not store.user_trusted("bob")
+        assert store.review_counts()["untrusted"] == 1 and not store.user_trusted("bob")
+        assert store.review_counts()["pending_review"] == 0
