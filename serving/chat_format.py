@@ -3,8 +3,20 @@ so what the model is trained on and what it is asked cannot drift apart."""
 
 from __future__ import annotations
 
-from serving.errors import BadRequest
+import re
+from functools import lru_cache
+
+from serving.errors import BadRequest, UnescapableControlToken
 from serving.types import Message
+
+# Inserted after the first character of a control-token string found in message text, so the tokenizer reads
+# it as plain text ("<", ZWSP, "|im_end|>") instead of the control token: a user cannot end their turn early or
+# forge a system or assistant turn, in what the model is asked or, through a correction, in what it is trained
+# on. Only what the model sees changes; stored text and what the user reads stay as written. Invisible and
+# meaningless, so the model still reads roughly what was typed. Done on the text, not at tokenization
+# (transformers' ``apply_chat_template(sanitize_control_tokens=True)``), because TRL tokenizes the rendered
+# training strings itself with a plain tokenizer call, and serving must see exactly what training sees.
+_BREAK = "\u200b"
 
 
 def _check_tool_support(tokenizer, messages: list[Message], tools: list[dict] | None) -> None:
@@ -27,11 +39,80 @@ def _check_tool_support(tokenizer, messages: list[Message], tools: list[dict] | 
         raise BadRequest(f"this model's chat template does not support tools (it does not render: {', '.join(missing)})")
 
 
+def control_tokens(tokenizer) -> tuple[str, ...]:
+    """The strings that become control tokens wherever they appear in text the tokenizer reads.
+
+    The tokenizer's special tokens (``all_special_tokens`` and every added token marked special) plus the
+    non-special added tokens the chat template writes (Qwen's ``<tool_call>``), as transformers'
+    ``sanitize_control_tokens`` chooses them. Other non-special added tokens are ordinary words for some
+    models, and whitespace tokens (Gemma's) are written by users all the time: both are left alone.
+    """
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template or "")
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    found = {t.content for t in added if t.special or (t.content in template and not t.content.isspace())}
+    found.update(tokenizer.all_special_tokens)
+    return tuple(sorted(t for t in found if t))
+
+
+@lru_cache(maxsize=16)
+def _pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    # Longest first, so a token wins over a shorter one it contains.
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) or "(?!)")
+
+
+def escape_control_tokens(tokenizer, value):
+    """``value`` (a string, or messages/tools: lists and dicts of them) with every control-token string in its
+    text broken so it tokenizes as plain text; a copy, the input is not changed. Text without one is returned
+    unchanged, so ordinary conversations render exactly as before."""
+    tokens = control_tokens(tokenizer)
+    pattern = _pattern(tokens)
+    changed: list[str] = []
+
+    def walk(v):
+        if isinstance(v, str):
+            if not pattern.search(v):
+                return v
+            out = v
+            for _ in range(4):  # a break could expose a token hidden inside a longer one; a few passes settle it
+                out = pattern.sub(lambda m: m[0][0] + _BREAK + m[0][1:], out)
+                if not pattern.search(out):
+                    break
+            changed.append(out)
+            return out
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        return v
+
+    out = walk(value)
+    if changed:
+        _check_escaped(tokenizer, tokens, changed)
+    return out
+
+
+def _check_escaped(tokenizer, tokens: tuple[str, ...], texts: list[str]) -> None:
+    # The tokenizer is the judge: a normalizer that drops zero-width characters would undo the break, and a
+    # one-character control token cannot be broken. Refuse then; only text that held a control token pays this.
+    ids = {i for i in tokenizer.convert_tokens_to_ids(list(tokens)) if i is not None}
+    for text in texts:
+        if ids.intersection(tokenizer(text, add_special_tokens=False)["input_ids"]):
+            raise UnescapableControlToken(
+                "the text contains a control token of this model's chat format that cannot be written as plain text"
+            )
+
+
 def render_prompt(tokenizer, messages: list[Message], tools: list[dict] | None = None) -> str:
-    """The prompt text for ``messages`` with the assistant's turn opened (the model answers next)."""
+    """The prompt text for ``messages`` with the assistant's turn opened (the model answers next).
+
+    Control-token strings inside messages and tools are escaped (``escape_control_tokens``): only the
+    template writes control tokens.
+    """
     _check_tool_support(tokenizer, messages, tools)
-    kwargs = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    kwargs = {"tools": escape_control_tokens(tokenizer, tools)} if tools else {}
+    return tokenizer.apply_chat_template(
+        escape_control_tokens(tokenizer, messages), tokenize=False, add_generation_prompt=True, **kwargs
+    )
 
 
 def render_completion(tokenizer, messages: list[Message], answer: str) -> str:
@@ -41,8 +122,11 @@ def render_completion(tokenizer, messages: list[Message], answer: str) -> str:
     marker is included without knowing it.
     """
     prompt = render_prompt(tokenizer, messages)
+    # The answer is user text too (a correction becomes a training target): escaped like the messages.
+    answer = escape_control_tokens(tokenizer, answer)
     full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": answer}], tokenize=False, add_generation_prompt=False
+        [*escape_control_tokens(tokenizer, messages), {"role": "assistant", "content": answer}],
+        tokenize=False, add_generation_prompt=False,
     )
     if not full.startswith(prompt):
         # Some templates rewrite earlier turns once an answer follows; fall back to answer + eos.

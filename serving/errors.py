@@ -17,6 +17,11 @@ class RequestTooLarge(BadRequest):
     """Too many messages, or too many characters in all, to be worth tokenizing (checked before rendering)."""
 
 
+class UnescapableControlToken(BadRequest):
+    """Message text holds a control-token string that this tokenizer would still read as a control token after
+    escaping (its normalizer undoes the break): refused rather than let the text forge a turn."""
+
+
 class MaxTokensTooLarge(BadRequest):
     """``max_tokens`` asks for more than ``max_new_tokens``."""
 
