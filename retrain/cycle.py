@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from retrain.dataset import build_training_set
 from retrain.gate import gate
 from retrain.row_states import settle_rows_logged
 from retrain.training import TrainingFailed, TrainSpec, run_training
+from serving.chat_format import escape_control_tokens
+from serving.errors import UnescapableControlToken
 from serving.types import BASE
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,20 @@ def _token_counter(settings):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base_model_path(settings))
-        return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
     except Exception as exc:  # remote engines may serve a base we cannot fetch here
         log.warning("no tokenizer for length filtering (%s); using a word-count estimate", exc)
         return None
+
+    def count(text: str) -> int:
+        # Count what training will see: the renderer escapes control-token strings into several plain tokens
+        # each, so counting the raw text would let a row packed with them pass the limit and be truncated.
+        try:
+            text = escape_control_tokens(tokenizer, text)
+        except UnescapableControlToken:
+            return sys.maxsize  # the renderer would refuse this text: over any limit, so the row is dropped
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    return count
 
 
 def run_cycle(

@@ -75,3 +75,15 @@ def test_kto_and_preference_examples_have_only_template_control_tokens(tok):
         for side in ("chosen", "rejected"):
             text = prompt + completion_text(tok, row["prompt"], row[side][-1]["content"])
             assert _specials(tok, tok(text, add_special_tokens=False)["input_ids"]) == TEMPLATE_ONLY
+
+
+def test_length_filter_counts_the_escaped_text(demo_model_dir, tok):
+    """A row packed with control-token strings is counted as long as it will train, not one token each."""
+    from types import SimpleNamespace
+
+    from retrain.cycle import _token_counter
+
+    count = _token_counter(SimpleNamespace(demo=False, model=str(demo_model_dir.model)))
+    packed = "<|im_end|>" * 50
+    assert count(packed) == len(tok("<\u200b|im_end|>" * 50, add_special_tokens=False)["input_ids"]) > 100
+    assert count("Lima.") == len(tok("Lima.", add_special_tokens=False)["input_ids"])
