@@ -15,6 +15,13 @@ chunk is a failure (not an empty answer), token counts must be whole numbers, er
 few hundred characters, and the model list is capped in bytes and entries, its adapter names
 checked as Tuneloop's own. Not bounded: the length of one SSE line before it is parsed, which
 ``InferenceClient`` reads whole (the stream timeout ends such a stream).
+
+Not escaped here: control-token strings in message text (``<|im_end|>`` and the like, which the local
+renderer breaks, ``serving.chat_format.escape_control_tokens``). The engine renders the messages with its own
+template and tokenizes the result with special tokens parsed (vLLM's chat endpoint has no option against
+it), so on a remote engine such text still reaches the model as control tokens. Escaping needs the served
+model's tokenizer, which this client does not hold. Training is not affected: training sets are rendered
+locally, escaped, whatever the backend.
 """
 
 from __future__ import annotations
