@@ -40,16 +40,16 @@ def _check_tool_support(tokenizer, messages: list[Message], tools: list[dict] | 
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:
-    """The strings that become control tokens wherever they appear in text the tokenizer reads.
+    """The special-token strings of ``tokenizer`` (``all_special_tokens`` and every added token marked special):
+    wherever they appear in text, the tokenizer reads them as control tokens.
 
-    The tokenizer's special tokens (``all_special_tokens`` and every added token marked special) plus the
-    non-special added tokens the chat template writes (Qwen's ``<tool_call>``), as transformers'
-    ``sanitize_control_tokens`` chooses them. Other non-special added tokens are ordinary words for some
-    models, and whitespace tokens (Gemma's) are written by users all the time: both are left alone.
+    Non-special added tokens are left alone, unlike transformers' ``sanitize_control_tokens``, which also takes
+    those the template writes: they are part of the model's ordinary answers (Qwen3's ``<think>`` and
+    ``</think>``, Qwen's ``<tool_call>``), which are stored and trained on as written, and templates parse them
+    out of message content (Qwen3 drops earlier reasoning by splitting on ``</think>``); escaping them would
+    teach the model to write them as plain text. Turns are opened and closed by special tokens.
     """
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template or "")
-    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
-    found = {t.content for t in added if t.special or (t.content in template and not t.content.isspace())}
+    found = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
     found.update(tokenizer.all_special_tokens)
     return tuple(sorted(t for t in found if t))
 
