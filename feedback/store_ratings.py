@@ -369,9 +369,12 @@ class RatingStore(StoreCore):
             cur.execute("""SELECT battle_id, "user", winner, created_at FROM arena_votes
                            WHERE winner IN ('a', 'b') AND created_at >= ? AND created_at < ?""", window)
             cast = _rows(cur)
-            battles = self._by_ids(cur, "SELECT id, prompt, answer_a, answer_b FROM battles",
+            battles = self._by_ids(cur, 'SELECT id, prompt, answer_a, answer_b, "user" AS owner FROM battles',
                                    [v["battle_id"] for v in cast])
-            votes = sorted(({**battles[v["battle_id"]], **v} for v in cast if v["battle_id"] in battles),
+            # The battle owner's vote only, as the leaderboard counts (feedback.store_core.OWNER_VOTE): files from
+            # before the store refused other voters may hold an admin's second vote on a user's battle.
+            votes = sorted(({**battles[v["battle_id"]], **v} for v in cast
+                            if v["battle_id"] in battles and battles[v["battle_id"]]["owner"] == v["user"]),
                            key=lambda v: (v["created_at"], v["id"]))
         pairs = [PreferencePair(prompt=p, chosen=c["correction"], rejected=c["content"], source="correction",
                                 conversation_id=c["conversation_id"], user=c["user"],

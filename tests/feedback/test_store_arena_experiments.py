@@ -44,6 +44,7 @@ def test_a_second_vote_an_older_file_holds_is_not_counted(store):
     assert [v.user for v in store.arena_votes()] == ["alice"]
     daily = {r["adapter"]: r for r in store.adapter_daily_stats()}
     assert (daily["demo-a"]["wins"], daily["demo-b"]["losses"]) == (1, 1)
+    assert [(p.source, p.user) for p in store.preference_pairs()] == [("arena", "alice")]  # trains once too
 
 
 def test_no_vote_is_taken_once_an_adapter_of_the_battle_is_archived(store):
