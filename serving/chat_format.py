@@ -80,7 +80,8 @@ def escape_control_tokens(tokenizer, value):
             changed.append(out)
             return out
         if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
+            # Keys too: templates render tools with ``tojson``, so a schema's property names reach the prompt.
+            return {walk(k): walk(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [walk(x) for x in v]
         return v

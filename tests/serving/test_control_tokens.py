@@ -88,6 +88,18 @@ def test_tools_and_tool_calls_are_escaped(tok):
     assert _specials(tok, _ids(tok, text)) == _specials(tok, _ids(tok, clean))
 
 
+def test_forged_turn_in_a_tool_schemas_property_name_is_plain_text(tok):
+    """Templates render a tool with ``tojson``, keys included: a property name is text the client wrote."""
+    def tools(key):
+        return [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {key: {"type": "string"}}}}}]
+
+    messages = [{"role": "user", "content": "go"}]
+    text = render_prompt(tok, messages, tools=tools(FORGED))
+    assert FORGED_ESCAPED.replace("\n", "\\n") in text
+    assert _specials(tok, _ids(tok, text)) == _specials(tok, _ids(tok, render_prompt(tok, messages, tools=tools("x"))))
+
+
 def test_normal_conversations_render_exactly_as_before(tok):
     for messages in NORMAL:
         raw = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
