@@ -176,7 +176,8 @@ def _take_back_trust(cur, user: str, actor: str, now: datetime, review_untrusted
     for row in untrained:
         origin = origins.get(row["id"], MODEL)
         if untrusted_trust(review_untrusted, row["rating"], row["correction"] is not None, origin) == "review":
-            back.append(["pending_review", f"{HOLD_REASONS.get(origin) or revoked}: waits for an admin's review",
+            # A hold reason already says it waits, as in review_after_rating.
+            back.append(["pending_review", HOLD_REASONS.get(origin) or f"{revoked}: waits for an admin's review",
                          row["id"]])
         else:
             back.append(["untrusted", f"{revoked}: trains capped", row["id"]])

@@ -193,6 +193,7 @@ def test_revoking_holds_a_thumbs_down_on_an_answer_the_model_did_not_write_freel
     assert store.set_user_trust("bob", False, actor="root") == 1
     row = reviewed(store, forced)
     assert row["state"] == "pending_review" and "waits for an admin" in row["reason"]
+    assert row["reason"].count("waits for an admin") == 1  # said once, as for a new untrusted judgement
 
 
 def test_revoking_trust_that_was_never_given_or_an_admins_takes_nothing_back(store):
