@@ -62,7 +62,9 @@ class ArenaStore(StoreCore):
                                FROM battles b WHERE b.id = ?""", [battle_id]).fetchone()
             if b is None or b[2] != user:
                 raise UnknownBattle(f"unknown battle {battle_id!r}")
-            if cur.execute("SELECT 1 FROM arena_votes WHERE battle_id = ?", [battle_id]).fetchone():
+            # The owner's own vote: an older file's admin vote on the battle does not count (OWNER_VOTE), so it
+            # must not stand in for the owner's.
+            if cur.execute('SELECT 1 FROM arena_votes WHERE battle_id = ? AND "user" = ?', [battle_id, user]).fetchone():
                 raise AlreadyVoted(f"battle {battle_id!r} already has your vote")
             if b[3]:
                 raise BattleClosed(f"battle {battle_id!r} can no longer be voted on: one of its adapters has been "

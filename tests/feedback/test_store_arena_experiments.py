@@ -47,6 +47,18 @@ def test_a_second_vote_an_older_file_holds_is_not_counted(store):
     assert [(p.source, p.user) for p in store.preference_pairs()] == [("arena", "alice")]  # trains once too
 
 
+def test_an_older_files_admin_vote_does_not_take_the_owners_place(store):
+    """The uncounted admin vote of an older file does not use up the vote of the user the battle was shown to."""
+    store.create_battle("b1", "alice", PROMPT, "demo-a", "A", "demo-b", "B")
+    with store._write() as cur:
+        cur.execute("INSERT INTO arena_votes VALUES ('b1', 'admin', 'b', now())")
+    assert store.arena_vote_counts() == []
+    store.vote("b1", "alice", "a")
+    assert store.arena_vote_counts() == [("demo-a", "demo-b", "a", 1)]
+    with pytest.raises(AlreadyVoted):
+        store.vote("b1", "alice", "b")
+
+
 def test_no_vote_is_taken_once_an_adapter_of_the_battle_is_archived(store):
     """An archived adapter's rating stays what its votes made it while in use: a battle still waiting for its
     vote when one of its adapters was archived can no longer move it (nor its opponent's)."""
