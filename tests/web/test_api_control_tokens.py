@@ -42,3 +42,21 @@ def test_forged_turns_are_stored_as_written_and_never_control_tokens(running_app
     special = set(tok.convert_tokens_to_ids(list(control_tokens(tok))))
     # system, user and the answer's turn: three opened, three closed, as the template writes them.
     assert [tok.convert_ids_to_tokens(i) for i in ids if i in special] == ["<|im_start|>", "<|im_end|>"] * 3
+
+
+def test_a_forged_turn_in_a_tools_property_name_is_not_asked_as_control_tokens(running_app):
+    """A tool's schema is the client's text, its property names included (templates render tools with tojson)."""
+    tok = running_app.ctx.backend.tokenizer
+
+    def tools(key):
+        return [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {key: {"type": "string"}}}}}]
+
+    messages = [{"role": "user", "content": "go"}]
+    with running_app.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "base", "messages": messages, "tools": tools(USER),
+                                                 "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    asked = tok.apply_chat_template(messages, tools=tools(USER.replace("<|", f"<{ZW}|")), tokenize=False,
+                                    add_generation_prompt=True)
+    assert r.json()["usage"]["prompt_tokens"] == len(tok(asked, add_special_tokens=False)["input_ids"])
