@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from feedback.models import ConversationView, Rating
+from feedback.store_review import HELD
 from feedback.text import text_problem
 from serving.types import PRODUCTION, SamplingParams
 from web import review
@@ -171,7 +172,8 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         shown = REASON_LABELS.get(why) or ("Like" if value == "up" else "Dislike")
-        return {**st, "feedback": {**st["feedback"], message_id: shown}, "pending": review_state == "pending_review"}
+        # Any held state (an answer an admin set aside stays so): it teaches only once an admin includes it.
+        return {**st, "feedback": {**st["feedback"], message_id: shown}, "pending": review_state in HELD}
 
     def rate(st: dict, data: gr.LikeData, request: gr.Request):
         i = _visible_index(st, data.index)
@@ -224,7 +226,7 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         messages = list(st["messages"])
         messages[i] = {"role": "assistant", "content": new_text}
         st = {**st, "messages": messages, "feedback": {**st["feedback"], st["ids"][i]: "Dislike"}}
-        if state == "pending_review":
+        if state in HELD:
             return st, chat_view(st), "Correction saved: it waits for an admin's review before it teaches the model."
         return st, chat_view(st), "Correction saved: it will be used to teach the model."
 

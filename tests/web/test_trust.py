@@ -255,6 +255,23 @@ def test_rating_the_corrected_answer_of_a_resumed_chat_in_the_ui_is_held(trust):
     assert not {r["message_id"] for r in rows} & set(selected(trust))
 
 
+def test_a_correction_of_an_answer_an_admin_set_aside_is_not_promised_to_teach(trust):
+    """The chat UI says what the store did: a correction of an answer an admin discarded stays discarded
+    (feedback.store_review), so it waits for an admin, not "will be used to teach the model"."""
+    from tests.web.test_ui_handlers import Session
+
+    ui = Session(trust, "carol")
+    assert ui.call("ui_user_turn", "What is 2 + 2?", None)[0] and ui.call("ui_bot_turn", None, "production")[0]
+    store = trust.ctx.store
+    mid = store.conversation(store.list_conversations("carol")[0].id)[-1].id
+    assert ui.call("ui_rate", None, event_data={"index": 1, "value": "x", "liked": False})[0]
+    assert store.discard_rows([mid], "admin") == 1
+    ok, out = ui.call("ui_edit", None, event_data={"index": 1, "value": "4.", "previous_value": ""})
+    said = [o for o in out if isinstance(o, str)]
+    assert ok and review_row(trust, mid)["state"] == "discarded"
+    assert any("waits for an admin" in o for o in said) and not any("will be used" in o for o in said), said
+
+
 # --- bounded requests ----------------------------------------------------------------------------------------
 def test_an_oversize_body_is_refused_before_auth_and_before_it_is_read(trust):
     host = trust.url.removeprefix("http://")
