@@ -111,8 +111,10 @@ def build_arena_tab(ctx: AppContext):
             raise gr.Error(user_message(exc)) from None
         return f"Thanks! **A** was `{v.adapter_a}`, **B** was `{v.adapter_b}`."
 
-    go.click(fight, [prompt, pick_a, pick_b], [battle, answer_a, answer_b, reveal])
-    prompt.submit(fight, [prompt, pick_a, pick_b], [battle, answer_a, answer_b, reveal])
+    # Bounded by each user's arena slots (ArenaService.slot), not by Gradio's default of one run of an event at
+    # a time for everyone: with it, one user's slow battle held up every other user's.
+    go.click(fight, [prompt, pick_a, pick_b], [battle, answer_a, answer_b, reveal], concurrency_limit=None)
+    prompt.submit(fight, [prompt, pick_a, pick_b], [battle, answer_a, answer_b, reveal], concurrency_limit=None)
     for button, label in zip(vote_buttons, WINNERS, strict=True):
         button.click(vote, [battle, gr.State(label)], [reveal])
     return picker, pick_a, pick_b

@@ -187,3 +187,19 @@ def test_the_arena_tab_refuses_a_battle_over_the_cap_in_words(app, engine):
     next(battle_updates(app.ctx, "alice", "mine"))  # another user is served meanwhile
     running[0].close()  # the page went away: the slot comes back
     assert next(battle_updates(app.ctx, "bob", "one more"))[0] is None
+
+
+def test_a_users_battle_in_the_arena_tab_does_not_hold_up_another_users(app, engine):
+    """Through Gradio's queue: the per-user cap is the arena tab's limit, not one battle at a time for everyone
+    (Gradio's default concurrency of an event is 1, so one user's slow battle made every other user wait)."""
+    alice, bob = Session(app, "alice"), Session(app, "bob")
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(alice.call, "ui_fight", HOLD, None, None)
+        wait_for(lambda: engine.held == 2)  # alice's battle is generating, both sides
+        theirs = pool.submit(bob.call, "ui_fight", "hi", None, None)
+        try:
+            ok, out = theirs.result(timeout=15)
+        finally:
+            engine.gate.set()
+        assert ok and "Which answer is better?" in json.dumps(out), out
+        assert held.result()[0]
