@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         2, ge=1, description="While answers are decoding, waiting requests join them together every this many "
         "decode steps (1: every step); each join costs a prefill forward, so gathering arrivals raises throughput "
         "at the price of at most this many steps more before a new chat's first token.")
+    ui_concurrency: int = Field(
+        64, ge=1, description="Most runs of one UI event (chat answers, ratings, votes...) in progress at once, across "
+        "all users; more wait in the page's queue. Generation is bounded by the backend's scheduler, as for the HTTP "
+        "API: Gradio's own default, 1, answered one user's chat at a time.")
     max_choices: int = Field(4, ge=1, description="Largest n (choices per chat completion) the API accepts.")
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. [\"https://app.example\"]; none by default.")
 

@@ -61,4 +61,6 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         training_tab.select(train_load, train_in, train_out)
         adapters_tab.select(adapters_load, None, adapters_out)
         add_api_endpoints(ctx, ui)
+    # Every event without its own limit: Gradio's default of 1 ran one user's chat answer at a time for everyone.
+    ui.queue(default_concurrency_limit=ctx.settings.ui_concurrency)
     return ui
