@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["serving.py", "feedback.py", "retrain.py", "retrain_training.py", "load.py", "continual.py"]
+SCRIPTS = ["serving.py", "feedback.py", "retrain.py", "retrain_training.py", "load.py", "ui_chat.py", "continual.py"]
 
 
 def main() -> int:
