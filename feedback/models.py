@@ -33,7 +33,7 @@ class TurnRecord:
     # "model" (generated freely) or "constrained" (under a response_format or forced tool call); None, in
     # turns journaled before it existed: read from ``sampling["structured"]`` (feedback.store_turns.ORIGINS).
     origin: str | None = None
-    # What the implicit thumbs-down of a regenerate counts as (web.review's trust by role: "trusted" or
+    # What the implicit thumbs-down of a regenerate counts as (web.chat decides it by role: "trusted" or
     # "untrusted"; the store trusts users an admin trusts either way, read when the turn is written);
     # None: the store decides from what it knows (local mode's user, users an admin trusts).
     trust: str | None = None

@@ -120,7 +120,12 @@ class ArenaService:
             a, b = self.open_streams(messages, m, params).values()
             # Side b is read on a worker and side a on this request's own thread, so a battle takes one of the
             # shared workers, not two. Half a battle cannot be voted on: a side that fails stops the other.
-            other = self._pool.submit(b.text)
+            try:
+                other = self._pool.submit(b.text)  # refused once the pool is shut down: both streams close
+            except BaseException:
+                a.close()
+                b.close()
+                raise
             other.add_done_callback(lambda f: f.exception() is not None and a.cancel())
             try:
                 answer_a = a.text()
