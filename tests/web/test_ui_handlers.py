@@ -39,8 +39,8 @@ class Session:
         deps = self.http.get("/config").json()["dependencies"]
         self.fn = {d["api_name"]: d for d in deps}
 
-    def call(self, api_name: str, *data, event_data=None):
-        """(ok, output data or error message) of one handler run."""
+    def join(self, api_name: str, *data, event_data=None) -> str:
+        """Put one handler run on the queue; its event id."""
         dep = self.fn[api_name]
         target = dep["targets"][0][0] if dep["targets"] else None
         body = {"data": list(data), "fn_index": dep["id"], "session_hash": self.hash, "event_data": event_data,
@@ -49,20 +49,32 @@ class Session:
         r = self.http.post("/gradio_api/queue/join", content=json.dumps(body),
                            headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
-        event_id = r.json()["event_id"]
+        return r.json()["event_id"]
+
+    def results(self, *event_ids: str, into: dict | None = None) -> dict:
+        """{event id: (ok, output data or error message)} once each has ended, read from one event stream (Gradio
+        shares a tab's messages among its readers, and drops the tab's pending runs when its reader leaves);
+        ``into`` is filled as each ends."""
+        out = {} if into is None else into
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.hash}) as s:
             if s.status_code != 200:
-                return False, f"HTTP {s.status_code}: {s.read().decode()}"
+                return dict.fromkeys(event_ids, (False, f"HTTP {s.status_code}: {s.read().decode()}"))
             for line in s.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 m = json.loads(line[5:])
-                if m.get("msg") == "process_completed" and m.get("event_id") == event_id:
-                    out = m.get("output", {})
-                    if not m.get("success", True) or "error" in out:
-                        return False, str(out.get("error"))
-                    return True, out.get("data")
+                if m.get("msg") == "process_completed" and m.get("event_id") in event_ids:
+                    res = m.get("output", {})
+                    ok = m.get("success", True) and "error" not in res
+                    out[m["event_id"]] = (ok, res.get("data") if ok else str(res.get("error")))
+                    if len(out) == len(event_ids):
+                        return out
         raise AssertionError("no result")
+
+    def call(self, api_name: str, *data, event_data=None):
+        """(ok, output data or error message) of one handler run."""
+        event_id = self.join(api_name, *data, event_data=event_data)
+        return self.results(event_id)[event_id]
 
 
 def chatbot_texts(data) -> list[str]:
