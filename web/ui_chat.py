@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -78,6 +79,35 @@ def _visible_index(state: dict, index) -> int:
     return index + sum(1 for m in state["messages"] if m["role"] == "system")
 
 
+class Answering:
+    """The tabs (session hashes) whose answer is being written. A tab's state is a snapshot per event, and each
+    event writes back its own: a message taken, or a second answer started, while an answer is written would be
+    overwritten by that answer's updates. The page lets Send be pressed again once the message shows, and a
+    client calling the queue itself can run the answer twice at once."""
+
+    def __init__(self):
+        self._tabs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def begin(self, tab: str) -> bool:
+        with self._lock:
+            if tab in self._tabs:
+                return False
+            self._tabs.add(tab)
+            return True
+
+    def end(self, tab: str) -> None:
+        with self._lock:
+            self._tabs.discard(tab)
+
+    def __contains__(self, tab: str) -> bool:
+        with self._lock:
+            return tab in self._tabs
+
+
+BUSY = "An answer is still being written: wait for it, or press Stop."
+
+
 @dataclass
 class ChatTab:
     """The Chat tab's components other parts of the UI wire to (conversation list, model pickers)."""
@@ -116,11 +146,14 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         stop = gr.Button("Stop", scale=0, min_width=70, elem_id="stop")
         regenerate = gr.Button("↻", scale=0, min_width=44, elem_id="regenerate")
     last_rated = gr.State(None)  # (message id, rating, reason) the feedback panel refers to
+    answering = Answering()
 
     def user_turn(text: str, st: dict, request: gr.Request):
         if not isinstance(text, str) or not text.strip():
             raise gr.Error("Type a message first.")
         principal_of(ctx, request)  # signed in, and this session's own user (web/sessions.py)
+        if request.session_hash in answering:  # an error: the page's box keeps the text
+            raise gr.Error(BUSY)
         messages = [*st["messages"], {"role": "user", "content": text}]
         try:  # the request's bounds, before the state grows: it lives on the server
             ctx.chat.limits.check(messages)
@@ -131,6 +164,15 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
 
     def bot_turn(st: dict, adapter_name: str, request: gr.Request, replaces: str | None = None):
         user = principal_of(ctx, request)  # ChatService checks the adapter, conversation and replaced answer
+        tab = request.session_hash
+        if not answering.begin(tab):
+            raise gr.Error(BUSY)
+        try:  # released however the answer ends: done, failed, stopped or the page gone (Gradio closes this)
+            yield from _answer(st, adapter_name, user, replaces)
+        finally:
+            answering.end(tab)
+
+    def _answer(st: dict, adapter_name: str, user, replaces: str | None):
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p)
         try:
             turn = ctx.chat.start(user, st["messages"], adapter_name or PRODUCTION, params,

@@ -23,3 +23,55 @@ def test_a_users_slow_chat_answer_does_not_hold_up_another_users(app, engine):  
             engine.gate.set()
         assert ok and "hello" in json.dumps(out), out
         assert held.result()[0]
+
+
+
+def test_a_message_sent_while_the_answer_is_written_is_refused_and_kept(app, engine):  # noqa: F811
+    """The page lets Send be pressed again once the message shows (only the answer is still pending): the
+    second message used to be taken into the state and then overwritten by the running answer's updates,
+    lost from the page, the box and the store alike."""
+    alice = Session(app, "alice")
+    assert alice.call("ui_user_turn", HOLD, None)[0]
+    answer = alice.join("ui_bot_turn", None, "production")
+    wait_for(lambda: engine.held == 1)
+    second = alice.join("ui_user_turn", "a second question", None)
+    got = {}
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(alice.results, answer, second, into=got)
+        try:
+            wait_for(lambda: second in got)
+        finally:
+            engine.gate.set()
+        reader.result(timeout=30)
+    assert got[answer][0]
+    ok, said = got[second]
+    assert not ok and "still being written" in said, said  # an error, so the page's box keeps the text
+    assert alice.call("ui_user_turn", "a second question", None)[0]  # once the answer is in, it goes through
+    assert alice.call("ui_bot_turn", None, "production")[0]
+    [conv] = app.ctx.store.list_conversations("alice")
+    view = app.ctx.store.load_conversation("alice", conv.id)
+    assert [m.content for m in view.messages if m.role != "system"] == [HOLD, "wait hello", "a second question",
+                                                                          "hello"]
+
+
+def test_one_tab_gets_one_answer_at_a_time(app, engine):  # noqa: F811
+    """A client calling the queue itself could run a tab's answer twice at once: both grew the same state,
+    the last to end overwriting the other's answer on the page while both were stored."""
+    alice = Session(app, "alice")
+    assert alice.call("ui_user_turn", "hi", None)[0] and alice.call("ui_bot_turn", None, "production")[0]
+    assert alice.call("ui_user_turn", HOLD, None)[0]  # in a stored conversation: both would be stored
+    first = alice.join("ui_bot_turn", None, "production")
+    wait_for(lambda: engine.held == 1)
+    second = alice.join("ui_bot_turn", None, "production")
+    got = {}
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(alice.results, first, second, into=got)
+        try:
+            wait_for(lambda: second in got or engine.held == 2)
+        finally:
+            engine.gate.set()
+        reader.result(timeout=30)
+    assert got[first][0]
+    ok, said = got[second]
+    assert not ok and "still being written" in said, said
+    assert engine.held == 1  # the second never reached the engine
