@@ -5,9 +5,10 @@ by the backend's scheduler, as the HTTP API's are)."""
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.web.test_arena_fairness import HOLD, app, engine, wait_for  # noqa: F401 (fixtures)
+from tests.web.test_arena_fairness import FAIL, HOLD, app, engine, wait_for  # noqa: F401 (fixtures)
 from tests.web.test_ui_handlers import Session
 
 
@@ -75,3 +76,20 @@ def test_one_tab_gets_one_answer_at_a_time(app, engine):  # noqa: F811
     ok, said = got[second]
     assert not ok and "still being written" in said, said
     assert engine.held == 1  # the second never reached the engine
+
+
+def test_after_stop_the_tab_takes_the_next_message(app, engine):  # noqa: F811
+    """Stop ends the answer (Gradio closes its generator), and with it the tab's turn."""
+    alice = Session(app, "alice")
+    assert alice.call("ui_user_turn", FAIL, None)[0]  # the engine streams words until the app hangs up
+    answer = alice.join("ui_bot_turn", None, "production")
+    got = {}
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(alice.results, answer, into=got)
+        time.sleep(0.5)  # words are streaming
+        r = alice.http.post("/gradio_api/cancel", json={"session_hash": alice.hash, "event_id": answer,
+                                                         "fn_index": alice.fn["ui_bot_turn"]["id"]})
+        assert r.status_code == 200, r.text
+        reader.result(timeout=30)
+    wait_for(lambda: engine.hung_up)
+    assert alice.call("ui_user_turn", "next", None)[0] and alice.call("ui_bot_turn", None, "production")[0]
