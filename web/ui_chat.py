@@ -185,8 +185,12 @@ def build_chat_tab(ctx: AppContext) -> ChatTab:
         try:
             for delta in deltas:
                 answer += delta
-                shown = [*st["messages"], {"role": "assistant", "content": answer}]
-                yield st, display(shown)
+                # The state holds the answer as far as it is shown, with its id: on Stop, Gradio closes this
+                # generator and keeps the last state yielded, which without it left the stored (cut) answer out
+                # of the next message's history.
+                shown = {**st, "messages": [*st["messages"], {"role": "assistant", "content": answer}],
+                         "ids": [*st["ids"], turn.message_id]}
+                yield shown, display(shown["messages"])
         except Exception as exc:
             raise gr.Error(user_message(exc)) from None
         finally:

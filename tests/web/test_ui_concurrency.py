@@ -93,3 +93,27 @@ def test_after_stop_the_tab_takes_the_next_message(app, engine):  # noqa: F811
         reader.result(timeout=30)
     wait_for(lambda: engine.hung_up)
     assert alice.call("ui_user_turn", "next", None)[0] and alice.call("ui_bot_turn", None, "production")[0]
+
+
+def test_a_stopped_answer_stays_in_the_conversation(app, engine):  # noqa: F811
+    """Stop stores the answer as far as it was shown, and the tab keeps it too: the next message's history used
+    to leave it out, so the stored conversation had two user messages in a row and the cut answer vanished from
+    the page."""
+    alice = Session(app, "alice")
+    assert alice.call("ui_user_turn", FAIL, None)[0]  # the engine streams words until the app hangs up
+    answer = alice.join("ui_bot_turn", None, "production")
+    got = {}
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(alice.results, answer, into=got)
+        time.sleep(0.5)  # words are streaming
+        r = alice.http.post("/gradio_api/cancel", json={"session_hash": alice.hash, "event_id": answer,
+                                                         "fn_index": alice.fn["ui_bot_turn"]["id"]})
+        assert r.status_code == 200, r.text
+        reader.result(timeout=30)
+    wait_for(lambda: engine.hung_up)
+    assert alice.call("ui_user_turn", "next", None)[0] and alice.call("ui_bot_turn", None, "production")[0]
+    [conv] = app.ctx.store.list_conversations("alice")
+    view = app.ctx.store.load_conversation("alice", conv.id)
+    shown = [(m.role, m.content) for m in view.messages if m.role != "system"]
+    assert [role for role, _ in shown] == ["user", "assistant", "user", "assistant"], shown
+    assert shown[1][1].startswith("word ") and shown[2][1] == "next"
