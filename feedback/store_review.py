@@ -85,6 +85,11 @@ def _with_review(cur, rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _check_review_untrusted(value: str) -> None:
+    if value not in REVIEW_UNTRUSTED:
+        raise InvalidReview(f"review_untrusted must be one of {REVIEW_UNTRUSTED}, not {value!r}")
+
+
 def untrusted_trust(review_untrusted: str, rating: str | None, has_correction: bool, origin: str) -> str:
     """What a judgement by a user who is not trusted gets: ``review`` (held for an admin) or ``untrusted``
     (trains, capped). The one rule for a new judgement (the edge) and for one whose trust was revoked.
@@ -93,8 +98,7 @@ def untrusted_trust(review_untrusted: str, rating: str | None, has_correction: b
     under ``review_untrusted`` (settings) ``corrections``, a correction; ``corrections_and_ups``, a
     thumbs-up too; ``off``, nothing else.
     """
-    if review_untrusted not in REVIEW_UNTRUSTED:
-        raise InvalidReview(f"review_untrusted must be one of {REVIEW_UNTRUSTED}, not {review_untrusted!r}")
+    _check_review_untrusted(review_untrusted)
     if origin != MODEL:
         return "review"
     held = review_untrusted != "off" and (
@@ -425,8 +429,7 @@ class ReviewStore(StoreCore):
         """
         if not user or len(user) > 128:
             raise InvalidReview("user name must have 1 to 128 characters")
-        if review_untrusted not in REVIEW_UNTRUSTED:
-            raise InvalidReview(f"review_untrusted must be one of {REVIEW_UNTRUSTED}, not {review_untrusted!r}")
+        _check_review_untrusted(review_untrusted)
         self._turns.wait()  # a regenerate's implicit thumbs-down judged before this lands before it
         with self._write() as cur:
             now = _now()  # inside the lock: dated in write order

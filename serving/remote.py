@@ -20,8 +20,7 @@ Not escaped here: control-token strings in message text (``<|im_end|>`` and the 
 renderer breaks, ``serving.chat_format.escape_control_tokens``). The engine renders the messages with its own
 template and tokenizes the result with special tokens parsed (vLLM's chat API documents no option against
 it; vllm-project/vllm#31735 proposed one and was closed), so on a remote engine such text still reaches the
-model as control tokens. Escaping needs the served
-model's tokenizer, which this client does not hold. Training is not affected: training sets are rendered
+model as control tokens. Escaping needs the served model's tokenizer, which this client does not hold. Training is not affected: training sets are rendered
 locally, escaped, whatever the backend.
 """
 
